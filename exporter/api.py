@@ -1,0 +1,142 @@
+"""The Python API: ``edgeport.export`` does everything ``edgeport export`` does."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256
+from edgeport.data import DataSource, open_data
+from edgeport.errors import EXIT_OK, QuantizationError
+from edgeport.model_loading import load_model
+from edgeport.outputs import OutputFolder
+from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
+from edgeport.passes.export_onnx import OnnxExportConfig
+from edgeport.passes.optimize import GraphOptimizeConfig
+from edgeport.passes.quantize_static import StaticInt8Config
+from edgeport.pipeline import Pipeline
+from edgeport.reports import build_export_report, render_markdown
+from edgeport.specs import TensorSpec, parse_input_spec
+from edgeport.versions import runtime_versions
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    report: dict[str, Any]
+    exit_code: int = EXIT_OK
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / "model.onnx"
+
+
+def export(
+    model: Any,
+    *,
+    out_dir: str | Path,
+    inputs: Sequence[TensorSpec | str] | None = None,
+    weights: str | Path | None = None,
+    calib: str | Path | DataSource | None = None,
+    eval: str | Path | DataSource | None = None,  # noqa: A002 - mirrors the CLI's --eval
+    quantize: bool = True,
+    trust_pickle: bool = False,
+    export_config: OnnxExportConfig | None = None,
+    optimize_config: GraphOptimizeConfig | None = None,
+    quant_config: StaticInt8Config | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
+
+    Writes model.onnx (int8 unless ``quantize=False``), model.fp32.onnx, report.json, report.md
+    and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left half-written.
+    """
+    specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
+    calibration = open_data(calib, role="calibration", seed=seed)
+    evaluation = open_data(eval, role="evaluation", seed=seed + 1)
+    if quantize and calibration is None:
+        raise QuantizationError(
+            "static int8 quantization needs calibration data",
+            fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --no-quantize",
+        )
+    output = OutputFolder(out_dir)
+    try:
+        artifact = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=calibration or evaluation)
+        ctx = PassContext(
+            work_dir=output.work,
+            seed=seed,
+            calibration=calibration,
+            evaluation=evaluation,
+            progress=progress or NullProgress(),
+            cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+        )
+        _seed_everything(seed, artifact)
+        fp32_steps: list[Any] = []
+        if isinstance(artifact, TorchArtifact):
+            fp32_steps.append(export_config or OnnxExportConfig())
+        fp32_steps.append(optimize_config or GraphOptimizeConfig())
+        fp32 = Pipeline(fp32_steps).run(artifact, ctx)
+        int8_pipeline = Pipeline([quant_config or StaticInt8Config()] if quantize else [])
+        final = int8_pipeline.run(fp32, ctx)
+        data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
+        names = _stage_artifacts(output, fp32, final if quantize else None)
+        report = build_export_report(
+            source=str(model) if isinstance(model, (str, Path)) else type(model).__name__,
+            inputs=[s.to_dict() for s in fp32.inputs],
+            outputs=[s.to_dict() for s in fp32.outputs],
+            data={"calibration": calibration.description if calibration else None, "evaluation": evaluation.description if evaluation else None},
+            steps=[r.to_dict() for r in ctx.records],
+            artifacts={n: {"bytes": output.stage(n).stat().st_size, "sha256": file_sha256(output.stage(n))} for n in names},
+            versions=runtime_versions(),
+            warnings=data_warnings + [n for r in ctx.records for n in r.notes],
+        )
+        output.write_json("report.json", report)
+        output.stage("report.md").write_text(render_markdown(report))
+        output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps), seed, specs))
+        output.commit([*names, "report.json", "report.md", "manifest.json"])
+    except BaseException:
+        output.discard()
+        raise
+    return ExportResult(output.path, report)
+
+
+def _stage_artifacts(output: OutputFolder, fp32: OnnxArtifact, int8: OnnxArtifact | None) -> list[str]:
+    if int8 is None:
+        shutil.copyfile(fp32.path, output.stage("model.onnx"))
+        return ["model.onnx"]
+    shutil.copyfile(int8.path, output.stage("model.onnx"))
+    shutil.copyfile(fp32.path, output.stage("model.fp32.onnx"))
+    return ["model.onnx", "model.fp32.onnx"]
+
+
+def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs) -> dict[str, Any]:
+    return {
+        "schema_version": report["schema_version"],
+        "created_utc": report["created_utc"],
+        "artifacts": {n: {"sha256": a["sha256"], "bytes": a["bytes"]} for n, a in report["artifacts"].items()},
+        "versions": report["versions"],
+        "seed": seed,
+        "recipe": {
+            "model": report["model"]["source"],
+            "inputs": [s.to_dict() for s in specs] if specs else report["model"]["inputs"],
+            "data": report["data"],
+            "steps": pipeline.describe(),
+        },
+    }
+
+
+def _seed_everything(seed: int, artifact: Any) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    if isinstance(artifact, TorchArtifact):
+        import torch
+
+        torch.manual_seed(seed)

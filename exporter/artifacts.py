@@ -1,0 +1,157 @@
+"""The two artifact kinds that travel through a pipeline, and the record each step leaves behind."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeport.errors import ModelLoadError
+from edgeport.specs import SUPPORTED_DTYPES, TensorSpec
+
+
+@dataclass
+class TorchArtifact:
+    """An nn.Module in eval mode with the specs of its inputs.
+
+    ``module`` is typed Any so this module never imports torch.
+    """
+
+    module: Any
+    inputs: tuple[TensorSpec, ...]
+    source: str
+    lineage: tuple[str, ...] = ()
+    program: Any = None  # the torch.export ExportedProgram when loaded from a .pt2 file
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """An .onnx file (with any external data beside it) and its tensor specs."""
+
+    path: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    lineage: tuple[str, ...] = ()
+
+    @classmethod
+    def from_file(cls, path: str | Path, lineage: tuple[str, ...] = ()) -> "OnnxArtifact":
+        path = Path(path)
+        inputs, outputs = read_onnx_specs(path)
+        return cls(path, inputs, outputs, lineage)
+
+    def files(self) -> list[Path]:
+        """The model file and every external data file it references."""
+        return [self.path, *external_data_files(self.path)]
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files())
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for file in self.files():
+            digest.update(file_sha256(file).encode())
+        return digest.hexdigest()
+
+
+@dataclass
+class StepRecord:
+    """What one pass did: its config, how long it took, sizes, and what it measured."""
+
+    name: str
+    config: dict[str, Any]
+    wall_s: float = 0.0
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "config": self.config,
+            "wall_s": round(self.wall_s, 4),
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "metrics": self.metrics,
+            "notes": self.notes,
+            "cached": self.cached,
+        }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def external_data_files(path: Path) -> list[Path]:
+    model = _load_proto(path)
+    names: set[str] = set()
+    for tensor in _all_initializers(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    names.add(entry.value)
+    return [path.parent / name for name in sorted(names)]
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_initializers(sub)
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX model '{path}' does not exist", fix="check the path")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for corrupt files
+        raise ModelLoadError(
+            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})",
+            fix="re-export the model or check that the file was fully copied",
+        ) from exc
+
+
+def read_onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    model = _load_proto(path)
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = tuple(_value_spec(v) for v in model.graph.input if v.name not in initializers)
+    outputs = tuple(_value_spec(v) for v in model.graph.output)
+    return inputs, outputs
+
+
+def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dims: list[int | str] = []
+    for index, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param") and dim.dim_param:
+            dims.append(_safe_dim_name(dim.dim_param))
+        else:
+            dims.append(f"{_safe_dim_name(value.name)}_dim{index}")
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    except Exception:
+        dtype = "float32"
+    if dtype not in SUPPORTED_DTYPES:
+        dtype = "float32"
+    return TensorSpec(value.name, tuple(dims), dtype)
+
+
+def _safe_dim_name(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in text)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"d_{cleaned}"

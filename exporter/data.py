@@ -1,0 +1,411 @@
+"""Calibration and evaluation data: .npz files, folders of .npy/.npz samples, or Python factories.
+
+Every source yields *items*; an item's arrays are read against the model's input specs by rank:
+rank - 1 is one sample, rank is a block of samples along axis 0, rank + 1 is a list of ready-made
+batches. Samples are grouped into batches of the model's batch size; ready-made batches pass as
+they are. Arrays are streamed: an .npz member is read a few rows at a time, never whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import sys
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from edgeport.errors import DataError
+from edgeport.specs import TensorSpec, example_array
+
+LABELS_KEY = "labels"
+_ROWS_PER_READ = 64
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+
+@dataclass
+class _Item:
+    arrays: dict[str, Any]  # np.ndarray or a lazily read _NpyRows
+    labels: Any = None
+    origin: str = ""
+
+
+class DataSource:
+    """Base: subclasses yield raw items; ``batches`` turns them into model-ready batches."""
+
+    description = "data"
+    role = "data"  # "calibration" or "evaluation", used in error messages
+    warning: str | None = None  # said in the report, e.g. that synthetic data is not representative
+
+    def items(self) -> Iterator[_Item]:
+        raise NotImplementedError
+
+    def batches(
+        self, specs: tuple[TensorSpec, ...], batch_size: int = 8, max_samples: int | None = None
+    ) -> Iterator[Batch]:
+        return _batch_items(self, specs, batch_size, max_samples)
+
+    def fingerprint(self, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> str:
+        """sha256 over exactly the batches a consumer will see: a stable key for caches."""
+        digest = hashlib.sha256()
+        for batch in self.batches(specs, batch_size, max_samples):
+            for name in sorted(batch.inputs):
+                array = np.ascontiguousarray(batch.inputs[name])
+                digest.update(f"{name}{array.dtype}{array.shape}".encode())
+                digest.update(array.tobytes())
+        return digest.hexdigest()
+
+
+class NpzSource(DataSource):
+    def __init__(self, path: Path, role: str = "data"):
+        self.path, self.role = path, role
+        self.description = str(path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                self.keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise DataError(f"{role} data '{path}' is not a readable .npz file ({exc})", fix="write it with numpy.savez") from exc
+        if not self.keys:
+            raise DataError(f"{role} data '{path}' holds no arrays", fix="write arrays keyed by input name with numpy.savez")
+
+    def items(self) -> Iterator[_Item]:
+        archive = zipfile.ZipFile(self.path)
+        try:
+            arrays = {k: _NpyRows(archive, k, self.path) for k in self.keys if k != LABELS_KEY}
+            labels = _NpyRows(archive, LABELS_KEY, self.path) if LABELS_KEY in self.keys else None
+            yield _Item(arrays, labels, str(self.path))
+        finally:
+            archive.close()
+
+
+class FolderSource(DataSource):
+    def __init__(self, path: Path, role: str = "data"):
+        self.path, self.role = path, role
+        self.description = str(path)
+        self.files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
+        if not self.files:
+            raise DataError(f"{role} data folder '{path}' has no .npy or .npz files", fix="save one sample per file with numpy.save")
+
+    def items(self) -> Iterator[_Item]:
+        for file in self.files:
+            try:
+                loaded = np.load(file, allow_pickle=False)
+            except Exception as exc:
+                raise DataError(f"{self.role} sample '{file}' cannot be read ({exc})", fix="re-save it with numpy.save") from exc
+            if isinstance(loaded, np.ndarray):
+                yield _Item({"": loaded}, None, str(file))
+            else:
+                with loaded:
+                    arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY}
+                    labels = loaded[LABELS_KEY] if LABELS_KEY in loaded.files else None
+                yield _Item(arrays, labels, str(file))
+
+
+class FactorySource(DataSource):
+    """``package.module:attr``: a callable returning an iterable, or an iterable itself.
+
+    Each element is a dict of arrays keyed by input name, a single array (one-input models),
+    a tuple of arrays in input order, or ``(inputs, labels)``.
+    """
+
+    def __init__(self, target: str, role: str = "data"):
+        self.target, self.role = target, role
+        self.description = target
+        self.obj = import_object(target, what=f"{role} data factory", error=DataError)
+
+    def items(self) -> Iterator[_Item]:
+        produced = self.obj() if callable(self.obj) else self.obj
+        if not isinstance(produced, Iterable):
+            raise DataError(f"{self.role} data factory '{self.target}' returned {type(produced).__name__}, not an iterable", fix="return a list or generator of arrays or dicts")
+        for index, element in enumerate(produced):
+            labels = None
+            if isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], dict):
+                element, labels = element
+            if isinstance(element, dict):
+                arrays = {k: _to_numpy(v) for k, v in element.items() if k != LABELS_KEY}
+                labels = element.get(LABELS_KEY, labels)
+            elif isinstance(element, (tuple, list)):
+                arrays = {f"#{i}": _to_numpy(v) for i, v in enumerate(element)}
+            else:
+                arrays = {"": _to_numpy(element)}
+            yield _Item(arrays, None if labels is None else _to_numpy(labels), f"{self.target}[{index}]")
+
+
+class RandomSource(DataSource):
+    """Synthetic normal data. Only on explicit request: it is not representative for calibration."""
+
+    def __init__(self, num_samples: int, seed: int, role: str = "data"):
+        self.num_samples, self.seed, self.role = num_samples, seed, role
+        self.description = f"random:{num_samples} (synthetic, not representative)"
+        self.specs: tuple[TensorSpec, ...] = ()
+
+    def batches(self, specs, batch_size=8, max_samples=None):
+        self.specs = specs
+        return super().batches(specs, batch_size, max_samples)
+
+    def items(self) -> Iterator[_Item]:
+        rng = np.random.default_rng(self.seed)
+        for _ in range(self.num_samples):
+            yield _Item({s.name: example_array(s, rng)[0] if s.rank else example_array(s, rng) for s in self.specs}, None, "random")
+
+
+def open_data(text: str | Path | DataSource | None, *, role: str, seed: int = 0) -> DataSource | None:
+    """Resolve a DATA argument: .npz path, folder, ``module:attr`` factory, or ``random[:N]``."""
+    if text is None or isinstance(text, DataSource):
+        if isinstance(text, DataSource):
+            text.role = role
+        return text
+    text = str(text)
+    if text == "random" or text.startswith("random:"):
+        count = text.partition(":")[2] or "64"
+        if not count.isdigit() or int(count) < 1:
+            raise DataError(f"{role} data '{text}' is not random:N", fix="write random:64")
+        source = RandomSource(int(count), seed, role)
+        source.warning = f"{role} data is synthetic random noise: it does not represent real inputs, so int8 ranges and parity are not trustworthy"
+        warnings.warn(source.warning, stacklevel=2)
+        return source
+    path = Path(text)
+    if path.is_dir():
+        return FolderSource(path, role)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataError(f"{role} data '{path}' does not exist", fix="check the path")
+        return NpzSource(path, role)
+    if ":" in text and not path.exists():
+        return FactorySource(text, role)
+    raise DataError(f"{role} data '{text}' is not an .npz file, a folder of samples or a module:attr factory", fix="pass e.g. data.npz, samples/, or mypkg.data:calibration_set")
+
+
+def import_object(target: str, *, what: str, error: type[Exception]) -> Any:
+    """Import ``package.module:attr`` (the current folder is importable, as for `python -m`)."""
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise error(f"{what} '{target}' is not package.module:attr", fix="write e.g. mypkg.models:build_model")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise error(f"{what} module '{module_name}' cannot be imported ({exc})", fix="check the module path and that it is importable from the current folder") from exc
+    except Exception as exc:
+        raise error(f"{what} module '{module_name}' raised {type(exc).__name__} on import: {exc}", fix="fix the module so it imports cleanly") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{what} '{target}': module '{module_name}' has no attribute '{attr}'", fix="check the name after the colon")
+        obj = getattr(obj, part)
+    return obj
+
+
+class _NpyRows:
+    """Rows of one .npy member of an .npz, read a few at a time (compressed members stream too)."""
+
+    def __init__(self, archive: zipfile.ZipFile, key: str, path: Path):
+        self.archive, self.key, self.path = archive, key, path
+        with archive.open(f"{key}.npy") as handle:
+            shape, fortran, dtype = _read_header(handle)
+        if dtype.hasobject:
+            raise DataError(f"array '{key}' in '{path}' holds Python objects", fix="save numeric arrays only")
+        self.shape, self.fortran, self.dtype = tuple(shape), fortran, dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def rows(self) -> Iterator[np.ndarray]:
+        """Yield blocks of consecutive rows along axis 0."""
+        if self.fortran or not self.shape:
+            with self.archive.open(f"{self.key}.npy") as handle:
+                yield np.lib.format.read_array(handle, allow_pickle=False)
+            return
+        row_shape = self.shape[1:]
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        remaining = self.shape[0]
+        with self.archive.open(f"{self.key}.npy") as handle:
+            _read_header(handle)
+            while remaining:
+                count = min(_ROWS_PER_READ, remaining)
+                raw = handle.read(count * row_bytes)
+                if len(raw) != count * row_bytes:
+                    raise DataError(f"array '{self.key}' in '{self.path}' is truncated", fix="re-save the file")
+                yield np.frombuffer(raw, dtype=self.dtype).reshape((count, *row_shape))
+                remaining -= count
+
+
+def _read_header(handle) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    return np.lib.format.read_array_header_2_0(handle)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _rows(array: Any) -> Iterator[np.ndarray]:
+    if isinstance(array, _NpyRows):
+        yield from array.rows()
+    else:
+        yield np.asarray(array)
+
+
+def _bind_names(item: _Item, specs: tuple[TensorSpec, ...], source: DataSource) -> dict[str, Any]:
+    """Map an item's arrays onto input names, accepting unnamed arrays for one-input models."""
+    names = [s.name for s in specs]
+    keys = list(item.arrays)
+    if keys == [""] or (len(keys) == 1 and len(specs) == 1 and keys[0] not in names):
+        if len(specs) != 1:
+            raise DataError(f"{source.role} data '{item.origin}' holds one unnamed array but the model takes {len(specs)} inputs {names}", fix="save arrays keyed by input name (numpy.savez(f, name=array, ...))")
+        return {names[0]: item.arrays[keys[0]]}
+    if all(k.startswith("#") for k in keys):
+        if len(keys) != len(specs):
+            raise DataError(f"{source.role} data '{item.origin}' holds {len(keys)} arrays but the model takes {len(specs)} inputs {names}", fix="give one array per input, in input order")
+        return {spec.name: item.arrays[key] for spec, key in zip(specs, keys)}
+    missing = [n for n in names if n not in item.arrays]
+    if missing:
+        raise DataError(f"{source.role} data '{source.description}' has no array for input '{missing[0]}' (it has {keys})", fix=f"key the arrays by the model's input names {names}")
+    extra = [k for k in keys if k not in names]
+    if extra:
+        raise DataError(f"{source.role} data '{source.description}' has array '{extra[0]}' that is not a model input {names}", fix=f"remove it or rename it to one of {names} (labels go under '{LABELS_KEY}')")
+    return {n: item.arrays[n] for n in names}
+
+
+def _cast(array: np.ndarray, spec: TensorSpec, source: DataSource) -> np.ndarray:
+    want = np.dtype(spec.dtype)
+    if array.dtype == want:
+        return array
+    if want.kind == "f" and array.dtype.kind in "fiub":
+        return array.astype(want)
+    if want.kind in "iu" and array.dtype.kind in "iub":
+        return array.astype(want)
+    if want.kind == "b" and array.dtype.kind in "iub":
+        return array.astype(bool)
+    raise DataError(f"{source.role} data for input '{spec.name}' is {array.dtype} but the model takes {spec.dtype}", fix=f"save it as {spec.dtype}")
+
+
+def _batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> Iterator[Batch]:
+    if batch_size < 1:
+        raise DataError(f"batch size {batch_size} is below 1", fix="use a batch size of at least 1")
+    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
+    target = fixed.pop() if len(fixed) == 1 else batch_size
+    pending: list[tuple[dict[str, np.ndarray], Any]] = []
+    emitted = 0
+
+    def flush() -> Iterator[Batch]:
+        nonlocal pending
+        if pending:
+            inputs = {s.name: np.stack([p[0][s.name] for p in pending]) for s in specs}
+            labels = None if pending[0][1] is None else np.stack([np.asarray(p[1]) for p in pending])
+            pending = []
+            yield _checked(Batch(inputs, labels), specs, source)
+
+    for item in source.items():
+        arrays = _bind_names(item, specs, source)
+        first = specs[0]
+        offset = _rank_offset(arrays[first.name], first, source)
+        for spec in specs[1:]:
+            if _rank_offset(arrays[spec.name], spec, source) != offset:
+                raise DataError(f"{source.role} data arrays '{first.name}' and '{spec.name}' disagree on what their first axis means", fix="give every input the same layout: samples along axis 0")
+        if offset == 1:  # ready-made batches
+            streams = {n: _rows(a) for n, a in arrays.items()}
+            label_stream = _rows(item.labels) if item.labels is not None else None
+            for blocks in _zip_blocks(streams, label_stream, source):
+                inputs, labels = blocks
+                for i in range(next(iter(inputs.values())).shape[0]):
+                    batch = Batch({s.name: _cast(inputs[s.name][i], s, source) for s in specs}, None if labels is None else labels[i])
+                    yield _checked(batch, specs, source)
+                    emitted += batch.size
+                    if max_samples is not None and emitted >= max_samples:
+                        return
+            continue
+        if offset == -1:  # one sample
+            labels = None if item.labels is None else np.asarray(item.labels)[None]
+            blocks_iter: Iterable = [({n: a[None] for n, a in _materialize(arrays).items()}, labels)]
+        else:
+            streams = {n: _rows(a) for n, a in arrays.items()}
+            label_stream = _rows(item.labels) if item.labels is not None else None
+            blocks_iter = _zip_blocks(streams, label_stream, source)
+        for inputs, labels in blocks_iter:
+            for i in range(next(iter(inputs.values())).shape[0]):
+                sample = {s.name: _cast(inputs[s.name][i], s, source) for s in specs}
+                if pending and any(pending[0][0][n].shape != sample[n].shape for n in sample):
+                    yield from flush()  # shapes changed (e.g. text length): a batch holds one shape
+                pending.append((sample, None if labels is None else labels[i]))
+                emitted += 1
+                if len(pending) == target:
+                    yield from flush()
+                if max_samples is not None and emitted >= max_samples:
+                    yield from flush()
+                    return
+    yield from flush()
+
+
+def _materialize(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    return {n: np.concatenate(list(_rows(a))) if isinstance(a, _NpyRows) else np.asarray(a) for n, a in arrays.items()}
+
+
+def _rank_offset(array: Any, spec: TensorSpec, source: DataSource) -> int:
+    offset = array.ndim - spec.rank
+    if offset not in (-1, 0, 1):
+        shape = tuple(array.shape)
+        raise DataError(f"{source.role} data for input '{spec.name}' has shape {shape} but the model takes {spec.describe()}", fix=f"give samples of rank {spec.rank - 1}, blocks of rank {spec.rank}, or batches of rank {spec.rank + 1}")
+    return offset
+
+
+def _zip_blocks(streams: dict[str, Iterator[np.ndarray]], labels: Iterator[np.ndarray] | None, source: DataSource):
+    """Walk several row streams in step, re-chunking so each yielded block has the same row count."""
+    buffers: dict[str, list[np.ndarray]] = {n: [] for n in streams}
+    label_buffer: list[np.ndarray] = []
+    while True:
+        for name, stream in streams.items():
+            if not buffers[name]:
+                block = next(stream, None)
+                if block is not None:
+                    buffers[name].append(block)
+        if labels is not None and not label_buffer:
+            block = next(labels, None)
+            if block is not None:
+                label_buffer.append(block)
+        empty = [n for n, b in buffers.items() if not b]
+        if empty:
+            if len(empty) != len(buffers):
+                raise DataError(f"{source.role} data arrays have different sample counts ('{empty[0]}' runs out first)", fix="give every input (and labels) the same number of samples")
+            return
+        count = min(b[0].shape[0] for b in buffers.values())
+        if labels is not None:
+            if not label_buffer:
+                raise DataError(f"{source.role} data has fewer labels than samples", fix="give one label per sample")
+            count = min(count, label_buffer[0].shape[0])
+        out = {}
+        for name, buffer in buffers.items():
+            out[name], rest = buffer[0][:count], buffer[0][count:]
+            buffers[name] = [rest] if len(rest) else []
+        out_labels = None
+        if labels is not None:
+            out_labels, rest = label_buffer[0][:count], label_buffer[0][count:]
+            label_buffer = [rest] if len(rest) else []
+        yield out, out_labels
+
+
+def _checked(batch: Batch, specs: tuple[TensorSpec, ...], source: DataSource) -> Batch:
+    for spec in specs:
+        shape = batch.inputs[spec.name].shape
+        if not spec.matches(shape):
+            raise DataError(f"{source.role} data for input '{spec.name}' gives batches of shape {shape} but the model takes {spec.describe()}", fix="reshape the data to the model's input shape")
+    return batch

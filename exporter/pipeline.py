@@ -1,0 +1,30 @@
+"""A pipeline is an ordered list of pass configs; running it threads one artifact through them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeport.passes import run_pass
+from edgeport.passes.context import PassContext, config_to_dict
+
+STEP_LABELS = {
+    "OnnxExportConfig": "exporting to ONNX",
+    "GraphOptimizeConfig": "optimizing graph",
+    "StaticInt8Config": "quantizing to int8",
+}
+
+
+@dataclass
+class Pipeline:
+    steps: list[Any] = field(default_factory=list)
+
+    def run(self, artifact: Any, ctx: PassContext) -> Any:
+        for config in self.steps:
+            ctx.progress.note(STEP_LABELS.get(type(config).__name__, type(config).__name__) + " ...")
+            artifact = run_pass(artifact, config, ctx)
+        return artifact
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The resolved recipe: each step's pass and full config, for the manifest."""
+        return [{"pass": type(c).__name__, "config": config_to_dict(c)} for c in self.steps]

@@ -1,0 +1,109 @@
+"""report.json (schema-versioned), report.md and the terminal summary of an export run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+REPORT_SCHEMA_VERSION = "1.0"
+
+
+def build_export_report(
+    *,
+    source: str,
+    inputs: list[dict],
+    outputs: list[dict],
+    data: dict[str, str | None],
+    steps: list[dict],
+    artifacts: dict[str, dict],
+    versions: dict[str, Any],
+    warnings: list[str],
+) -> dict[str, Any]:
+    quant = next((s for s in steps if s["name"] == "quantize_static"), None)
+    fp32 = artifacts.get("model.fp32.onnx") or artifacts.get("model.onnx")
+    summary: dict[str, Any] = {"fp32_bytes": fp32["bytes"] if fp32 else None}
+    if quant:
+        summary["int8_bytes"] = artifacts["model.onnx"]["bytes"]
+        summary["size_ratio"] = round(summary["int8_bytes"] / summary["fp32_bytes"], 4)
+        summary["parity_int8_vs_fp32"] = quant["metrics"]["parity_vs_fp32"]
+        summary["decisions"] = quant["metrics"]["decisions"]
+    export = next((s for s in steps if s["name"] == "export"), None)
+    if export:
+        summary["parity_onnx_vs_torch"] = export["metrics"]["parity_vs_torch"]
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "export",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "model": {"source": source, "inputs": inputs, "outputs": outputs},
+        "data": data,
+        "steps": steps,
+        "artifacts": artifacts,
+        "summary": summary,
+        "warnings": warnings,
+    }
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """step, seconds, size, what it measured: one row per step."""
+    rows = [("step", "time", "size", "result")]
+    for step in report["steps"]:
+        metrics = step["metrics"]
+        if step["name"] == "export":
+            p = metrics["parity_vs_torch"]
+            result = f"{metrics['exporter']} opset {metrics['opset']}; vs torch cos {p['cosine_min']}, max abs diff {p['max_abs_diff']}"
+        elif step["name"] == "optimize":
+            result = f"nodes {metrics['nodes_before']} -> {metrics['nodes_after']}"
+        elif step["name"] == "quantize_static":
+            p = metrics["parity_vs_fp32"]
+            parts = [f"cos {p['cosine_mean']}"]
+            if p.get("top1_agreement") is not None:
+                parts.append(f"top-1 agree {p['top1_agreement']:.2%}")
+            if p.get("candidate_accuracy") is not None:
+                parts.append(f"acc {p['reference_accuracy']:.2%} -> {p['candidate_accuracy']:.2%}")
+            parts.append(f"cache {metrics['calibration_cache']}")
+            result = "; ".join(parts)
+        else:
+            result = ""
+        size = _mb(step["output_bytes"]) if step.get("output_bytes") else ""
+        rows.append((step["name"], f"{step['wall_s']:.2f}s", size, result))
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    out = [f"# edgeport export report", "", f"- model: `{report['model']['source']}`"]
+    for name, spec in (("input", s) for s in report["model"]["inputs"]):
+        out.append(f"- {name} `{spec['name']}`: {'x'.join(map(str, spec['shape']))} {spec['dtype']}")
+    for role, text in report["data"].items():
+        if text:
+            out.append(f"- {role} data: `{text}`")
+    out += ["", "## Steps", "", "| " + " | ".join(summary_rows(report)[0]) + " |", "|---|---|---|---|"]
+    for row in summary_rows(report)[1:]:
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "## Artifacts", "", "| file | size | sha256 |", "|---|---|---|"]
+    for name, info in report["artifacts"].items():
+        out.append(f"| {name} | {_mb(info['bytes'])} | `{info['sha256'][:16]}…` |")
+    summary = report["summary"]
+    if "size_ratio" in summary:
+        out += ["", "## Int8 vs fp32", "", f"- size: {summary['size_ratio']:.1%} of fp32"]
+        for key, value in summary["parity_int8_vs_fp32"].items():
+            out.append(f"- {key}: {value}")
+        for key, rule in summary["decisions"].items():
+            out.append(f"- {key}: {rule}")
+    if report["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    out += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in report["versions"].items()]
+    return "\n".join(out) + "\n"
+
+
+def _mb(count: int | None) -> str:
+    if count is None:
+        return ""
+    return f"{count / 1e6:.2f} MB" if count >= 100_000 else f"{count / 1e3:.1f} kB"

@@ -1,0 +1,33 @@
+"""Versions of edgeport and the libraries whose behaviour an artifact depends on."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def edgeport_version() -> str:
+    return package_version("edgeport") or "0.0.0+unknown"
+
+
+def runtime_versions() -> dict[str, str | None]:
+    ort = package_version("onnxruntime") or package_version("onnxruntime-openvino") or package_version("onnxruntime-gpu")
+    versions = {
+        "edgeport": edgeport_version(),
+        "python": platform.python_version(),
+        "onnx": package_version("onnx"),
+        "onnxruntime": ort,
+        "numpy": package_version("numpy"),
+    }
+    # Only report torch when this process used it: validate-only installs may not have it.
+    if "torch" in sys.modules:
+        versions["torch"] = getattr(sys.modules["torch"], "__version__", None)
+    return versions

@@ -1,0 +1,97 @@
+"""What a pass may use besides its config and input artifact: folders, data, seed, progress."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgeport.artifacts import StepRecord
+from edgeport.data import DataSource
+
+
+class Progress(Protocol):
+    """Progress of long work: one status line per step, a counter for loops (calibration, training)."""
+
+    def note(self, text: str) -> None: ...
+    def start(self, label: str, total: int | None = None) -> None: ...
+    def advance(self, count: int = 1) -> None: ...
+    def finish(self) -> None: ...
+
+
+class NullProgress:
+    def note(self, text: str) -> None:
+        pass
+
+    def start(self, label: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, count: int = 1) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("EDGEPORT_CACHE_DIR"):
+        return Path(os.environ["EDGEPORT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgeport"
+
+
+@dataclass
+class QuantTarget:
+    """What the deployment target wants from int8: where the defaults of the quantize pass come from.
+
+    ``arch`` and ``has_vnni`` describe the CPU that will run the model; ``source`` says whether they
+    came from a device profile or from this host, so the report can say which rule chose the defaults.
+    """
+
+    arch: str
+    has_vnni: bool
+    source: str
+
+
+@dataclass
+class PassContext:
+    work_dir: Path
+    seed: int = 0
+    calibration: DataSource | None = None
+    evaluation: DataSource | None = None
+    progress: Progress = field(default_factory=NullProgress)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    quant_target: QuantTarget | None = None
+    records: list[StepRecord] = field(default_factory=list)
+
+    def record(self, step: StepRecord) -> None:
+        self.records.append(step)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config as plain TOML-friendly values (tuples become lists, None is dropped)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build a config from plain values, naming any unknown key."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        import difflib
+
+        from edgeport.errors import UsageError
+
+        near = difflib.get_close_matches(unknown[0], list(names), n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(names)}"
+        raise UsageError(f"{cls.__name__} has no option '{unknown[0]}'", fix=hint)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**kwargs)

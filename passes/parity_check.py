@@ -1,0 +1,35 @@
+"""Parity of one ONNX artifact against another on the context's data, for step records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeport.artifacts import OnnxArtifact
+from edgeport.passes.context import PassContext
+from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.session import create_session, run_session
+from edgeport.specs import example_array
+
+
+def parity_between(
+    reference: OnnxArtifact, candidate: OnnxArtifact, ctx: PassContext, *, samples: int | None = None, batch_size: int = 8
+) -> dict[str, Any]:
+    """Compare outputs on evaluation data (else calibration data, else seeded synthetic inputs)."""
+    ref_session = create_session(reference.path)
+    cand_session = create_session(candidate.path)
+    accumulator = ParityAccumulator()
+    data = ctx.evaluation or ctx.calibration
+    if data is not None:
+        for batch in data.batches(reference.inputs, batch_size=batch_size, max_samples=samples):
+            accumulator.update(run_session(ref_session, batch.inputs), run_session(cand_session, batch.inputs), batch.labels)
+        source = "evaluation" if ctx.evaluation is not None else "calibration"
+    else:
+        rng = np.random.default_rng(ctx.seed)
+        feed = {s.name: example_array(s, rng, {d: 2 for d in s.shape if isinstance(d, str)}) for s in reference.inputs}
+        accumulator.update(run_session(ref_session, feed), run_session(cand_session, feed))
+        source = "synthetic"
+    result = accumulator.result()
+    result["data"] = source
+    return result

@@ -1,0 +1,61 @@
+"""Int8 defaults that depend on the model family and the target CPU, each with the rule that chose it.
+
+Measured (DESIGN.md): quantizing every op type breaks transformers (MiniLM cosine 0.85 vs 0.945 with
+MatMul/Gemm/Gather only) and recurrent nets (a VAD model lost 13 points until only Conv/Gemm were
+quantized); x86 without VNNI saturates u8*s8 products unless weights use 7 bits (reduce_range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+from edgeport.passes.context import QuantTarget
+
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "Scan", "Loop"})
+ATTENTION_MARKERS = frozenset({"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention"})
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm", "Gather")
+RECURRENT_OP_TYPES = ("Conv", "Gemm")
+
+
+@dataclass(frozen=True)
+class Choice:
+    value: object
+    rule: str
+
+
+def model_family(model: onnx.ModelProto) -> str:
+    """'recurrent', 'transformer' or 'convolutional' (CNNs and plain MLPs) from the graph's ops."""
+    op_types = {node.op_type for node in model.graph.node}
+    if op_types & RECURRENT_OPS:
+        return "recurrent"
+    initializers = {t.name for t in model.graph.initializer}
+    activation_matmul = any(
+        node.op_type == "MatMul" and all(i not in initializers for i in node.input) for node in model.graph.node
+    )
+    int_inputs = any(
+        i.type.tensor_type.elem_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+        for i in model.graph.input
+        if i.name not in initializers
+    )
+    if (op_types & ATTENTION_MARKERS and activation_matmul) or (int_inputs and "Gather" in op_types and "MatMul" in op_types):
+        return "transformer"
+    return "convolutional"
+
+
+def choose_op_types(model: onnx.ModelProto) -> Choice:
+    family = model_family(model)
+    if family == "recurrent":
+        return Choice(RECURRENT_OP_TYPES, "recurrent graph (LSTM/GRU/RNN): only Conv/Gemm are quantized, recurrent cells stay float")
+    if family == "transformer":
+        return Choice(TRANSFORMER_OP_TYPES, "transformer graph (attention/embeddings): only MatMul/Gemm/Gather are quantized")
+    return Choice(None, "convolutional graph: every op type ONNX Runtime can quantize")
+
+
+def choose_reduce_range(target: QuantTarget) -> Choice:
+    if target.arch in ("x86_64", "x86") and not target.has_vnni:
+        return Choice(True, f"reduce_range on: {target.source} is x86 without VNNI, where u8*s8 products can saturate")
+    if target.arch in ("x86_64", "x86"):
+        return Choice(False, f"reduce_range off: {target.source} is x86 with VNNI, which accumulates 8-bit products without saturation")
+    return Choice(False, f"reduce_range off: {target.source} is {target.arch}, whose int8 kernels do not saturate")

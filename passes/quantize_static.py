@@ -1,0 +1,294 @@
+"""Static int8 quantization with real calibration data, wrapping ONNX Runtime's quantize_static.
+
+edgeport runs the calibration itself, in chunks of a few batches so memory stays bounded even for
+histogram methods, and stores the tensor ranges in a cache keyed by model, data and settings: a
+re-run with the same inputs skips calibration. ORT then quantizes from those ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
+from edgeport.errors import DataError, QuantizationError, UsageError
+from edgeport.passes.context import PassContext, QuantTarget, config_to_dict
+from edgeport.passes.parity_check import parity_between
+from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
+from edgeport.runtimes.hostcpu import host_cpu
+
+FORMATS = ("qdq", "qoperator")
+METHODS = ("minmax", "entropy", "percentile")
+TYPES = ("uint8", "int8")
+_CHUNK_BATCHES = 4  # batches held in memory at once during calibration
+_CACHE_VERSION = 1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StaticInt8Config:
+    format: str = "qdq"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool | None = None  # None: chosen from the target CPU (see quant_defaults)
+    calibration_method: str = "minmax"
+    percentile: float = 99.999
+    op_types: tuple[str, ...] | None = None  # None: chosen from the model family
+    exclude_op_types: tuple[str, ...] = ()
+    exclude_nodes: tuple[str, ...] = ()
+    calibration_samples: int = 256
+    calibration_batch_size: int = 8
+    preprocess: bool = True
+    use_cache: bool = True
+    eval_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        _one_of("format", self.format, FORMATS)
+        _one_of("calibration_method", self.calibration_method, METHODS)
+        _one_of("activation_type", self.activation_type, TYPES)
+        _one_of("weight_type", self.weight_type, TYPES)
+        if not 0 < self.percentile <= 100:
+            raise UsageError(f"percentile {self.percentile} is not within (0, 100]", fix="use e.g. 99.999")
+        for name in ("calibration_samples", "calibration_batch_size", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} {getattr(self, name)} is below 1", fix=f"set {name} to 1 or more")
+        if self.format == "qoperator" and self.activation_type == "int8" and self.weight_type == "uint8":
+            raise UsageError("int8 activations with uint8 weights are not supported by ONNX Runtime", fix="use uint8 activations with int8 weights")
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name} '{value}' is unknown", fix=f"use one of {', '.join(allowed)}")
+
+
+def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: PassContext) -> OnnxArtifact:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    _require_cacheable_ort()
+
+    if ctx.calibration is None:
+        raise QuantizationError(
+            "static int8 quantization needs calibration data",
+            fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --no-quantize",
+        )
+    started = time.perf_counter()
+    notes: list[str] = []
+    work = ctx.work_dir / "quantize"
+    work.mkdir(parents=True, exist_ok=True)
+
+    source_path = _preprocess(model.path, work, notes) if config.preprocess else model.path
+    proto = onnx.load(str(source_path), load_external_data=False)
+
+    op_choice = choose_op_types(proto) if config.op_types is None else None
+    op_types = list(config.op_types) if config.op_types is not None else (list(op_choice.value) if op_choice.value else _all_quantizable())
+    op_types = [t for t in op_types if t not in set(config.exclude_op_types)]
+    if not op_types:
+        raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
+    target = ctx.quant_target or _host_target()
+    range_choice = choose_reduce_range(target) if config.reduce_range is None else None
+    reduce_range = range_choice.value if range_choice else config.reduce_range
+    _check_exclusions(proto, config)
+
+    # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
+    specs = model.inputs
+    shapes: set[tuple] = set()
+    digest = hashlib.sha256()
+    batches = samples = 0
+    for batch in ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples):
+        shapes.add(tuple(sorted((n, a.shape) for n, a in batch.inputs.items())))
+        for name in sorted(batch.inputs):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(batch.inputs[name]).tobytes())
+        batches += 1
+        samples += batch.size
+    if batches == 0:
+        raise DataError(f"calibration data '{ctx.calibration.description}' yields no samples", fix="give at least one sample")
+
+    method = config.calibration_method
+    if method != "minmax" and len(shapes) > 1:
+        notes.append(f"{method} calibration needs one input shape but the data has {len(shapes)}; used minmax instead (pad samples to one shape to use {method})")
+        method = "minmax"
+    ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+
+    key_material = json.dumps(
+        {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": digest.hexdigest(), "method": method,
+         "percentile": config.percentile, "op_types": sorted(op_types)},
+        sort_keys=True,
+    )
+    cache_path = ctx.cache_dir / "calibration" / f"{hashlib.sha256(key_material.encode()).hexdigest()[:32]}.json"
+    cache_hit = config.use_cache and cache_path.is_file()
+    ranges_path = cache_path if config.use_cache else work / "ranges.json"
+
+    if not cache_hit:
+        calib_options = {"percentile": config.percentile} if method == "percentile" else {}
+        calibrator = create_calibrator(
+            Path(source_path),
+            op_types,
+            augmented_model_path=str(work / "augmented.onnx"),
+            calibrate_method=ort_method,
+            providers=["CPUExecutionProvider"],
+            extra_options=calib_options,
+        )
+        ctx.progress.start("calibrating", total=samples)
+        stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
+        for chunk in _chunks(stream, ctx):
+            calibrator.collect_data(_ListReader(chunk))
+        ctx.progress.finish()
+        ranges = calibrator.compute_data()
+        _save_ranges(ranges, ranges_path)
+        del calibrator
+
+    out_path = ctx.work_dir / "model.int8.onnx"
+    extra_options = {"ActivationSymmetric": config.activation_type == "int8"}
+    with _quiet_ort():
+        try:
+            quantize_static(
+                str(source_path),
+                str(out_path),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=config.per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
+                nodes_to_exclude=list(config.exclude_nodes),
+                calibrate_method=ort_method,
+                extra_options=extra_options,
+                calibration_cache_path=str(ranges_path),
+            )
+        except Exception as exc:
+            raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
+    artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_static"))
+    reference_ctx = PassContext(work_dir=ctx.work_dir, seed=ctx.seed, calibration=ctx.calibration, evaluation=ctx.evaluation)
+    parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
+    decisions = {
+        "op_types": op_choice.rule if op_choice else "given in the config",
+        "reduce_range": range_choice.rule if range_choice else "given in the config",
+    }
+    ctx.record(
+        StepRecord(
+            name="quantize_static",
+            config=config_to_dict(config),
+            wall_s=time.perf_counter() - started,
+            input_bytes=model.size_bytes,
+            output_bytes=artifact.size_bytes,
+            metrics={
+                "calibration_method": method,
+                "calibration_batches": batches,
+                "calibration_cache": "hit" if cache_hit else ("stored" if config.use_cache else "off"),
+                "op_types_quantized": sorted(op_types),
+                "reduce_range": reduce_range,
+                "decisions": decisions,
+                "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
+                "parity_vs_fp32": parity,
+            },
+            notes=notes,
+        )
+    )
+    return artifact
+
+
+def _require_cacheable_ort() -> None:
+    import inspect
+
+    import onnxruntime
+    from onnxruntime.quantization import quantize_static
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise QuantizationError(
+            f"onnxruntime {onnxruntime.__version__} cannot quantize from stored calibration ranges",
+            fix="pip install 'onnxruntime>=1.32' (edgeport[torch] pins it)",
+        )
+
+
+def _host_target() -> QuantTarget:
+    cpu = host_cpu()
+    return QuantTarget(arch=cpu.arch, has_vnni=cpu.has_vnni, source=f"this host ({cpu.model_name})")
+
+
+def _all_quantizable() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def _preprocess(path: Path, work: Path, notes: list[str]) -> Path:
+    """ORT's quant_pre_process (shape inference for quantization); symbolic inference fails on some
+    transformer graphs, so retry without it before giving up on preprocessing altogether."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "preprocessed.onnx"
+    for skip_symbolic in (False, True):
+        try:
+            with _quiet_ort():
+                quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+            if skip_symbolic:
+                notes.append("symbolic shape inference failed in quant_pre_process; preprocessed without it")
+            return out
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    notes.append(f"quant_pre_process failed ({reason}); quantized the model as it is")
+    return path
+
+
+def _check_exclusions(proto: onnx.ModelProto, config: StaticInt8Config) -> None:
+    names = {n.name for n in proto.graph.node}
+    for node in config.exclude_nodes:
+        if node not in names:
+            import difflib
+
+            near = difflib.get_close_matches(node, sorted(names), n=1)
+            raise UsageError(f"node '{node}' to exclude is not in the model", fix=f"did you mean '{near[0]}'?" if near else "list node names with a viewer such as Netron")
+
+
+def _chunks(stream, ctx: PassContext) -> Iterator[list[dict[str, np.ndarray]]]:
+    chunk: list[dict[str, np.ndarray]] = []
+    for batch in stream:
+        chunk.append(batch.inputs)
+        ctx.progress.advance(batch.size)
+        if len(chunk) == _CHUNK_BATCHES:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _ListReader:
+    """ORT's CalibrationDataReader interface over a list of feeds."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._iter = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+
+def _save_ranges(ranges, path: Path) -> None:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    save_tensors_data(ranges, path)  # writes to a temp name and renames: a crash leaves no half cache
+
+
+class _quiet_ort:
+    """ORT's quantizer logs advice at WARNING through the root logger; keep it out of the user's terminal."""
+
+    def __enter__(self):
+        self._level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().setLevel(self._level)
+        return False

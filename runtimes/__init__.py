@@ -1,0 +1,1 @@
+"""ONNX Runtime side: sessions, host CPU facts, parity metrics. Never imports torch."""

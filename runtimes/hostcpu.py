@@ -1,0 +1,47 @@
+"""What the host CPU can do, as far as int8 kernels care (VNNI or not, x86 or Arm)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+# Any of these gives x86 a non-saturating u8*s8 dot product (VPDPBUSD).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    arch: str  # "x86_64" | "arm64" | other platform.machine() values
+    flags: frozenset[str]
+    model_name: str
+    cores: int
+
+    @property
+    def is_x86(self) -> bool:
+        return self.arch in ("x86_64", "amd64", "i686", "x86")
+
+    @property
+    def has_vnni(self) -> bool:
+        return any(f in self.flags for f in VNNI_FLAGS)
+
+
+@lru_cache(maxsize=1)
+def host_cpu() -> HostCpu:
+    import os
+
+    machine = platform.machine().lower()
+    arch = {"amd64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+    flags: set[str] = set()
+    model_name = platform.processor() or machine
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            if key in ("flags", "features") and not flags:
+                flags.update(value.split())
+            elif key == "model name" and value.strip():
+                model_name = value.strip()
+    return HostCpu(arch, frozenset(flags), model_name, os.cpu_count() or 1)

@@ -1,0 +1,76 @@
+"""Build ONNX Runtime sessions and run them over batches, failing loudly with a clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from edgeport.errors import DataError, ModelLoadError, UsageError
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(
+    *, intra_op_threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None
+) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: failures reach the user as exceptions, in one line
+    if optimization not in _LEVELS:
+        raise UsageError(f"graph optimization level '{optimization}' is unknown", fix=f"use one of {', '.join(_LEVELS)}")
+    options.graph_optimization_level = _LEVELS[optimization]
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    return options
+
+
+def create_session(
+    path: Path | str,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    *,
+    intra_op_threads: int | None = None,
+    optimization: str = "all",
+    optimized_path: Path | None = None,
+) -> ort.InferenceSession:
+    """A session on the given providers, in order. A missing provider is an error listing those available."""
+    available = ort.get_available_providers()
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise UsageError(
+            f"execution provider '{missing[0]}' is not available in this onnxruntime build (available: {', '.join(available)})",
+            fix="install the onnxruntime package that ships it, or pick a profile for this machine",
+        )
+    options = session_options(intra_op_threads=intra_op_threads, optimization=optimization, optimized_path=optimized_path)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"ONNX Runtime cannot load '{path}': {first[:300]}", fix="check the file is a valid ONNX model for this onnxruntime version") from exc
+
+
+def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    wanted = {i.name for i in session.get_inputs()}
+    missing = wanted - set(inputs)
+    if missing:
+        raise DataError(f"data has no array for model input '{sorted(missing)[0]}'", fix=f"key the data by the model's inputs {sorted(wanted)}")
+    feed = {name: array for name, array in inputs.items() if name in wanted}
+    try:
+        return session.run(None, feed)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"ONNX Runtime rejected the input data: {first[:300]}", fix="check the data's shapes and dtypes against the model's inputs") from exc
+
+
+def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]]) -> Iterable[list[np.ndarray]]:
+    for inputs in batches:
+        yield run_session(session, inputs)
