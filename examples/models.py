@@ -1,7 +1,7 @@
 """Model families edgeport must serve, written out here so nothing is downloaded.
 
-ResNet-18 and MobileNetV2 follow the torchvision layouts (random weights: for latency and
-size, not accuracy); the tiny transformer takes int64 token ids with dynamic batch and
+ResNet-18 and MobileNetV2 follow the torchvision layouts (random weights made numerically
+trained-like, for latency, size and quantization fidelity, not accuracy); the tiny transformer takes int64 token ids with dynamic batch and
 sequence; the GRU net is a small audio (log-mel frames) classifier.
 """
 
@@ -126,14 +126,36 @@ class GRUAudio(nn.Module):
         return self.head(out.mean(1))
 
 
-def resnet18() -> ResNet18:
+def _like_trained(model: nn.Module, input_size: int = 224) -> nn.Module:
+    """Make a random network behave like a trained one numerically: torchvision's initialisation,
+    then BatchNorm statistics gathered on smooth synthetic images. Without this, PyTorch's default
+    init makes activations fade layer by layer and every input gives the same logits, which would
+    make any parity figure meaningless."""
     torch.manual_seed(0)
-    return ResNet18().eval()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the settling batches
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            coarse = torch.randn(8, 3, input_size // 16, input_size // 16, generator=generator)
+            images = nn.functional.interpolate(coarse, size=input_size, mode="bilinear", align_corners=False)
+            model(images + 0.3 * torch.randn(images.shape, generator=generator))
+    return model.eval()
+
+
+def resnet18() -> ResNet18:
+    return _like_trained(ResNet18())
 
 
 def mobilenet_v2() -> MobileNetV2:
-    torch.manual_seed(0)
-    return MobileNetV2().eval()
+    return _like_trained(MobileNetV2())
 
 
 def tiny_transformer() -> TinyTransformer:

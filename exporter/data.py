@@ -269,7 +269,7 @@ def _bind_names(item: _Item, specs: tuple[TensorSpec, ...], source: DataSource) 
     """Map an item's arrays onto input names, accepting unnamed arrays for one-input models."""
     names = [s.name for s in specs]
     keys = list(item.arrays)
-    if keys == [""] or (len(keys) == 1 and len(specs) == 1 and keys[0] not in names):
+    if keys in ([""], ["arr_0"]):  # a bare .npy, or numpy.savez(f, array) without a name
         if len(specs) != 1:
             raise DataError(f"{source.role} data '{item.origin}' holds one unnamed array but the model takes {len(specs)} inputs {names}", fix="save arrays keyed by input name (numpy.savez(f, name=array, ...))")
         return {names[0]: item.arrays[keys[0]]}

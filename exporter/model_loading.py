@@ -90,15 +90,21 @@ def _load_weights(module: Any, path: Path) -> None:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        missing, unexpected = _key_mismatch(module, state)
-        detail = f"missing {missing[:3]}" if missing else ""
-        detail += (", " if detail and unexpected else "") + (f"unexpected {unexpected[:3]}" if unexpected else "")
-        raise ModelLoadError(f"weights '{path}' do not fit the model ({detail or first_line(exc)[:200]})", fix="use the checkpoint saved from this model class") from exc
+        raise ModelLoadError(f"weights '{path}' do not fit the model ({_mismatch(module, state) or first_line(exc)[:200]})", fix="use the checkpoint saved from this model class") from exc
 
 
-def _key_mismatch(module: Any, state: dict) -> tuple[list[str], list[str]]:
-    own = set(module.state_dict())
-    return sorted(own - set(state)), sorted(set(state) - own)
+def _mismatch(module: Any, state: dict) -> str:
+    """Name the first missing, unexpected or differently shaped parameter."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    parts = [f"missing {missing[:3]}"] if missing else []
+    parts += [f"unexpected {unexpected[:3]}"] if unexpected else []
+    for key in own:
+        if key in state and hasattr(state[key], "shape") and tuple(state[key].shape) != tuple(own[key].shape):
+            parts.append(f"'{key}' is {tuple(state[key].shape)} in the file but {tuple(own[key].shape)} in the model")
+            break
+    return ", ".join(parts)
 
 
 def _from_file(path: Path, inputs, weights, trust_pickle: bool, example_data) -> TorchArtifact:
@@ -169,7 +175,7 @@ def _infer_inputs(module: Any, data: DataSource | None, source: str) -> tuple[Te
     if item is None:
         raise UsageError(f"{data.role} data '{data.description}' is empty, so input shapes cannot be inferred", fix="give --input NAME:SHAPE")
     keys = list(item.arrays)
-    if keys == [""] or all(k.startswith("#") for k in keys):
+    if keys in ([""], ["arr_0"]) or all(k.startswith("#") for k in keys):
         keys = names[: len(keys)] if len(names) >= len(keys) else [f"input_{i}" for i in range(len(keys))]
         arrays = list(item.arrays.values())
     else:

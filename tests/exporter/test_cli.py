@@ -1,0 +1,122 @@
+"""The command line end to end through click's CliRunner: wiring, outputs and exit codes."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeport.artifacts import file_sha256
+from edgeport.cli import cli
+from tests.conftest import digits_paths
+
+P = digits_paths()
+DIGITS_ARGS = ["examples.digits.model:DigitsCNN", "--weights", str(P["weights"]), "--input", "image:batchx1x8x8"]
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["export", *map(str, args)])
+
+
+def test_export_digits_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    result = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "quantize_static" in result.stdout and "top-1 agree" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.json", "report.md"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == "1.0"
+    assert [s["name"] for s in report["steps"]] == ["export", "optimize", "quantize_static"]
+    parity = report["summary"]["parity_int8_vs_fp32"]
+    assert parity["top1_agreement"] >= 0.99 and parity["accuracy_drop"] <= 0.01
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name, entry in manifest["artifacts"].items():
+        assert entry["sha256"] == file_sha256(out / name)
+    assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"]
+    assert manifest["recipe"]["steps"][-1]["config"]["per_channel"] is True
+    assert not list(tmp_path.glob(".out.edgeport-*"))  # staging folder gone
+
+
+def test_json_mode_prints_only_the_report(tmp_path):
+    result = _run(*DIGITS_ARGS, "--calib", P["calib"], "-o", tmp_path / "o", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["kind"] == "export"
+
+
+def test_quiet_and_no_quantize(tmp_path):
+    result = _run(*DIGITS_ARGS, "--no-quantize", "-o", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "model.onnx", "report.json", "report.md"]
+
+
+def _bad_calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, pixels=np.zeros((4, 1, 8, 8), np.float32))
+    return path
+
+
+def _bad_shape_calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, image=np.zeros((4, 1, 9, 9), np.float32))
+    return path
+
+
+def _corrupt_onnx(tmp_path):
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"\x0a\x03not onnx")
+    return path
+
+
+def _file_in_the_way(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    return blocker / "out"
+
+
+@pytest.mark.parametrize(
+    "case, make_args, message",
+    [
+        ("missing model file", lambda t: ["missing.onnx", "--no-quantize"], "does not exist"),
+        ("corrupt model file", lambda t: [_corrupt_onnx(t), "--no-quantize"], "not a readable ONNX model"),
+        ("unknown module", lambda t: ["no_such_pkg.models:Net", "--input", "x:1x3", "--no-quantize"], "cannot be imported"),
+        ("malformed input spec", lambda t: [*DIGITS_ARGS[:3], "--input", "image:1xax", "--no-quantize"], "neither a number nor a name"),
+        ("input spec the model rejects", lambda t: [*DIGITS_ARGS[:3], "--input", "image:batchx3x8x8", "--no-quantize"], "forward fails"),
+        ("calibration names mismatch", lambda t: [*DIGITS_ARGS, "--calib", _bad_calib(t)], "no array for input 'image'"),
+        ("calibration shapes mismatch", lambda t: [*DIGITS_ARGS, "--calib", _bad_shape_calib(t)], "batches of shape (4, 1, 9, 9)"),
+        ("no calibration data", lambda t: [*DIGITS_ARGS], "needs calibration data"),
+        ("model that cannot export", lambda t: ["tests.exporter.bad_models:Unexportable", "--input", "x:batchx4", "--no-quantize"], "aten::special_zeta"),
+        ("pickled model without trust", lambda t: [_pickled(t), "--input", "image:1x1x8x8", "--no-quantize"], "--trust-pickle"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_no_artifact(tmp_path, case, make_args, message):
+    out = tmp_path / "out"
+    result = _run(*make_args(tmp_path), "-o", out)
+    assert result.exit_code == 2, (case, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Fix:" in lines[0], (case, result.stderr)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.edgeport-*"))
+
+
+def test_unwritable_output_folder(tmp_path):
+    result = _run(*DIGITS_ARGS, "--no-quantize", "-o", _file_in_the_way(tmp_path))
+    assert result.exit_code == 2
+    assert "cannot be written" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_failed_rerun_keeps_the_earlier_good_output(tmp_path):
+    out = tmp_path / "out"
+    assert _run(*DIGITS_ARGS, "--no-quantize", "-o", out).exit_code == 0
+    before = file_sha256(out / "model.onnx")
+    assert _run(*DIGITS_ARGS, "--calib", _bad_calib(tmp_path), "-o", out).exit_code == 2
+    assert file_sha256(out / "model.onnx") == before
+
+
+def _pickled(tmp_path):
+    import torch
+
+    from examples.digits.model import DigitsCNN
+
+    path = tmp_path / "whole.pt"
+    torch.save(DigitsCNN(), path)
+    return path

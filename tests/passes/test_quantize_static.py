@@ -1,0 +1,108 @@
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeport.artifacts import OnnxArtifact
+from edgeport.data import open_data
+from edgeport.errors import QuantizationError, UsageError
+from edgeport.passes import PassContext, StaticInt8Config, quantize_static_int8
+from edgeport.passes.context import QuantTarget, config_from_dict, config_to_dict
+from edgeport.passes.quant_defaults import choose_reduce_range
+from tests.conftest import digits_paths
+
+
+def _quantize(tmp_path, model_path, config=StaticInt8Config(), **ctx_args):
+    ctx = PassContext(
+        work_dir=tmp_path,
+        calibration=open_data(digits_paths()["calib"], role="calibration"),
+        evaluation=open_data(digits_paths()["test"], role="evaluation"),
+        **ctx_args,
+    )
+    artifact = quantize_static_int8(OnnxArtifact.from_file(model_path), config, ctx=ctx)
+    return artifact, ctx.records[-1]
+
+
+def test_digits_int8_keeps_accuracy(tmp_path, digits_onnx):
+    artifact, record = _quantize(tmp_path, digits_onnx)
+    parity = record.metrics["parity_vs_fp32"]
+    assert parity["samples"] == 500
+    assert parity["top1_agreement"] >= 0.99
+    assert parity["accuracy_drop"] <= 0.01
+    assert artifact.size_bytes < 0.35 * OnnxArtifact.from_file(digits_onnx).size_bytes
+    ops = {n.op_type for n in onnx.load(str(artifact.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_calibration_cache_is_reused(tmp_path, digits_onnx):
+    first, record1 = _quantize(tmp_path / "a", digits_onnx)
+    second, record2 = _quantize(tmp_path / "b", digits_onnx)
+    assert record1.metrics["calibration_cache"] == "stored"
+    assert record2.metrics["calibration_cache"] == "hit"
+    assert first.sha256() == second.sha256()
+    # Other settings must not read the cached ranges.
+    _, record3 = _quantize(tmp_path / "c", digits_onnx, StaticInt8Config(calibration_method="percentile"))
+    assert record3.metrics["calibration_cache"] == "stored"
+
+
+def test_qoperator_format_and_exclusions(tmp_path, digits_onnx):
+    names = [n.name for n in onnx.load(str(digits_onnx)).graph.node if n.op_type == "Gemm"]
+    config = StaticInt8Config(format="qoperator", exclude_nodes=tuple(names))
+    artifact, record = _quantize(tmp_path, digits_onnx, config)
+    graph = onnx.load(str(artifact.path)).graph
+    assert any(n.op_type == "QLinearConv" for n in graph.node)
+    assert any(n.op_type == "Gemm" for n in graph.node)  # the excluded classifier stayed float
+    assert record.metrics["parity_vs_fp32"]["top1_agreement"] >= 0.98
+
+
+def test_unknown_node_exclusion_suggests_a_name(tmp_path, digits_onnx):
+    with pytest.raises(UsageError, match="not in the model"):
+        _quantize(tmp_path, digits_onnx, StaticInt8Config(exclude_nodes=("/no/such/Conv",)))
+
+
+def test_needs_calibration_data(tmp_path, digits_onnx):
+    with pytest.raises(QuantizationError, match="needs calibration data"):
+        quantize_static_int8(OnnxArtifact.from_file(digits_onnx), StaticInt8Config(), ctx=PassContext(work_dir=tmp_path))
+
+
+def test_reduce_range_follows_the_target(tmp_path, digits_onnx):
+    _, record = _quantize(tmp_path, digits_onnx, quant_target=QuantTarget("x86_64", has_vnni=False, source="profile x"))
+    assert record.metrics["reduce_range"] is True
+    assert "without VNNI" in record.metrics["decisions"]["reduce_range"]
+    assert choose_reduce_range(QuantTarget("arm64", False, "pi")).value is False
+    assert choose_reduce_range(QuantTarget("x86_64", True, "server")).value is False
+
+
+def test_histogram_method_falls_back_on_varying_shapes(tmp_path):
+    from edgeport import export
+
+    for i, length in enumerate([6, 6, 9, 9, 12]):
+        np.save(tmp_path / f"{i}.npy", np.random.default_rng(i).standard_normal((length, 40)).astype(np.float32))
+    result = export(
+        "examples.models:gru_audio",
+        inputs=["frames:batchxtimex40"],
+        calib=tmp_path,
+        quant_config=StaticInt8Config(calibration_method="entropy"),
+        out_dir=tmp_path / "out",
+    )
+    step = result.report["steps"][-1]
+    assert step["metrics"]["calibration_method"] == "minmax"
+    assert any("used minmax instead" in n for n in step["notes"])
+    assert step["metrics"]["op_types_quantized"] == ["Conv", "Gemm"]  # recurrent family rule
+
+
+@pytest.mark.parametrize("field, value", [("format", "int4"), ("calibration_method", "kl"), ("percentile", 0.0), ("calibration_samples", 0)])
+def test_config_validates_itself(field, value):
+    with pytest.raises(UsageError):
+        StaticInt8Config(**{field: value})
+
+
+def test_configs_roundtrip_through_plain_values():
+    from edgeport.passes import GraphOptimizeConfig, OnnxExportConfig
+
+    for config in (StaticInt8Config(op_types=("Conv",), exclude_nodes=("a",)), OnnxExportConfig(opset=18), GraphOptimizeConfig()):
+        assert config_from_dict(type(config), config_to_dict(config)) == config
+    with pytest.raises(UsageError, match="did you mean 'per_channel'"):
+        config_from_dict(StaticInt8Config, {"per_chanel": True})
+    assert dataclasses.is_dataclass(StaticInt8Config)
