@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# A second environment with the OpenVINO build of onnxruntime (it replaces the onnxruntime
+# module, so it cannot share .venv): the multi-provider tests run there for real.
+OV_VENV := .venv-openvino
+OV_STAMP := $(OV_VENV)/.installed
+OV_ORT := onnxruntime-openvino==1.24.1
 
 .PHONY: demo test bench clean
 
@@ -11,17 +16,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
 	touch $(STAMP)
 
-# The bundled digits example: export, optimize, quantize to int8 with real calibration data.
+# edgeport without torch and with onnxruntime-openvino in place of onnxruntime.
+$(OV_STAMP): pyproject.toml
+	test -x $(OV_VENV)/bin/python || $(PYTHON) -m venv $(OV_VENV)
+	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(OV_ORT)' onnx numpy click pytest
+	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(OV_STAMP)
+
+# The bundled digits example: export, optimize, quantize to int8 with real calibration data,
+# then validate against the CI-runner profile (exit 1 if a budget fails).
 demo: $(STAMP)
 	$(BIN)/edgeport export examples.digits.model:DigitsCNN \
 		--weights examples/digits/digits_cnn.pt --input image:batchx1x8x8 \
-		--calib examples/digits/calib.npz --eval examples/digits/test.npz -o out/digits
+		--calib examples/digits/calib.npz --eval examples/digits/test.npz \
+		--profile ci-x86-avx2 -o out/digits
 
-test: $(STAMP)
+test: $(STAMP) $(OV_STAMP)
 	$(BIN)/python -m pytest -q
+	$(OV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtimes/test_openvino.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/quantize.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(OV_VENV) out .pytest_cache

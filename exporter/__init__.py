@@ -13,6 +13,9 @@ from edgeport.errors import EdgeportError
 _LAZY = {
     "export": "edgeport.api",
     "ExportResult": "edgeport.api",
+    "validate": "edgeport.validation",
+    "ValidationResult": "edgeport.validation",
+    "load_profile": "edgeport.device_profiles",
     "Pipeline": "edgeport.pipeline",
     "TensorSpec": "edgeport.specs",
     "OnnxArtifact": "edgeport.artifacts",

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256
 from edgeport.data import DataSource, open_data
+from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_OK, QuantizationError
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
@@ -17,8 +18,10 @@ from edgeport.passes.export_onnx import OnnxExportConfig
 from edgeport.passes.optimize import GraphOptimizeConfig
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.pipeline import Pipeline
+from edgeport.profile_defaults import quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.specs import TensorSpec, parse_input_spec
+from edgeport.validation import validate
 from edgeport.versions import runtime_versions
 
 
@@ -49,12 +52,17 @@ def export(
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    profile: str | Path | Profile | Sequence[str | Path | Profile] | None = None,
+    runs: int = 100,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
     Writes model.onnx (int8 unless ``quantize=False``), model.fp32.onnx, report.json, report.md
     and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left half-written.
+    With ``profile``, int8 settings follow the (first) profile unless ``quant_config`` is given, and
+    the artifact is validated against every profile; ``exit_code`` is then 1 if a budget failed.
     """
+    profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
@@ -73,6 +81,7 @@ def export(
             evaluation=evaluation,
             progress=progress or NullProgress(),
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
+            quant_target=quant_target(profiles[0]) if profiles else None,
         )
         _seed_everything(seed, artifact)
         fp32_steps: list[Any] = []
@@ -80,7 +89,9 @@ def export(
             fp32_steps.append(export_config or OnnxExportConfig())
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps).run(artifact, ctx)
-        int8_pipeline = Pipeline([quant_config or StaticInt8Config()] if quantize else [])
+        if quant_config is None:
+            quant_config = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
+        int8_pipeline = Pipeline([quant_config] if quantize else [])
         final = int8_pipeline.run(fp32, ctx)
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
         names = _stage_artifacts(output, fp32, final if quantize else None)
@@ -94,6 +105,16 @@ def export(
             versions=runtime_versions(),
             warnings=data_warnings + [n for r in ctx.records for n in r.notes],
         )
+        exit_code = EXIT_OK
+        if profiles:
+            validation = validate(
+                output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if quantize else None,
+                data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress,
+            )
+            for entry in validation.report["profiles"]:
+                entry["model"] = str(output.path / names[0])
+            report["validation"] = {k: v for k, v in validation.report.items() if k in ("verdict", "profiles")}
+            exit_code = validation.exit_code
         output.write_json("report.json", report)
         output.stage("report.md").write_text(render_markdown(report))
         output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps), seed, specs))
@@ -101,7 +122,7 @@ def export(
     except BaseException:
         output.discard()
         raise
-    return ExportResult(output.path, report)
+    return ExportResult(output.path, report, exit_code)
 
 
 def _stage_artifacts(output: OutputFolder, fp32: OnnxArtifact, int8: OnnxArtifact | None) -> list[str]:

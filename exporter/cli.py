@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 import sys
 import traceback
 import warnings
@@ -57,13 +58,15 @@ def cli() -> None:
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
 @click.option("--no-quantize", is_flag=True, help="Stop at the optimized fp32 model.")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model (runs code from the file).")
+@click.option("--profile", "profiles", multiple=True, metavar="P", help="Device profile (name or TOML file): int8 settings follow it and the result is validated against it. Repeatable.")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs when validating against --profile.")
 @click.option("-o", "--output", "out_dir", default="edgeport-out", show_default=True, metavar="OUTDIR")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True)
-@click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
+@click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default=None, help="Default: qdq, or the profile's.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples used at most.")
-@click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales (default: per-channel).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default) or per tensor.")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights; default: chosen from the target CPU.")
 @click.option("--op-types", metavar="A,B", help="Op types to quantize; default: chosen from the model family.")
 @click.option("--exclude-op-types", metavar="A,B", help="Op types to keep in float.")
@@ -82,21 +85,30 @@ def export_command(model: str, **opts: Any) -> None:
 
     def action() -> int:
         from edgeport.api import export
+        from edgeport.device_profiles import load_profile
         from edgeport.passes.export_onnx import OnnxExportConfig
+        from edgeport.profile_defaults import quant_config_for
+        from edgeport.validation_report import summary_lines
         from edgeport.passes.quantize_static import StaticInt8Config
         from edgeport.progress import TerminalProgress
         from edgeport.reports import format_table, summary_rows
 
         quiet = opts["quiet"] or opts["as_json"]
-        quant_config = StaticInt8Config(
-            format=opts["quant_format"],
-            per_channel=not opts["per_tensor"],
-            reduce_range=opts["reduce_range"],
+        profiles = [load_profile(p) for p in opts["profiles"]]
+        base = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
+        explicit = {
+            "format": opts["quant_format"],
+            "per_channel": opts["per_channel"],
+            "reduce_range": opts["reduce_range"],
+            "op_types": _split(opts["op_types"]),
+            "exclude_op_types": _split(opts["exclude_op_types"]),
+            "exclude_nodes": _split(opts["exclude_nodes"]),
+        }
+        quant_config = replace(
+            base,
             calibration_method=opts["calib_method"],
             calibration_samples=opts["calib_samples"],
-            op_types=_split(opts["op_types"]),
-            exclude_op_types=_split(opts["exclude_op_types"]) or (),
-            exclude_nodes=_split(opts["exclude_nodes"]) or (),
+            **{k: v for k, v in explicit.items() if v is not None},
         )
         result = export(
             model,
@@ -112,6 +124,8 @@ def export_command(model: str, **opts: Any) -> None:
             seed=opts["seed"],
             cache_dir=opts["cache_dir"],
             progress=TerminalProgress(enabled=False if quiet else None),
+            profile=profiles or None,
+            runs=opts["runs"],
         )
         if opts["as_json"]:
             click.echo(json.dumps(result.report, indent=2, default=str))
@@ -122,8 +136,122 @@ def export_command(model: str, **opts: Any) -> None:
                 click.echo(f"int8 model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
             for warning in result.report["warnings"]:
                 click.echo(f"warning: {warning}", err=True)
+            if "validation" in result.report:
+                click.echo("\n".join(summary_lines(result.report["validation"])))
             click.echo(f"wrote {result.out_dir}")
         return result.exit_code
+
+    _run(action)
+
+
+@cli.command("validate")
+@click.argument("model")
+@click.option("--profile", "profiles", multiple=True, required=True, metavar="P", help="Device profile (name or TOML file). Repeat for a matrix.")
+@click.option("--reference", metavar="REF.onnx", help="The model to compare outputs with (e.g. model.fp32.onnx).")
+@click.option("--data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
+@click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per profile.")
+@click.option("--time-limit", type=float, default=60.0, show_default=True, help="Seconds of timed runs at most per profile.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim for the budgets' input shape.")
+@click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML: each budget a test case.")
+@click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write report.json and report.md there.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else.")
+@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None:
+    """Measure MODEL.onnx against device profiles: latency, memory, size, provider coverage, parity.
+
+    Exits 0 when every budget is met, 1 when one fails, 2 on bad input.
+    """
+
+    def action() -> int:
+        from edgeport.outputs import OutputFolder, write_atomic
+        from edgeport.progress import TerminalProgress
+        from edgeport.validation import validate
+        from edgeport.validation_report import render_junit, render_markdown, summary_lines
+
+        quiet = opts["quiet"] or opts["as_json"]
+        dims = dict(_parse_dim(d) for d in opts["dims"])
+        output = OutputFolder(opts["out_dir"]) if opts["out_dir"] else None
+        try:
+            result = validate(
+                model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
+                time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
+            )
+            if output is not None:
+                output.write_json("report.json", result.report)
+                output.stage("report.md").write_text(render_markdown(result.report))
+                output.commit(["report.json", "report.md"])
+        finally:
+            if output is not None:
+                output.discard()
+        if opts["junit"]:
+            write_atomic(opts["junit"], render_junit(result.report))
+        if opts["as_json"]:
+            click.echo(json.dumps(result.report, indent=2, default=str))
+        elif not quiet:
+            click.echo("\n".join(summary_lines(result.report)))
+        return result.exit_code
+
+    _run(action)
+
+
+def _parse_dim(text: str) -> tuple[str, int]:
+    from edgeport.errors import UsageError
+
+    name, _, size = text.partition("=")
+    if not name or not size.isdigit() or int(size) < 1:
+        raise UsageError(f"--dim '{text}' is not NAME=N", fix="write e.g. --dim sequence=128")
+    return name, int(size)
+
+
+@cli.group("profiles")
+def profiles_group() -> None:
+    """List, show and check device profiles."""
+
+
+@profiles_group.command("list")
+def profiles_list() -> None:
+    """List the built-in profiles."""
+
+    def action() -> int:
+        from edgeport.device_profiles import builtin_names, load_profile
+
+        for name in builtin_names():
+            profile = load_profile(name)
+            click.echo(f"{name:<20} {', '.join(profile.runtime.execution_providers):<60} {profile.description}")
+        return 0
+
+    _run(action)
+
+
+@profiles_group.command("show")
+@click.argument("name")
+def profiles_show(name: str) -> None:
+    """Print a profile's TOML (a built-in name or a file)."""
+
+    def action() -> int:
+        from edgeport.device_profiles import load_profile
+
+        profile = load_profile(name)
+        click.echo(open(profile.path).read(), nl=False)
+        return 0
+
+    _run(action)
+
+
+@profiles_group.command("check")
+@click.argument("file")
+def profiles_check(file: str) -> None:
+    """Check a profile file against the schema and name every wrong field (exit 2 if any)."""
+
+    def action() -> int:
+        from edgeport.device_profiles import check_profile
+
+        _, problems = check_profile(file)
+        for problem in problems:
+            click.echo(problem, err=True)
+        if not problems:
+            click.echo(f"{file}: valid")
+        return 2 if problems else 0
 
     _run(action)
 

@@ -53,3 +53,16 @@ class OutputFolder:
 
     def discard(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a file under a temporary name beside it, then rename: readers never see half of it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(temp, path)
+    except OSError as exc:
+        raise UsageError(f"'{path}' cannot be written ({exc.strerror or exc})", fix="choose a writable path") from exc

@@ -40,3 +40,12 @@ def test_torch_model_without_torch_is_a_clear_error(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "torch" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_validate_runs_without_torch(tmp_path, digits_onnx):
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH, "validate", str(digits_onnx), "--profile", "ci-x86-avx2", "--runs", "10", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verdict"] == "pass"

@@ -1,0 +1,226 @@
+"""The device profile schema: what a target is, how to run on it, and the budgets it must meet.
+
+Parsing is strict and collects every problem: an unknown key (with the nearest valid one), a
+wrong type, an impossible value, or a hardware number without a source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+ARCHES = ("arm64", "armv7", "x86_64")
+MODEL_FORMATS = ("onnx", "ort")
+KNOWN_PROVIDERS = (
+    "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
+    "NnapiExecutionProvider", "CoreMLExecutionProvider", "XnnpackExecutionProvider", "QNNExecutionProvider",
+    "DmlExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider", "ACLExecutionProvider",
+    "ArmNNExecutionProvider", "DnnlExecutionProvider", "WebGpuExecutionProvider", "VitisAIExecutionProvider",
+    "CANNExecutionProvider", "RknpuExecutionProvider", "SNPEExecutionProvider", "AzureExecutionProvider",
+)
+# Hardware numbers that feed estimates must say where they came from.
+SOURCED_FIELDS = ("cores", "memory_mb", "peak_gops_fp32", "peak_gops_int8", "mem_bandwidth_gbs")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    arch: str
+    cores: int
+    memory_mb: int
+    peak_gops_fp32: float
+    peak_gops_int8: float
+    mem_bandwidth_gbs: float
+    storage_mb: int | None = None
+    cpu_features: tuple[str, ...] = ()  # e.g. avx2, avx512_vnni, neon, dotprod: they choose int8 defaults
+    accelerator: str | None = None  # what runs the model when not the CPU (gpu, npu, ane)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    format: str = "qdq"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    reduce_range: bool | None = None  # None: from cpu_features (x86 without VNNI -> on)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    execution_providers: tuple[str, ...]
+    allow_cpu_fallback: bool = True
+    intra_op_threads: int | None = None
+    opset_min: int = 7
+    opset_max: int = 21
+    model_format: str = "onnx"
+    enable_cpu_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    quantization: Quantization = field(default_factory=Quantization)
+
+
+@dataclass(frozen=True)
+class ParityBudget:
+    top1_agreement_min: float | None = None
+    cosine_min: float | None = None
+    sqnr_db_min: float | None = None
+    max_abs_diff_max: float | None = None
+
+
+@dataclass(frozen=True)
+class Budgets:
+    latency_p95_ms: float | None = None
+    batch: int = 1  # the batch size the latency and memory budgets are stated at
+    dims: dict[str, int] = field(default_factory=dict)  # sizes for other symbolic dims, e.g. sequence = 128
+    peak_memory_mb: float | None = None
+    model_size_mb: float | None = None
+    provider_coverage_min: float | None = None  # share of nodes the first provider must take
+    accuracy_drop_max: float | None = None
+    parity: ParityBudget = field(default_factory=ParityBudget)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    hardware: Hardware
+    runtime: Runtime
+    budgets: Budgets
+    sources: dict[str, str]
+    path: str = ""
+
+    @property
+    def preferred_provider(self) -> str:
+        return self.runtime.execution_providers[0]
+
+
+class _Problems:
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.items: list[str] = []
+
+    def add(self, key: str, text: str) -> None:
+        self.items.append(f"{self.origin}: {key}: {text}")
+
+
+def parse_profile(data: dict[str, Any], origin: str) -> tuple[Profile | None, list[str]]:
+    """Build a Profile from TOML data; returns (profile or None, every problem found)."""
+    problems = _Problems(origin)
+    profile = _build(Profile, {**data, "path": origin}, "", problems)
+    if profile is not None:
+        _check_values(profile, problems)
+    return (profile if not problems.items else None), problems.items
+
+
+def _build(cls: type, data: Any, prefix: str, problems: _Problems) -> Any:
+    where = prefix.rstrip(".") or "profile"
+    if not isinstance(data, dict):
+        problems.add(where, f"must be a table, not {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            near = difflib.get_close_matches(key, list(known), n=1)
+            problems.add(prefix + key, "unknown key" + (f"; did you mean '{near[0]}'?" if near else f" (valid: {', '.join(known)})"))
+    values: dict[str, Any] = {}
+    ok = True
+    for name, f in known.items():
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                problems.add(prefix + name, "is required")
+                ok = False
+            continue
+        value = _convert(hints[name], data[name], prefix + name, problems)
+        if value is _BAD:
+            ok = False
+        else:
+            values[name] = value
+    return cls(**values) if ok else None
+
+
+_BAD = object()
+
+
+def _convert(hint: Any, value: Any, key: str, problems: _Problems) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, problems)
+    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+        built = _build(hint, value, key + ".", problems)
+        return _BAD if built is None else built
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.add(key, f"must be a list of strings, not {value!r}")
+            return _BAD
+        return tuple(value)
+    if origin is dict:
+        value_type = args[1]
+        if not isinstance(value, dict) or not all(_is(value_type, v) for v in value.values()):
+            problems.add(key, f"must be a table of {value_type.__name__} values, not {value!r}")
+            return _BAD
+        return dict(value)
+    if not _is(hint, value):
+        problems.add(key, f"must be {'a number' if hint is float else hint.__name__}, not {type(value).__name__} {value!r}")
+        return _BAD
+    return float(value) if hint is float else value
+
+
+def _is(hint: type, value: Any) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_values(p: Profile, problems: _Problems) -> None:
+    hw, rt, b = p.hardware, p.runtime, p.budgets
+    if not p.name.strip():
+        problems.add("name", "must not be empty")
+    if hw.arch not in ARCHES:
+        problems.add("hardware.arch", f"'{hw.arch}' is not one of {', '.join(ARCHES)}")
+    for name in ("cores", "memory_mb", "peak_gops_fp32", "peak_gops_int8", "mem_bandwidth_gbs", "storage_mb"):
+        value = getattr(hw, name)
+        if value is not None and value <= 0:
+            problems.add(f"hardware.{name}", f"must be positive, not {value}")
+    for name in SOURCED_FIELDS:
+        if name not in p.sources or not str(p.sources[name]).strip():
+            problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")
+    if not rt.execution_providers:
+        problems.add("runtime.execution_providers", "must name at least one provider")
+    for provider in rt.execution_providers:
+        if provider not in KNOWN_PROVIDERS:
+            lowered = {p.lower(): p for p in KNOWN_PROVIDERS}
+            near = [lowered[m] for m in difflib.get_close_matches(provider.lower(), list(lowered), n=1)]
+            problems.add("runtime.execution_providers", f"'{provider}' is not an ONNX Runtime provider" + (f"; did you mean '{near[0]}'?" if near else ""))
+    if rt.intra_op_threads is not None and not 1 <= rt.intra_op_threads <= 256:
+        problems.add("runtime.intra_op_threads", f"must be between 1 and 256, not {rt.intra_op_threads}")
+    if not 1 <= rt.opset_min <= rt.opset_max <= 30:
+        problems.add("runtime.opset_min", f"opset range {rt.opset_min}..{rt.opset_max} is impossible")
+    if rt.model_format not in MODEL_FORMATS:
+        problems.add("runtime.model_format", f"'{rt.model_format}' is not one of {', '.join(MODEL_FORMATS)}")
+    q = rt.quantization
+    for name, allowed in (("format", ("qdq", "qoperator")), ("activation_type", ("uint8", "int8")), ("weight_type", ("uint8", "int8"))):
+        if getattr(q, name) not in allowed:
+            problems.add(f"runtime.quantization.{name}", f"'{getattr(q, name)}' is not one of {', '.join(allowed)}")
+    if b.batch < 1:
+        problems.add("budgets.batch", f"must be at least 1, not {b.batch}")
+    for dim, size in b.dims.items():
+        if size < 1:
+            problems.add(f"budgets.dims.{dim}", f"must be at least 1, not {size}")
+    for name in ("latency_p95_ms", "peak_memory_mb", "model_size_mb"):
+        value = getattr(b, name)
+        if value is not None and value <= 0:
+            problems.add(f"budgets.{name}", f"must be positive, not {value}")
+    for name, value in (("provider_coverage_min", b.provider_coverage_min), ("accuracy_drop_max", b.accuracy_drop_max),
+                        ("parity.top1_agreement_min", b.parity.top1_agreement_min)):
+        if value is not None and not 0 <= value <= 1:
+            problems.add(f"budgets.{name}", f"must be within [0, 1], not {value}")
+    if b.parity.cosine_min is not None and not -1 <= b.parity.cosine_min <= 1:
+        problems.add("budgets.parity.cosine_min", f"must be within [-1, 1], not {b.parity.cosine_min}")
+    if b.parity.max_abs_diff_max is not None and b.parity.max_abs_diff_max < 0:
+        problems.add("budgets.parity.max_abs_diff_max", f"must not be negative, not {b.parity.max_abs_diff_max}")

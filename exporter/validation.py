@@ -1,0 +1,260 @@
+"""``edgeport.validate``: measure an ONNX artifact against device profiles and give a verdict.
+
+Measures on this machine. When it is not the profile's target (another architecture, or the
+profile's providers are missing here), host figures are reported as such and the latency budget
+is judged on a roofline estimate for the target, which the verdict names as its basis.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeport.artifacts import OnnxArtifact, file_sha256
+from edgeport.data import DataSource, open_data
+from edgeport.device_profiles import Profile, load_profile
+from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
+from edgeport.passes.context import NullProgress, Progress
+from edgeport.runtimes import benchmark, coverage, estimate
+from edgeport.runtimes.hostcpu import host_cpu
+from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.session import create_session, run_session
+from edgeport.specs import TensorSpec, example_array
+from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
+from edgeport.versions import runtime_versions
+
+VALIDATION_SCHEMA_VERSION = "1.0"
+
+
+@dataclass
+class ProfileVerdict:
+    profile: Profile
+    on_target: bool
+    results: list[BudgetResult]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return overall(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "profile_path": self.profile.path,
+            "on_target": self.on_target,
+            "verdict": self.verdict,
+            "budgets": [r.to_dict() for r in self.results],
+            **self.details,
+        }
+
+
+@dataclass
+class ValidationResult:
+    model: Path
+    verdicts: list[ProfileVerdict]
+    report: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if all(v.verdict == PASS for v in self.verdicts) else EXIT_BUDGET_FAILED
+
+
+def validate(
+    model: str | Path,
+    *,
+    profile: str | Path | Profile | Sequence[str | Path | Profile],
+    reference: str | Path | None = None,
+    data: str | Path | DataSource | None = None,
+    runs: int = 100,
+    time_limit_s: float = 60.0,
+    dims: dict[str, int] | None = None,
+    max_eval_samples: int = 1000,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ValidationResult:
+    """Validate ``model`` against one profile or several (a matrix in one report)."""
+    if runs < 1:
+        raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
+    profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])]
+    if not profiles:
+        raise UsageError("no profile given", fix="pass --profile NAME (see 'edgeport profiles list')")
+    progress = progress or NullProgress()
+    artifact = OnnxArtifact.from_file(model)
+    create_session(artifact.path, optimization="disable")  # a model ORT cannot load fails here, exit 2
+    ref = OnnxArtifact.from_file(reference) if reference else None
+    if ref is not None:
+        create_session(ref.path, optimization="disable")
+        _check_same_io(artifact, ref)
+    source = open_data(data, role="evaluation", seed=seed)
+    if source is not None:  # bad data fails before any measurement, with one clear line
+        next(iter(source.batches(artifact.inputs, batch_size=1, max_samples=1)), None)
+
+    verdicts = []
+    for prof in profiles:
+        progress.note(f"validating against {prof.name} ...")
+        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, max_eval_samples, seed))
+    report = _report(artifact, ref, source, verdicts)
+    return ValidationResult(artifact.path, verdicts, report)
+
+
+def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, max_eval_samples, seed) -> ProfileVerdict:
+    import onnxruntime as ort
+
+    cpu = host_cpu()
+    shapes = concrete_inputs(artifact.inputs, prof, dims)
+    available = ort.get_available_providers()
+    wanted = list(prof.runtime.execution_providers)
+    missing = [p for p in wanted if p not in available]
+    on_target = cpu.arch == prof.hardware.arch and not missing
+    details: dict[str, Any] = {
+        "host": {"arch": cpu.arch, "cpu": cpu.model_name, "cores": cpu.cores, "providers_available": available},
+        "input_shapes": {s.name: list(s.shape) for s in shapes},
+        "providers": {"requested": wanted, "missing_here": missing},
+    }
+    if missing and not prof.runtime.allow_cpu_fallback:
+        providers = None
+        details["providers"]["used"] = []
+        details["providers"]["note"] = f"{', '.join(missing)} not available here and the profile forbids CPU fallback: nothing runs on this host"
+    else:
+        providers = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        if "CPUExecutionProvider" not in providers and prof.runtime.allow_cpu_fallback:
+            providers.append("CPUExecutionProvider")
+        details["providers"]["used"] = providers
+        if missing:
+            details["providers"]["note"] = f"{', '.join(missing)} not available here: measured on {', '.join(providers)} (the profile allows CPU fallback)"
+
+    measurement = None
+    if providers is not None:
+        threads = prof.runtime.intra_op_threads
+        if threads and not on_target:
+            threads = min(threads, cpu.cores)
+        measurement = benchmark.measure(
+            artifact.path, providers, shapes, threads=threads, runs=runs, time_limit_s=time_limit_s,
+            cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern, seed=seed,
+        )
+        details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement}
+    cost = estimate.graph_cost(str(artifact.path), shapes)
+    target_estimate = estimate.estimate_latency_ms(cost, prof.hardware.peak_gops_fp32, prof.hardware.peak_gops_int8, prof.hardware.mem_bandwidth_gbs)
+    details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
+
+    preferred = prof.preferred_provider
+    if measurement is not None and preferred in measurement["providers_used"]:
+        cover = measurement.get("coverage")
+    else:
+        cover = coverage.static_coverage(str(artifact.path), preferred)
+    details["coverage"] = cover
+
+    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed) if ref is not None and providers else None
+    details["parity"] = parity
+
+    results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source)
+    results.append(_opset_check(artifact, prof))
+    return ProfileVerdict(prof, on_target, [r for r in results if r is not None], details)
+
+
+def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source) -> list[BudgetResult | None]:
+    budgets = prof.budgets
+    host_basis = "measured on target" if on_target else "measured on this host (not the target)"
+    if on_target and measurement is not None:
+        latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis="measured on target")
+    else:
+        latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms, unit=" ms",
+                        basis=f"estimate for target ({target_estimate['bound']}-bound roofline)")
+    memory = judge("peak_memory_mb", measurement["memory"]["peak_above_baseline_mb"] if measurement else None, budgets.peak_memory_mb,
+                   unit=" MB", basis=host_basis, skip_reason="no session could run on this host")
+    size = judge("model_size_mb", artifact.size_bytes / 2**20, budgets.model_size_mb, unit=" MB", basis="file size (external data included)")
+    cover_basis = cover["source"] if cover else ""
+    coverage_result = judge("provider_coverage_min", cover["preferred_share"] if cover else None, budgets.provider_coverage_min,
+                            basis=cover_basis, skip_reason=f"{prof.preferred_provider} is not here and has no static checker")
+    no_parity = "no --reference model given" if ref is None else "no session could run on this host"
+    p = parity or {}
+    pb = budgets.parity
+    parity_basis = f"measured on this host ({', '.join(providers or [])}) vs reference on CPU"
+    results = [
+        latency, memory, size, coverage_result,
+        judge("parity.top1_agreement_min", p.get("top1_agreement"), pb.top1_agreement_min, basis=parity_basis, skip_reason=no_parity if not p else "outputs are not class scores"),
+        judge("parity.cosine_min", p.get("cosine_mean"), pb.cosine_min, basis=parity_basis, skip_reason=no_parity),
+        judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, unit=" dB", basis=parity_basis, skip_reason=no_parity),
+        judge("parity.max_abs_diff_max", p.get("max_abs_diff"), pb.max_abs_diff_max, basis=parity_basis, skip_reason=no_parity),
+        judge("accuracy_drop_max", p.get("accuracy_drop"), budgets.accuracy_drop_max, basis=parity_basis,
+              skip_reason=no_parity if not p else "evaluation data has no labels" if source is not None else "no --data with labels given"),
+    ]
+    return results
+
+
+def _opset_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
+    import onnx
+
+    model = onnx.load(str(artifact.path), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    low, high = prof.runtime.opset_min, prof.runtime.opset_max
+    ok = low <= opset <= high
+    return BudgetResult("opset_supported", PASS if ok else FAIL, opset, None, "", "model file",
+                        f"opset {opset} {'within' if ok else 'outside'} the target's {low}..{high}")
+
+
+def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int]) -> list[TensorSpec]:
+    """The shapes budgets are stated at: the profile's batch for a leading symbolic dim, and
+    sizes for other symbolic dims from --dim or the profile's [budgets.dims]."""
+    sizes = {**prof.budgets.dims, **dims}
+    out = []
+    for spec in inputs:
+        shape = []
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim in sizes:
+                shape.append(sizes[dim])
+            elif axis == 0:
+                shape.append(prof.budgets.batch)
+            else:
+                raise UsageError(
+                    f"input '{spec.name}' has dynamic dim '{dim}' with no size for profile '{prof.name}'",
+                    fix=f"pass --dim {dim}=N or set [budgets.dims] {dim} = N in the profile",
+                )
+        out.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
+    return out
+
+
+def _parity(artifact, ref, source, providers, shapes, max_samples, seed) -> dict[str, Any]:
+    cand = create_session(artifact.path, providers)
+    reference = create_session(ref.path)
+    acc = ParityAccumulator()
+    if source is not None:
+        for batch in source.batches(artifact.inputs, batch_size=8, max_samples=max_samples):
+            acc.update(run_session(reference, batch.inputs), run_session(cand, batch.inputs), batch.labels)
+        kind = "evaluation data"
+    else:
+        rng = np.random.default_rng(seed)
+        for _ in range(4):
+            feed = {s.name: example_array(s, rng) for s in shapes}
+            acc.update(run_session(reference, feed), run_session(cand, feed))
+        kind = "synthetic inputs"
+    return {**acc.result(), "data": kind}
+
+
+def _check_same_io(model: OnnxArtifact, ref: OnnxArtifact) -> None:
+    if [s.name for s in model.inputs] != [s.name for s in ref.inputs] or len(model.outputs) != len(ref.outputs):
+        raise DataError(
+            f"reference '{ref.path}' takes {[s.name for s in ref.inputs]} -> {len(ref.outputs)} outputs, but the model takes {[s.name for s in model.inputs]} -> {len(model.outputs)}",
+            fix="give the fp32 model this artifact was made from as --reference",
+        )
+
+
+def _report(artifact, ref, source, verdicts: list[ProfileVerdict]) -> dict[str, Any]:
+    return {
+        "schema_version": VALIDATION_SCHEMA_VERSION,
+        "kind": "validate",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": runtime_versions(),
+        "model": {"path": str(artifact.path), "bytes": artifact.size_bytes, "sha256": file_sha256(artifact.path),
+                  "inputs": [s.to_dict() for s in artifact.inputs]},
+        "reference": str(ref.path) if ref else None,
+        "data": source.description if source else None,
+        "verdict": FAIL if any(v.verdict == FAIL for v in verdicts) else PASS,
+        "profiles": [v.to_dict() for v in verdicts],
+    }

@@ -1,0 +1,89 @@
+"""Validation outputs: the terminal table, report.md, and JUnit XML (each budget a test case)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from edgeport.verdict import FAIL, SKIPPED, BudgetResult
+
+
+def _results(profile: dict[str, Any]) -> list[BudgetResult]:
+    return [BudgetResult(**{k: v for k, v in b.items() if k != "margin"}) for b in profile["budgets"]]
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    for profile in report["profiles"]:
+        where = "on target" if profile["on_target"] else "host is not the target"
+        lines.append(f"{profile['profile']}: {profile['verdict'].upper()} ({where})")
+        for result in _results(profile):
+            mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[result.status]
+            lines.append(f"  {mark} {result.describe()}")
+        measurement = profile.get("measurement")
+        if measurement:
+            lat = measurement["latency_ms"]
+            lines.append(
+                f"  {measurement['kind']} measurement: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, cv {lat['cv']:.2f} over {measurement['runs']} runs; "
+                f"load {measurement['session_load_ms']:.1f} ms, first run {measurement['cold_first_inference_ms']:.2f} ms; "
+                f"peak memory +{measurement['memory']['peak_above_baseline_mb']:.1f} MB"
+            )
+        est = profile["estimate"]
+        lines.append(f"  estimate for target: {est['latency_ms']:.3f} ms ({est['bound']}-bound; {est['assumptions']})")
+        note = profile["providers"].get("note")
+        if note:
+            lines.append(f"  note: {note}")
+    lines.append(f"verdict: {report['verdict'].upper()}")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    out = ["# edgeport validation report", "", f"- model: `{report['model']['path']}` ({report['model']['bytes'] / 1e6:.3f} MB)",
+           f"- reference: `{report['reference']}`" if report["reference"] else "- reference: none", f"- verdict: **{report['verdict'].upper()}**"]
+    for profile in report["profiles"]:
+        out += ["", f"## {profile['profile']}: {profile['verdict'].upper()}", "",
+                f"- {'this machine is the target' if profile['on_target'] else 'this machine is not the target: host figures are reported as such; latency is judged on an estimate'}",
+                f"- providers used: {', '.join(profile['providers']['used']) or 'none'}; inputs {profile['input_shapes']}"]
+        if profile["providers"].get("note"):
+            out.append(f"- note: {profile['providers']['note']}")
+        out += ["", "| budget | status | measured | limit | margin | basis |", "|---|---|---|---|---|---|"]
+        for b in profile["budgets"]:
+            out.append(f"| {b['name']} | {b['status']} | {_cell(b['measured'])}{b['unit']} | {_cell(b['limit'])}{b['unit']} | {_cell(b['margin'])} | {b['basis'] or b['detail']} |")
+        m = profile.get("measurement")
+        if m:
+            lat = m["latency_ms"]
+            out += ["", f"Measured ({m['kind']}, {m['runs']} runs): p50 {lat['p50']} ms, p90 {lat['p90']}, p95 {lat['p95']}, p99 {lat['p99']}, "
+                    f"mean {lat['mean']}, cv {lat['cv']}; session load {m['session_load_ms']} ms; cold first inference {m['cold_first_inference_ms']} ms; "
+                    f"peak RSS {m['memory']['peak_rss_mb']} MB ({m['memory']['peak_above_baseline_mb']} MB above the runtime's baseline)."]
+        est = profile["estimate"]
+        out.append(f"Estimate for the target: {est['latency_ms']} ms ({est['bound']}-bound; {est['assumptions']}); graph: {est['graph']}.")
+        if profile.get("coverage"):
+            c = profile["coverage"]
+            out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider.")
+    return "\n".join(out) + "\n"
+
+
+def render_junit(report: dict[str, Any]) -> str:
+    suites = ET.Element("testsuites", name="edgeport validate")
+    for profile in report["profiles"]:
+        results = _results(profile)
+        suite = ET.SubElement(
+            suites, "testsuite", name=f"edgeport.{profile['profile']}", tests=str(len(results)),
+            failures=str(sum(r.status == FAIL for r in results)), skipped=str(sum(r.status == SKIPPED for r in results)),
+        )
+        for result in results:
+            case = ET.SubElement(suite, "testcase", classname=f"edgeport.{profile['profile']}", name=result.name)
+            if result.status == FAIL:
+                failure = ET.SubElement(case, "failure", message=result.describe(), type="BudgetFailed")
+                failure.text = f"measured={result.measured} limit={result.limit} margin={result.margin} basis={result.basis}"
+            elif result.status == SKIPPED:
+                ET.SubElement(case, "skipped", message=result.detail)
+            ET.SubElement(case, "system-out").text = result.describe()
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

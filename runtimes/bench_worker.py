@@ -1,0 +1,163 @@
+"""The measurement worker: one fresh process per (model, provider set), so memory and load time
+are the model's alone. Reads a JSON request on stdin, prints one JSON result on stdout.
+
+Run as ``python -m edgeport.runtimes.bench_worker``; ``benchmark.measure`` is the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+
+def _status_mb(field: str) -> float | None:
+    """VmRSS / VmHWM from /proc/self/status (Linux), in MiB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Linux: writing 5 to clear_refs resets the peak-RSS mark, so imports' spikes do not count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def _feed(inputs: list[dict], seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in inputs:
+        dtype = np.dtype(spec["dtype"])
+        shape = tuple(spec["shape"])
+        feed[spec["name"]] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.ones(shape, dtype)
+    return feed
+
+
+def _options(request: dict, ort, profile_dir: str | None = None):
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    if request.get("threads"):
+        options.intra_op_num_threads = request["threads"]
+        options.inter_op_num_threads = 1
+    options.enable_cpu_mem_arena = request.get("cpu_mem_arena", True)
+    options.enable_mem_pattern = request.get("mem_pattern", True)
+    if profile_dir:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(profile_dir) / "ort")
+    return options
+
+
+def _coverage(request: dict, ort, feed) -> dict:
+    """Which provider ran each node, from ORT's own profiler (one profiled inference)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        session = ort.InferenceSession(request["model"], _options(request, ort, tmp), providers=request["providers"])
+        session.run(None, feed)
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    by_node: dict[str, str] = {}
+    op_of: dict[str, str] = {}
+    activation_bytes = 0
+    for event in trace:
+        args = event.get("args", {})
+        if event.get("cat") == "Node" and "provider" in args:
+            node = event["name"]
+            for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
+                node = node[: -len(suffix)] if node.endswith(suffix) else node
+            by_node[node] = args["provider"]
+            op_of[node] = args.get("op_name", "")
+            activation_bytes = max(activation_bytes, int(args.get("activation_size", 0) or 0) + int(args.get("output_size", 0) or 0))
+    counts = Counter(by_node.values())
+    total = sum(counts.values())
+    unassigned_ops = Counter(op_of[n] for n, p in by_node.items() if p != request["providers"][0])
+    return {
+        "source": "onnxruntime profiler",
+        "nodes": total,
+        "by_provider": dict(counts),
+        "preferred_share": round(counts.get(request["providers"][0], 0) / total, 4) if total else None,
+        "ops_not_on_preferred": dict(unassigned_ops.most_common(10)),
+        "ort_max_node_activation_mb": round(activation_bytes / 2**20, 3),
+    }
+
+
+def run(request: dict) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    feed = _feed(request["inputs"], request.get("seed", 0))
+    # Baseline: the runtime imported and the inputs built, nothing of the model loaded yet.
+    exact = _reset_peak() and _status_mb("VmHWM") is not None
+    baseline = _status_mb("VmRSS") if exact else _maxrss_mb()
+    started = time.perf_counter()
+    session = ort.InferenceSession(request["model"], _options(request, ort), providers=request["providers"])
+    load_ms = (time.perf_counter() - started) * 1e3
+    used = session.get_providers()
+    started = time.perf_counter()
+    session.run(None, feed)
+    cold_ms = (time.perf_counter() - started) * 1e3
+    for _ in range(request.get("warmup", 10)):
+        session.run(None, feed)
+    times: list[float] = []
+    deadline = time.perf_counter() + request.get("time_limit_s", 60.0)
+    for _ in range(request.get("runs", 100)):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - start) * 1e3)
+        if time.perf_counter() > deadline and len(times) >= 5:
+            break
+    peak = _status_mb("VmHWM") if exact else _maxrss_mb()
+    ordered = sorted(times)
+
+    def pct(q: float) -> float:
+        return round(float(np.percentile(ordered, q)), 4)
+
+    mean = statistics.fmean(times)
+    result = {
+        "providers_used": used,
+        "session_load_ms": round(load_ms, 3),
+        "cold_first_inference_ms": round(cold_ms, 3),
+        "runs": len(times),
+        "latency_ms": {"p50": pct(50), "p90": pct(90), "p95": pct(95), "p99": pct(99), "mean": round(mean, 4),
+                       "min": round(ordered[0], 4), "cv": round(statistics.pstdev(times) / mean, 4) if mean else 0.0},
+        "memory": {"baseline_rss_mb": round(baseline, 2), "peak_rss_mb": round(peak, 2),
+                   "peak_above_baseline_mb": round(max(peak - baseline, 0.0), 2),
+                   "method": "VmHWM reset after imports (exact)" if exact else "ru_maxrss (includes import peaks)"},
+    }
+    del session
+    if request.get("coverage", True):
+        result["coverage"] = _coverage(request, ort, feed)
+    return result
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    try:
+        result = run(request)
+    except Exception as exc:  # reported to the parent, which turns it into a one-line error
+        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+    sys.stdout.write(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

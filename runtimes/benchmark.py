@@ -1,0 +1,58 @@
+"""Latency and memory of a model on a provider set, measured in a fresh worker process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeport.errors import InternalError, ModelLoadError
+from edgeport.specs import TensorSpec
+
+WORKER_TIMEOUT_S = 900
+
+
+def measure(
+    model: Path,
+    providers: list[str],
+    inputs: list[TensorSpec],
+    *,
+    threads: int | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    time_limit_s: float = 60.0,
+    coverage: bool = True,
+    cpu_mem_arena: bool = True,
+    mem_pattern: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run the benchmark worker; ``inputs`` must have concrete shapes."""
+    request = {
+        "model": str(model),
+        "providers": providers,
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in inputs],
+        "threads": threads,
+        "runs": runs,
+        "warmup": warmup,
+        "time_limit_s": time_limit_s,
+        "coverage": coverage,
+        "cpu_mem_arena": cpu_mem_arena,
+        "mem_pattern": mem_pattern,
+        "seed": seed,
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeport.runtimes.bench_worker"],
+            input=json.dumps(request), capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InternalError(f"the benchmark worker ran past {WORKER_TIMEOUT_S} s on '{model}'", fix="lower --runs or --time-limit") from exc
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise InternalError(f"the benchmark worker died on '{model}' (exit {done.returncode}: {tail[:200]})", fix="rerun with EDGEPORT_DEBUG=1, and report it")
+    result = json.loads(done.stdout)
+    if "error" in result:
+        raise ModelLoadError(f"ONNX Runtime cannot run '{model}' on {', '.join(providers)}: {result['error'][:300]}", fix="check the model loads with onnxruntime and the inputs' shapes")
+    return result

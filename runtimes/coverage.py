@@ -1,0 +1,35 @@
+"""Static execution-provider coverage for NNAPI and CoreML, from ONNX Runtime's own mobile
+usability checker, for when the provider is not present on this machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+STATIC_CHECKERS = ("NnapiExecutionProvider", "CoreMLExecutionProvider")
+
+
+def static_coverage(model_path: str, provider: str) -> dict[str, Any] | None:
+    """Share of nodes the provider can take, per ORT's supported-op tables; None if no checker exists."""
+    if provider not in STATIC_CHECKERS:
+        return None
+    try:
+        from onnxruntime.tools.mobile_helpers import usability_checker as checker
+    except ImportError:
+        return None
+    model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
+    if provider == "NnapiExecutionProvider":
+        info = checker.check_nnapi_partitions(model, require_fixed_input_sizes=False)
+    else:
+        info = checker.check_coreml_partitions(model, require_fixed_input_sizes=False, config_filename="coreml_supported_mlprogram_ops.md")
+    dynamic = [i.name for i in model.graph.input if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)]
+    return {
+        "source": "onnxruntime mobile usability checker (static, by op type)",
+        "nodes": info.num_nodes,
+        "supported_nodes": info.num_supported_nodes,
+        "preferred_share": round(info.num_supported_nodes / info.num_nodes, 4) if info.num_nodes else None,
+        "partitions": info.num_partitions,
+        "unsupported_ops": sorted(info.unsupported_ops),
+        "note": f"inputs {dynamic} have dynamic dims: {provider.replace('ExecutionProvider', '')} needs fixed sizes (fix them with onnxruntime.tools.make_dynamic_shape_fixed)" if dynamic else "",
+    }

@@ -1,0 +1,75 @@
+import pytest
+
+from edgeport.device_profiles import builtin_names, check_profile, load_profile
+from edgeport.errors import ProfileError
+
+REQUIRED_TARGETS = {"raspberry-pi-4", "raspberry-pi-5", "android-nnapi", "android-xnnpack", "iphone-coreml",
+                    "jetson-orin-nano", "x86-server-vnni", "ci-x86-avx2", "openvino-cpu"}
+
+
+def test_builtins_cover_the_targets_and_all_load():
+    assert REQUIRED_TARGETS <= set(builtin_names())
+    for name in builtin_names():
+        profile = load_profile(name)
+        assert profile.name == name
+        assert all(profile.sources[k] for k in ("cores", "memory_mb", "peak_gops_fp32", "peak_gops_int8", "mem_bandwidth_gbs"))
+
+
+def test_unknown_name_suggests_close_ones():
+    with pytest.raises(ProfileError, match="did you mean 'raspberry-pi-4' or 'raspberry-pi-5'"):
+        load_profile("raspbery-pi")
+
+
+VALID = (load_profile("ci-x86-avx2").path)
+
+
+def _variant(tmp_path, old: str, new: str):
+    text = open(VALID).read()
+    assert old in text, old
+    path = tmp_path / "p.toml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ('arch = "x86_64"', 'arch = "sparc"', "hardware.arch: 'sparc' is not one of"),
+        ("cores = 2\n", 'cores = "two"\n', "hardware.cores: must be int, not str"),
+        ("memory_mb = 7168", "memory_mb = -1", "hardware.memory_mb: must be positive"),
+        ("peak_gops_fp32 = 160.0", "peak_gops_fp3 = 160.0", "hardware.peak_gops_fp3: unknown key; did you mean 'peak_gops_fp32'?"),
+        ("mem_bandwidth_gbs = 20.0\n", "\n", "hardware.mem_bandwidth_gbs: is required"),
+        ('execution_providers = ["CPUExecutionProvider"]', 'execution_providers = ["CpuExecutionProvider"]', "did you mean 'CPUExecutionProvider'?"),
+        ("intra_op_threads = 2", "intra_op_threads = 0", "runtime.intra_op_threads: must be between 1 and 256"),
+        ("opset_max = 21", "opset_max = 9", "opset range 13..9 is impossible"),
+        ('format = "qdq"', 'format = "int4"', "runtime.quantization.format: 'int4' is not one of"),
+        ("per_channel = true", 'per_channel = "yes"', "runtime.quantization.per_channel: must be bool"),
+        ("latency_p95_ms = 50.0", "latency_p95_ms = 0", "budgets.latency_p95_ms: must be positive"),
+        ("batch = 1", "batch = 0", "budgets.batch: must be at least 1"),
+        ("accuracy_drop_max = 0.01", "accuracy_drop_max = 2", "budgets.accuracy_drop_max: must be within [0, 1]"),
+        ("top1_agreement_min = 0.98", "top1_agreement_minimum = 0.98", "budgets.parity.top1_agreement_minimum: unknown key; did you mean 'top1_agreement_min'?"),
+        ("cosine_min = 0.99", "cosine_min = 1.5", "budgets.parity.cosine_min: must be within [-1, 1]"),
+        ('peak_gops_int8 = "derived', 'peak_gops_int = "derived', "sources.peak_gops_int8: hardware.peak_gops_int8 needs a source"),
+        ('name = "ci-x86-avx2"', 'name = ""', "name: must not be empty"),
+    ],
+)
+def test_each_wrong_field_is_named_with_the_file(tmp_path, old, new, expected):
+    path = _variant(tmp_path, old, new)
+    profile, problems = check_profile(path)
+    assert profile is None
+    assert any(expected in p and str(path) in p for p in problems), problems
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert "\n" not in str(info.value)
+
+
+def test_not_toml(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("name = [unclosed")
+    _, problems = check_profile(path)
+    assert "not valid TOML" in problems[0]
+
+
+def test_missing_file():
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile("no/such/profile.toml")

@@ -1,0 +1,174 @@
+"""edgeport validate: budgets against real measurements, verdicts, JSON/JUnit/Markdown, exit codes."""
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import edgeport
+from edgeport.cli import cli
+from edgeport.device_profiles import load_profile
+from tests.conftest import digits_paths, make_linear_onnx
+
+CI_PROFILE = load_profile("ci-x86-avx2").path
+
+
+def _profile(tmp_path, name="tight", **replacements):
+    text = open(CI_PROFILE).read().replace('name = "ci-x86-avx2"', f'name = "{name}"')
+    for old, new in replacements.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits_int8(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits-int8")
+    edgeport.export("examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=digits_paths()["calib"], out_dir=out)
+    return out
+
+
+def _validate(*args):
+    return CliRunner().invoke(cli, ["validate", *map(str, args)])
+
+
+def test_tight_latency_budget_fails_with_margin_in_json_and_junit(tmp_path, digits_int8):
+    tight = _profile(tmp_path, **{"latency_p95_ms = 50.0": "latency_p95_ms = 0.0001"})
+    junit = tmp_path / "junit.xml"
+    result = _validate(digits_int8 / "model.onnx", "--profile", tight, "--runs", "20", "--junit", junit, "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert report["verdict"] == "fail"
+    latency = next(b for b in report["profiles"][0]["budgets"] if b["name"] == "latency_p95_ms")
+    assert latency["status"] == "fail" and latency["basis"] == "measured on target"
+    assert latency["margin"] < 0 and latency["measured"] > latency["limit"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("failures") == "1"
+    failure = suite.find("testcase[@name='latency_p95_ms']/failure")
+    assert failure is not None and "off by" in failure.get("message")
+
+
+def test_loose_budgets_pass_with_parity_and_accuracy(tmp_path, digits_int8):
+    out = tmp_path / "report"
+    result = _validate(digits_int8 / "model.onnx", "--profile", "ci-x86-avx2", "--reference", digits_int8 / "model.fp32.onnx",
+                       "--data", digits_paths()["test"], "--runs", "20", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    budgets = {b["name"]: b for b in report["profiles"][0]["budgets"]}
+    assert budgets["parity.top1_agreement_min"]["measured"] >= 0.99
+    assert budgets["accuracy_drop_max"]["status"] == "pass"
+    assert budgets["peak_memory_mb"]["measured"] > 0
+    assert (out / "report.md").read_text().startswith("# edgeport validation report")
+
+
+def test_matrix_of_profiles_and_host_vs_target(tmp_path, digits_int8):
+    result = edgeport.validate(digits_int8 / "model.onnx", profile=["ci-x86-avx2", "raspberry-pi-4", "android-nnapi"], runs=10)
+    by_name = {v.profile.name: v for v in result.verdicts}
+    assert by_name["ci-x86-avx2"].on_target
+    pi = by_name["raspberry-pi-4"]
+    assert not pi.on_target  # an arm64 profile on an x86 host
+    latency = next(r for r in pi.results if r.name == "latency_p95_ms")
+    assert latency.basis.startswith("estimate for target")
+    assert pi.details["measurement"]["kind"] == "host"
+    nnapi = by_name["android-nnapi"]
+    coverage = next(r for r in nnapi.results if r.name == "provider_coverage_min")
+    assert "usability checker" in coverage.basis and coverage.measured is not None
+    assert "NnapiExecutionProvider" in nnapi.details["providers"]["missing_here"]
+
+
+def test_missing_provider_without_fallback_measures_nothing_here(tmp_path, digits_int8):
+    strict = _profile(tmp_path, "strict", **{'execution_providers = ["CPUExecutionProvider"]': 'execution_providers = ["TensorrtExecutionProvider"]\nallow_cpu_fallback = false'})
+    verdict = edgeport.validate(digits_int8 / "model.onnx", profile=strict, runs=5).verdicts[0]
+    assert verdict.details["providers"]["used"] == []
+    memory = next(r for r in verdict.results if r.name == "peak_memory_mb")
+    assert memory.status == "skipped"
+    assert next(r for r in verdict.results if r.name == "latency_p95_ms").basis.startswith("estimate")
+
+
+def test_dynamic_dims_need_sizes(tmp_path):
+    model = tmp_path / "seq.onnx"
+    make_linear_onnx(model, batch="batch")
+    # a model whose second input dim is dynamic
+    import onnx
+
+    proto = onnx.load(str(model))
+    proto.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "features"
+    onnx.save(proto, str(model))
+    result = _validate(model, "--profile", "ci-x86-avx2", "--runs", "5")
+    assert result.exit_code == 2 and "--dim features=N" in result.stderr
+    assert _validate(model, "--profile", "ci-x86-avx2", "--runs", "5", "--dim", "features=4").exit_code == 0
+
+
+def _bad_eval(tmp_path):
+    path = tmp_path / "eval.npz"
+    np.savez(path, image=np.zeros((4, 3, 8, 8), np.float32))
+    return path
+
+
+def _not_onnx(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07\x12\x00garbage")
+    return path
+
+
+def _unrunnable(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    path = tmp_path / "unrunnable.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t, m: [m, "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
+        (lambda t, m: [m, "--profile", _profile(t, **{"cores = 2\n": 'cores = "two"\n'})], "hardware.cores: must be int"),
+        (lambda t, m: [_not_onnx(t), "--profile", "ci-x86-avx2"], "not a readable ONNX model"),
+        (lambda t, m: [_unrunnable(t), "--profile", "ci-x86-avx2"], "ONNX Runtime cannot load"),
+        (lambda t, m: [m, "--profile", "ci-x86-avx2", "--data", _bad_eval(t)], "batches of shape (1, 3, 8, 8)"),
+        (lambda t, m: [m, "--profile", "ci-x86-avx2", "--runs", "0"], "--runs 0 is below 1"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, digits_int8, make_args, message):
+    result = _validate(*make_args(tmp_path, digits_int8 / "model.onnx"))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_export_with_profile_validates_the_artifact(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8",
+                                      "--calib", str(digits_paths()["calib"]), "--eval", str(digits_paths()["test"]),
+                                      "--profile", "ci-x86-avx2", "--runs", "10", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verdict: PASS" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["verdict"] == "pass"
+    quant = next(s for s in report["steps"] if s["name"] == "quantize_static")
+    # The CI profile is AVX2 without VNNI: reduce_range on, and the report says which rule chose it.
+    assert quant["metrics"]["reduce_range"] is True and "profile ci-x86-avx2" in quant["metrics"]["decisions"]["reduce_range"]
+
+
+def test_profiles_commands():
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["profiles", "list"])
+    assert listing.exit_code == 0 and "raspberry-pi-5" in listing.stdout
+    shown = runner.invoke(cli, ["profiles", "show", "jetson-orin-nano"])
+    assert shown.exit_code == 0 and "TensorrtExecutionProvider" in shown.stdout
+    assert runner.invoke(cli, ["profiles", "check", str(CI_PROFILE)]).exit_code == 0
+
+
+def test_profiles_check_names_every_problem(tmp_path):
+    bad = _profile(tmp_path, **{"cores = 2\n": "cores = 0\n", "batch = 1": "batch = 0", "opset_max = 21": "opset_maxx = 21"})
+    result = CliRunner().invoke(cli, ["profiles", "check", str(bad)])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 3

@@ -1,0 +1,51 @@
+"""The isolated benchmark worker: real ORT sessions in a fresh process."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeport.runtimes.benchmark import measure
+from edgeport.specs import TensorSpec
+from tests.conftest import make_linear_onnx
+
+
+def _activation_model(path, columns: int):
+    """x (batch x 1024) -> Expand to (batch x 1024 x columns) -> ReduceSum: one large activation."""
+    shape = numpy_helper.from_array(np.array([1, 1024, columns], dtype=np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([2], dtype=np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["x", "axes"], ["u"]), helper.make_node("Expand", ["u", "shape"], ["big"]),
+         helper.make_node("ReduceSum", ["big", "axes"], ["y"], keepdims=0)],
+        "activation", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1024])], [shape, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_peak_memory_grows_with_the_activation(tmp_path):
+    spec = [TensorSpec("x", (1, 1024))]
+    small = measure(_activation_model(tmp_path / "small.onnx", 16), ["CPUExecutionProvider"], spec, runs=5, coverage=False)
+    large = measure(_activation_model(tmp_path / "large.onnx", 32768), ["CPUExecutionProvider"], spec, runs=5, coverage=False)
+    # 1024 x 32768 floats = 128 MiB held at once by the large model; the small one holds 64 KiB.
+    grown = large["memory"]["peak_above_baseline_mb"] - small["memory"]["peak_above_baseline_mb"]
+    assert grown > 100, (small["memory"], large["memory"])
+
+
+def test_latency_statistics_and_coverage(tmp_path):
+    path = make_linear_onnx(tmp_path / "linear.onnx")
+    result = measure(path, ["CPUExecutionProvider"], [TensorSpec("x", (4, 4))], runs=30, threads=1)
+    lat = result["latency_ms"]
+    assert result["runs"] == 30
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"]
+    assert lat["cv"] >= 0 and result["session_load_ms"] > 0 and result["cold_first_inference_ms"] > 0
+    assert result["coverage"]["by_provider"] == {"CPUExecutionProvider": result["coverage"]["nodes"]}
+    assert result["coverage"]["preferred_share"] == 1.0
+
+
+def test_time_bound_stops_early(tmp_path):
+    path = _activation_model(tmp_path / "m.onnx", 4096)
+    result = measure(path, ["CPUExecutionProvider"], [TensorSpec("x", (1, 1024))], runs=100000, time_limit_s=0.3, coverage=False, warmup=1)
+    assert 5 <= result["runs"] < 100000

@@ -1,0 +1,41 @@
+import numpy as np
+import onnx
+
+from edgeport.runtimes.coverage import static_coverage
+from edgeport.runtimes.estimate import estimate_latency_ms, graph_cost
+from edgeport.specs import TensorSpec
+from tests.conftest import make_linear_onnx
+
+
+def test_matmul_macs_and_bytes(tmp_path):
+    path = make_linear_onnx(tmp_path / "l.onnx", in_features=64, out_features=32)
+    cost = graph_cost(str(path), [TensorSpec("x", (8, 64))])
+    assert cost.macs_fp32 == 8 * 64 * 32 and cost.macs_int8 == 0
+    assert cost.other_ops == 8 * 32  # the bias Add
+    assert cost.weight_bytes == (64 * 32 + 32) * 4
+    faster = estimate_latency_ms(cost, 1000, 4000, 100)
+    slower = estimate_latency_ms(cost, 10, 40, 1)
+    assert slower["latency_ms"] > faster["latency_ms"] > 0
+
+
+def test_quantized_convs_count_as_int8(tmp_path, digits_onnx):
+    from edgeport.data import open_data
+    from edgeport.artifacts import OnnxArtifact
+    from edgeport.passes import PassContext, StaticInt8Config, quantize_static_int8
+    from tests.conftest import digits_paths
+
+    ctx = PassContext(work_dir=tmp_path, calibration=open_data(digits_paths()["calib"], role="calibration"))
+    int8 = quantize_static_int8(OnnxArtifact.from_file(digits_onnx), StaticInt8Config(), ctx=ctx)
+    fp32_cost = graph_cost(str(digits_onnx), [TensorSpec("image", (1, 1, 8, 8))])
+    int8_cost = graph_cost(str(int8.path), [TensorSpec("image", (1, 1, 8, 8))])
+    assert fp32_cost.macs_int8 == 0 and fp32_cost.macs_fp32 > 2_000_000
+    assert int8_cost.macs_int8 == fp32_cost.macs_fp32  # the same work, on int8 kernels
+    assert int8_cost.weight_bytes < fp32_cost.weight_bytes / 3
+
+
+def test_static_coverage_for_mobile_providers(tmp_path):
+    path = make_linear_onnx(tmp_path / "l.onnx")
+    nnapi = static_coverage(str(path), "NnapiExecutionProvider")
+    assert nnapi["nodes"] == 2 and nnapi["preferred_share"] == 1.0 and "dynamic dims" in nnapi["note"]
+    assert static_coverage(str(path), "CoreMLExecutionProvider")["nodes"] == 2
+    assert static_coverage(str(path), "TensorrtExecutionProvider") is None  # no static checker exists
