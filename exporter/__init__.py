@@ -16,6 +16,8 @@ _LAZY = {
     "validate": "edgeport.validation",
     "ValidationResult": "edgeport.validation",
     "load_profile": "edgeport.device_profiles",
+    "distill": "edgeport.compress",
+    "prune": "edgeport.compress",
     "Pipeline": "edgeport.pipeline",
     "TensorSpec": "edgeport.specs",
     "OnnxArtifact": "edgeport.artifacts",

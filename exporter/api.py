@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, Sequence
 from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
-from edgeport.errors import EXIT_OK, QuantizationError
+from edgeport.errors import EXIT_OK, QuantizationError, UsageError
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
@@ -54,6 +55,9 @@ def export(
     progress: Progress | None = None,
     profile: str | Path | Profile | Sequence[str | Path | Profile] | None = None,
     runs: int = 100,
+    torch_steps: Sequence[Any] = (),
+    teacher: Any = None,
+    train_data: str | Path | DataSource | None = None,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -61,6 +65,8 @@ def export(
     and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left half-written.
     With ``profile``, int8 settings follow the (first) profile unless ``quant_config`` is given, and
     the artifact is validated against every profile; ``exit_code`` is then 1 if a budget failed.
+    ``torch_steps`` (pruning, low-rank, distillation configs) run on the torch model before export;
+    a distillation step learns from ``teacher`` (default: the model as loaded) on ``train_data``.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
@@ -86,7 +92,13 @@ def export(
         _seed_everything(seed, artifact)
         fp32_steps: list[Any] = []
         if isinstance(artifact, TorchArtifact):
+            if torch_steps:
+                ctx.training = open_data(train_data, role="training", seed=seed)
+                ctx.teacher = load_model(teacher, inputs=artifact.inputs) if teacher is not None else TorchArtifact(copy.deepcopy(artifact.module), artifact.inputs, artifact.source)
+            fp32_steps.extend(torch_steps)
             fp32_steps.append(export_config or OnnxExportConfig())
+        elif torch_steps:
+            raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps).run(artifact, ctx)
         if quant_config is None:

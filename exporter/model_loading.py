@@ -158,7 +158,7 @@ def _program_inputs(program: Any) -> tuple[TensorSpec, ...]:
         value = node.meta.get("val")
         if value is None or not hasattr(value, "shape"):
             raise ModelLoadError(f"input '{node.name}' of the .pt2 program is not a tensor", fix="export a program whose inputs are tensors")
-        dims = tuple(int(d) if str(d).lstrip("-").isdigit() else f"dim_{d}" for d in value.shape)
+        dims = tuple(int(d) if str(d).lstrip("-").isdigit() else ("batch" if axis == 0 else f"dim_{d}") for axis, d in enumerate(value.shape))
         specs.append(TensorSpec(node.name, dims, str(value.dtype).replace("torch.", "")))
     return tuple(specs)
 

@@ -9,6 +9,10 @@ from edgeport.passes import run_pass
 from edgeport.passes.context import PassContext, config_to_dict
 
 STEP_LABELS = {
+    "MagnitudePruneConfig": "pruning weights",
+    "ChannelPruneConfig": "pruning channels",
+    "LowRankConfig": "factorizing layers",
+    "DistillConfig": "distilling",
     "OnnxExportConfig": "exporting to ONNX",
     "GraphOptimizeConfig": "optimizing graph",
     "StaticInt8Config": "quantizing to int8",

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, Progress
+from edgeport.passes.distill import DistillConfig, distill
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
+from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
+from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
 from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_int8
 
+def _distill_step(artifact: Any, config: DistillConfig, *, ctx: PassContext) -> Any:
+    if ctx.teacher is None or ctx.training is None:
+        raise UsageError("a distillation step needs a teacher and training data", fix="pass teacher= and train_data= to edgeport.export")
+    return distill(artifact, config, teacher=ctx.teacher, data=ctx.training, ctx=ctx)
+
+
 PASS_REGISTRY: dict[type, Callable[..., Any]] = {
+    MagnitudePruneConfig: magnitude_prune,
+    ChannelPruneConfig: channel_prune,
+    LowRankConfig: low_rank,
+    DistillConfig: _distill_step,
     OnnxExportConfig: export_onnx,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
@@ -29,6 +43,14 @@ def run_pass(artifact: Any, config: Any, ctx: PassContext) -> Any:
 
 __all__ = [
     "PASS_REGISTRY",
+    "ChannelPruneConfig",
+    "DistillConfig",
+    "LowRankConfig",
+    "MagnitudePruneConfig",
+    "channel_prune",
+    "distill",
+    "low_rank",
+    "magnitude_prune",
     "GraphOptimizeConfig",
     "OnnxExportConfig",
     "PassContext",

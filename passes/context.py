@@ -64,6 +64,9 @@ class PassContext:
     progress: Progress = field(default_factory=NullProgress)
     cache_dir: Path = field(default_factory=default_cache_dir)
     quant_target: QuantTarget | None = None
+    # Runtime objects for torch passes (never config fields): distillation's teacher and training data.
+    teacher: Any = None
+    training: DataSource | None = None
     records: list[StepRecord] = field(default_factory=list)
 
     def record(self, step: StepRecord) -> None:

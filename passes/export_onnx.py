@@ -81,6 +81,7 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
             else:
                 _export_dynamo(model, trace_feed, out_path, config)
             _inline_weights(out_path)
+            _name_dynamic_dims(out_path, model.inputs)
             metrics = _parity_vs_torch(model, out_path, feeds, config)
             break
         except ExportError as error:
@@ -241,6 +242,31 @@ def _inline_weights(path: Path) -> None:
     onnx.save(full, str(path))
     for sidecar in sidecars:
         (path.parent / sidecar).unlink(missing_ok=True)
+
+
+def _name_dynamic_dims(path: Path, specs: tuple[TensorSpec, ...]) -> None:
+    """Give the graph's dynamic dims the spec's names (the dynamo exporter writes s0, s77, ...),
+    and carry each rename to the outputs, so every tool downstream sees 'batch', 'sequence'."""
+    model = onnx.load(str(path), load_external_data=False)  # external data stays where it is
+    renames: dict[str, str] = {}
+    by_name = {s.name: s for s in specs}
+    for value in model.graph.input:
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        for dim, want in zip(value.type.tensor_type.shape.dim, spec.shape):
+            if isinstance(want, str) and not dim.HasField("dim_value"):
+                if dim.dim_param and dim.dim_param != want:
+                    renames[dim.dim_param] = want
+                dim.dim_param = want
+    if not renames:
+        onnx.save(model, str(path))
+        return
+    for value in [*model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+    onnx.save(model, str(path))
 
 
 def _flatten(value: Any) -> list[Any]:

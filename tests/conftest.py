@@ -47,7 +47,7 @@ def digits_onnx(tmp_path_factory):
 
 
 def digits_paths() -> dict[str, Path]:
-    return {"weights": DIGITS / "digits_cnn.pt", "calib": DIGITS / "calib.npz", "test": DIGITS / "test.npz"}
+    return {"weights": DIGITS / "digits_cnn.pt", "calib": DIGITS / "calib.npz", "test": DIGITS / "test.npz", "train": DIGITS / "train.npz"}
 
 
 def make_linear_onnx(path: Path, in_features: int = 4, out_features: int = 3, batch: str | int = "batch") -> Path:

@@ -8,3 +8,12 @@ class Unexportable(torch.nn.Module):
 
     def forward(self, x):
         return torch.special.zeta(x, x)
+
+
+def seven_class_student():
+    """A student whose classifier has 7 outputs where the digits teacher has 10."""
+    from examples.digits.model import DigitsCNN
+
+    model = DigitsCNN(width=8)
+    model.classifier = torch.nn.Linear(32, 7)
+    return model

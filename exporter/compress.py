@@ -1,0 +1,213 @@
+"""``edgeport.distill`` and ``edgeport.prune``: compress a torch model, check it, and write
+OUTDIR/model.pt2 (which ``edgeport export`` takes as its MODEL) plus report.json comparing the
+new model with the original: parameters, MACs, ONNX latency and accuracy."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeport.artifacts import TorchArtifact
+from edgeport.data import DataSource, open_data
+from edgeport.errors import EXIT_OK, ExportError, UsageError, first_line
+from edgeport.model_loading import load_model
+from edgeport.outputs import OutputFolder
+from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
+from edgeport.passes.distill import DistillConfig, distill as distill_pass, is_main_process
+from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
+from edgeport.passes.lowrank import LowRankConfig, low_rank
+from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
+from edgeport.passes.torch_stats import count_macs, count_params
+from edgeport.specs import TensorSpec, parse_input_spec
+from edgeport.versions import runtime_versions
+
+METHODS = ("magnitude", "channels", "lowrank")
+
+
+@dataclass
+class CompressResult:
+    out_dir: Path | None  # None on non-zero ranks of a distributed run, which write nothing
+    report: dict[str, Any]
+    model: Any
+    exit_code: int = EXIT_OK
+
+
+def distill(
+    *, teacher: Any, student: Any, data: str | Path | DataSource, out_dir: str | Path, inputs: Sequence[str | TensorSpec] | None = None,
+    teacher_weights: str | Path | None = None, student_weights: str | Path | None = None, val_data: str | Path | DataSource | None = None,
+    eval_data: str | Path | DataSource | None = None, config: DistillConfig | None = None, trust_pickle: bool = False,
+    cache_dir: str | Path | None = None, progress: Progress | None = None,
+) -> CompressResult:
+    """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels)."""
+    config = config or DistillConfig()
+    specs = _specs(inputs)
+    train = open_data(data, role="training", seed=config.seed)
+    if train is None:
+        raise UsageError("distillation needs training data", fix="pass --data DATA")
+    teacher_art = load_model(teacher, inputs=specs, weights=teacher_weights, trust_pickle=trust_pickle, example_data=train)
+    student_art = load_model(student, inputs=teacher_art.inputs, weights=student_weights, trust_pickle=trust_pickle)
+    _require_torch(teacher_art, "teacher")
+    _require_torch(student_art, "student")
+    validation = open_data(val_data, role="validation", seed=config.seed)
+    evaluation = open_data(eval_data, role="evaluation", seed=config.seed)
+    return _run(
+        student_art, out_dir, kind="distill", reference=teacher_art, evaluation=evaluation, cache_dir=cache_dir, progress=progress, seed=config.seed,
+        work=lambda ctx: distill_pass(student_art, config, teacher=teacher_art, data=train, ctx=ctx, val_data=validation),
+    )
+
+
+def prune(
+    model: Any, *, method: str, ratio: float | None = None, out_dir: str | Path, inputs: Sequence[str | TensorSpec] | None = None,
+    weights: str | Path | None = None, data: str | Path | DataSource | None = None, teacher: Any = None, teacher_weights: str | Path | None = None,
+    steps: int = 1, recover: DistillConfig | None = None, round_to: int = 8, ignore: Sequence[str] = (), layers: Sequence[str] | None = None,
+    energy: float = 0.9, eval_data: str | Path | DataSource | None = None, trust_pickle: bool = False, seed: int = 0,
+    cache_dir: str | Path | None = None, progress: Progress | None = None,
+) -> CompressResult:
+    """Prune ``model`` (magnitude or channels) or factorize it (lowrank). With ``data`` and
+    ``recover``, channel pruning runs in ``steps`` rounds, each followed by distillation from the
+    original (or ``teacher``) to win back accuracy."""
+    if method not in METHODS:
+        raise UsageError(f"pruning method '{method}' is unknown", fix=f"use one of {', '.join(METHODS)}")
+    if method != "lowrank" and ratio is None:
+        raise UsageError(f"--ratio is required for {method} pruning", fix="pass e.g. --ratio 0.5")
+    if steps < 1:
+        raise UsageError(f"--steps {steps} is below 1", fix="use 1 or more")
+    specs = _specs(inputs)
+    train = open_data(data, role="training", seed=seed)
+    original = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=train)
+    _require_torch(original, "model")
+    if layers is not None and method == "channels":
+        raise UsageError("--layers applies to magnitude and lowrank methods", fix="use --ignore to keep layers whole in channel pruning")
+    configs: list[Any]
+    if method == "magnitude":
+        configs = [MagnitudePruneConfig(ratio=ratio, layers=tuple(layers) if layers else None)]
+    elif method == "lowrank":
+        configs = [LowRankConfig(energy=energy, layers=tuple(layers) if layers else None)]
+    else:
+        per_step = 1 - (1 - ratio) ** (1 / steps)  # the kept share compounds over steps
+        configs = [ChannelPruneConfig(ratio=round(per_step, 6), round_to=round_to, ignore=tuple(ignore)) for _ in range(steps)]
+    if recover is not None and train is None:
+        raise UsageError("recovery by distillation needs training data", fix="pass --data DATA, or --recover-epochs 0")
+    teacher_art = original if teacher is None else load_model(teacher, inputs=original.inputs, weights=teacher_weights, trust_pickle=trust_pickle)
+    evaluation = open_data(eval_data, role="evaluation", seed=seed)
+
+    def work(ctx: PassContext) -> TorchArtifact:
+        current = original
+        for config in configs:
+            current = {MagnitudePruneConfig: magnitude_prune, ChannelPruneConfig: channel_prune, LowRankConfig: low_rank}[type(config)](current, config, ctx=ctx)
+            if recover is not None:
+                current = distill_pass(current, recover, teacher=teacher_art, data=train, ctx=ctx)
+        return current
+
+    return _run(original, out_dir, kind=f"prune_{method}", reference=teacher_art if teacher is not None else original, evaluation=evaluation,
+                cache_dir=cache_dir, progress=progress, seed=seed, work=work)
+
+
+def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work) -> CompressResult:
+    import torch
+
+    torch.manual_seed(seed)
+    main = is_main_process()
+    output = OutputFolder(out_dir) if main else None
+    work_dir = output.work if output else Path(_private_tmp())
+    try:
+        ctx = PassContext(work_dir=work_dir, seed=seed, progress=progress or NullProgress(),
+                          cache_dir=Path(cache_dir) if cache_dir else default_cache_dir())
+        result = work(ctx)
+        if not is_main_process():
+            return CompressResult(None, {}, result.module)
+        comparison = {"reference": _describe(reference, evaluation, ctx, "reference"), "result": _describe(result, evaluation, ctx, "result")}
+        _save_program(result, output.stage("model.pt2"))
+        report = {
+            "schema_version": "1.0", "kind": kind,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": runtime_versions(), "model": {"source": start.source, "inputs": [s.to_dict() for s in start.inputs]},
+            "steps": [r.to_dict() for r in ctx.records], "comparison": comparison,
+            "ratios": _ratios(comparison),
+        }
+        output.write_json("report.json", report)
+        output.commit(["model.pt2", "report.json"])
+    except BaseException:
+        if output:
+            output.discard()
+        raise
+    return CompressResult(output.path, report, result.module)
+
+
+def _describe(artifact: TorchArtifact, evaluation: DataSource | None, ctx: PassContext, name: str) -> dict[str, Any]:
+    """Parameters, MACs at batch 1, ONNX Runtime latency (1 thread, p50) and accuracy when labelled."""
+    from edgeport.runtimes.benchmark import measure
+
+    out: dict[str, Any] = {"params": count_params(artifact.module), "macs": count_macs(artifact.module, artifact.inputs)}
+    onnx_dir = ctx.work_dir / f"compare-{name}"
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    onnx_artifact = export_onnx(artifact, OnnxExportConfig(), ctx=PassContext(work_dir=onnx_dir, seed=ctx.seed))
+    shapes = [TensorSpec(s.name, tuple(1 if isinstance(d, str) and i == 0 else (8 if isinstance(d, str) else d) for i, d in enumerate(s.shape)), s.dtype) for s in artifact.inputs]
+    timing = measure(onnx_artifact.path, ["CPUExecutionProvider"], shapes, threads=1, runs=100, coverage=False)
+    out["onnx_latency_ms_p50_1thread"] = timing["latency_ms"]["p50"]
+    if evaluation is not None:
+        out["accuracy"] = _accuracy(artifact, evaluation)
+    return out
+
+
+def _accuracy(artifact: TorchArtifact, data: DataSource) -> float | None:
+    import torch
+
+    correct = total = 0
+    with torch.no_grad():
+        for batch in data.batches(artifact.inputs, batch_size=256):
+            if batch.labels is None:
+                return None
+            out = artifact.module(*[torch.from_numpy(batch.inputs[s.name]) for s in artifact.inputs])
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            correct += int((out.argmax(-1).numpy() == np.asarray(batch.labels)).sum())
+            total += len(batch.labels)
+    return round(correct / total, 5) if total else None
+
+
+def _ratios(comparison: dict[str, Any]) -> dict[str, Any]:
+    ref, res = comparison["reference"], comparison["result"]
+    ratios = {k: round(res[k] / ref[k], 4) for k in ("params", "macs", "onnx_latency_ms_p50_1thread") if ref.get(k)}
+    if ref.get("accuracy") is not None and res.get("accuracy") is not None:
+        ratios["accuracy_drop"] = round(ref["accuracy"] - res["accuracy"], 5)
+    return ratios
+
+
+def _save_program(artifact: TorchArtifact, path: Path) -> None:
+    """torch.export the model with a dynamic batch dim, so ``edgeport export`` can take it."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    from edgeport.specs import example_array
+
+    sizes = {d: 2 if i == 0 else 8 for s in artifact.inputs for i, d in enumerate(s.shape) if isinstance(d, str)}
+    args = tuple(torch.from_numpy(example_array(s, rng, sizes)) for s in artifact.inputs)
+    dims: dict[str, Any] = {}
+    dynamic = tuple({a: dims.setdefault(n, torch.export.Dim(n)) for a, n in s.dynamic_axes.items()} or None for s in artifact.inputs)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(artifact.module.eval(), args, dynamic_shapes=dynamic if any(dynamic) else None)
+            torch.export.save(program, str(path))
+    except Exception as exc:
+        raise ExportError(f"torch.export cannot capture the compressed model: {first_line(exc)[:200]}", fix="make forward() free of data-dependent Python control flow") from exc
+
+
+def _specs(inputs) -> tuple[TensorSpec, ...] | None:
+    return tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs) if inputs else None
+
+
+def _require_torch(artifact: Any, role: str) -> None:
+    if not isinstance(artifact, TorchArtifact):
+        raise UsageError(f"the {role} is an ONNX model, but compression works on torch models", fix="pass the PyTorch model (module:attr, TorchScript or .pt2)")
+
+
+def _private_tmp() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="edgeport-rank-")

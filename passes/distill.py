@@ -1,0 +1,422 @@
+"""Knowledge distillation: a student learns from a teacher's temperature-softened outputs.
+
+Hinton's loss (KL between softened distributions, scaled by T^2) mixed with the hard-label loss
+by alpha when labels exist; optional FitNets-style hints between named layers through a learned
+adapter. Offline mode stores the teacher's outputs in a cache keyed by teacher and data, so later
+runs and other students never call the teacher. Under torchrun it trains with
+DistributedDataParallel (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeport.artifacts import StepRecord, TorchArtifact
+from edgeport.data import DataSource
+from edgeport.errors import DataError, UsageError
+from edgeport.passes.context import PassContext, config_to_dict
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+LOSSES = ("auto", "kl", "mse")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    temperature: float = 4.0
+    alpha: float = 0.9  # weight of the soft (teacher) loss; 1 - alpha goes to the hard labels
+    loss: str = "auto"  # kl for class scores, mse for other outputs
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    val_fraction: float = 0.1
+    patience: int = 8  # epochs without validation improvement before stopping; 0 never stops early
+    hints: tuple[str, ...] = ()  # "teacher.layer:student.layer" pairs
+    hint_weight: float = 1.0
+    offline: bool = False
+    resume: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise UsageError(f"temperature {self.temperature} must be positive", fix="use e.g. 4.0")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UsageError(f"alpha {self.alpha} is not within [0, 1]", fix="use e.g. 0.9 (the weight of the teacher's soft targets)")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+            if getattr(self, name) not in allowed:
+                raise UsageError(f"{name} '{getattr(self, name)}' is unknown", fix=f"use one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise UsageError("epochs and batch_size must be at least 1", fix="use e.g. --epochs 30")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UsageError(f"val_fraction {self.val_fraction} is not within [0, 1)", fix="use e.g. 0.1")
+        for pair in self.hints:
+            if pair.count(":") != 1 or not all(pair.split(":")):
+                raise UsageError(f"hint '{pair}' is not TEACHER_LAYER:STUDENT_LAYER", fix="write e.g. features.3:features.3")
+
+
+def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArtifact, data: DataSource, ctx: PassContext,
+            val_data: DataSource | None = None, teacher_key: str | None = None) -> TorchArtifact:
+    """Train ``student`` against ``teacher`` on ``data``; returns the best student (by validation)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    started = time.perf_counter()
+    world = _Distributed.setup()
+    torch.manual_seed(config.seed)
+    model = copy.deepcopy(student.module)
+    teacher_module = teacher.module.eval()
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    inputs, labels = load_tensors(data, student.inputs)
+    n = next(iter(inputs.values())).shape[0]
+    hint_pairs = _resolve_hints(config.hints, teacher_module, model)
+
+    generator = torch.Generator().manual_seed(config.seed)
+    if val_data is not None:
+        val_inputs, val_labels = load_tensors(val_data, student.inputs)
+        train_index = torch.arange(n)
+    else:
+        order = torch.randperm(n, generator=generator)
+        n_val = int(round(n * config.val_fraction))
+        train_index, val_index = order[n_val:], order[:n_val]
+        val_inputs = {k: v[val_index] for k, v in inputs.items()}
+        val_labels = labels[val_index] if labels is not None else None
+    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, teacher, inputs, hint_pairs, config, ctx, data, student, teacher_key)
+    _check_outputs_match(targets["logits"], model, inputs)
+    val_targets = _run_teacher(teacher_module, val_inputs, hint_pairs)[0] if val_data is not None else {k: v[val_index] for k, v in targets.items()}
+    if val_data is not None:
+        teacher_calls += 1
+
+    adapters = _make_adapters(model, teacher_module, hint_pairs, {k: v[:2] for k, v in inputs.items()}, targets)
+    trainable = _trainable(model, adapters, hint_pairs)
+    wrapped = trainable
+    if world.size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=False)
+    params = list(trainable.parameters())  # student and adapters
+    optimizer = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
+                 else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True))
+    local_count = len(range(world.rank, len(train_index), world.size))
+    steps_per_epoch = max(1, (local_count + config.batch_size - 1) // config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    loss_kind = config.loss if config.loss != "auto" else ("kl" if targets["logits"].ndim == 2 and targets["logits"].shape[1] > 1 else "mse")
+
+    checkpoint = ctx.work_dir / "distill-checkpoint.pt"
+    start_epoch, best, best_state, history, stale = 0, float("inf"), copy.deepcopy(model.state_dict()), [], 0
+    if config.resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        trainable.load_state_dict(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best, best_state, history, stale = state["epoch"], state["best"], state["best_state"], state["history"], state["stale"]
+    if world.rank == 0:
+        ctx.progress.start("distilling", total=config.epochs)
+        ctx.progress.advance(start_epoch)
+    for epoch in range(start_epoch, config.epochs):
+        wrapped.train()
+        teacher_module.eval()
+        shuffled = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(config.seed + epoch))]
+        local = shuffled[world.rank :: world.size]
+        epoch_loss = 0.0
+        for start in range(0, len(local), config.batch_size):
+            idx = local[start : start + config.batch_size]
+            student_out, projected = wrapped(*[inputs[s.name][idx] for s in student.inputs])
+            loss = _loss(student_out, {k: v[idx] for k, v in targets.items()}, labels[idx] if labels is not None else None,
+                         projected, hint_pairs, config, loss_kind)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            epoch_loss += loss.item() * len(idx)
+        val = _evaluate(model, val_inputs, val_labels, val_targets, config, loss_kind, student.inputs)
+        train_loss = epoch_loss / max(1, len(local))
+        if world.size > 1:
+            tensor = torch.tensor([train_loss])
+            dist.all_reduce(tensor)
+            train_loss = float(tensor) / world.size
+        history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), **{k: round(v, 5) for k, v in val.items()}})
+        score = _score(val)
+        if score < best - 1e-6:
+            best, best_state, stale = score, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+        if world.rank == 0:
+            temp = checkpoint.with_suffix(".tmp")
+            torch.save({"trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1, "best": best, "best_state": best_state, "history": history, "stale": stale}, temp)
+            os.replace(temp, checkpoint)  # an interrupted save never leaves a half checkpoint
+            ctx.progress.advance(1)
+        if config.patience and stale >= config.patience:
+            break
+    if world.rank == 0:
+        ctx.progress.finish()
+    model.load_state_dict(best_state)
+    model.eval()
+    result = TorchArtifact(model, student.inputs, student.source, lineage=(*student.lineage, "distill"))
+    ctx.record(StepRecord(
+        name="distill",
+        config=config_to_dict(config),
+        wall_s=time.perf_counter() - started,
+        metrics={
+            "epochs_run": len(history), "best_epoch": max(range(len(history)), key=lambda i: -_score(history[i])) + 1 if history else 0,
+            "loss": loss_kind, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
+            "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size,
+            "hints": list(config.hints), "history": history,
+        },
+    ))
+    return result
+
+
+def _score(entry: dict) -> float:
+    return -entry["val_accuracy"] if "val_accuracy" in entry else entry["val_loss"]
+
+
+class _Distributed:
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size = rank, size
+
+    @classmethod
+    def setup(cls) -> "_Distributed":
+        import torch
+        import torch.distributed as dist
+
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        if size <= 1:
+            return cls(0, 1)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def load_tensors(source: DataSource, specs) -> tuple[dict[str, Any], Any]:
+    """The whole training set as tensors (training shuffles every epoch, so it is held in memory)."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
+    label_parts: list[np.ndarray] = []
+    for batch in source.batches(specs, batch_size=256):
+        for name in parts:
+            parts[name].append(batch.inputs[name])
+        if batch.labels is not None:
+            label_parts.append(np.asarray(batch.labels))
+    if not parts[specs[0].name]:
+        raise DataError(f"{source.role} data '{source.description}' yields no samples", fix="give at least one sample")
+    try:
+        tensors = {n: torch.from_numpy(np.concatenate(p)) for n, p in parts.items()}
+    except ValueError as exc:
+        raise DataError(f"{source.role} samples differ in shape ({exc})", fix="pad samples to one shape for distillation") from exc
+    labels = torch.from_numpy(np.concatenate(label_parts)).long() if label_parts else None
+    if labels is not None and labels.shape[0] != next(iter(tensors.values())).shape[0]:
+        raise DataError(f"{source.role} data has labels for only some samples", fix="give one label per sample, or none")
+    return tensors, labels
+
+
+def _check_outputs_match(teacher_logits, student, inputs) -> None:
+    """Compare with the teacher's (possibly stored) outputs: the teacher itself need not run."""
+    import torch
+
+    with torch.no_grad():
+        s_out = _first(student(*[v[:2] for v in inputs.values()]))
+    t_shape = (2, *teacher_logits.shape[1:])
+    if t_shape != tuple(s_out.shape):
+        raise UsageError(
+            f"the student's output shape {tuple(s_out.shape)} does not match the teacher's {t_shape}",
+            fix="give the student the teacher's output layout (e.g. the same number of classes)",
+        )
+
+
+def _first(out: Any) -> Any:
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def _resolve_hints(hints: tuple[str, ...], teacher, student) -> list[tuple[str, str]]:
+    import difflib
+
+    pairs = []
+    for pair in hints:
+        t_name, s_name = pair.split(":")
+        for name, module, role in ((t_name, teacher, "teacher"), (s_name, student, "student")):
+            names = dict(module.named_modules())
+            if name not in names:
+                near = difflib.get_close_matches(name, [n for n in names if n], n=1)
+                raise UsageError(f"{role} has no layer '{name}'", fix=f"did you mean '{near[0]}'?" if near else "list layers with print(model)")
+        pairs.append((t_name, s_name))
+    return pairs
+
+
+def _trainable(student, adapters, hint_pairs):
+    """Student plus hint adapters as one module whose forward returns the output and the projected
+    hint features, so DistributedDataParallel sees (and all-reduces) every trained parameter."""
+    from torch import nn
+
+    class Trainable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = student
+            self.adapters = adapters
+
+        def forward(self, *batch):
+            feats: dict[str, Any] = {}
+            modules = dict(self.student.named_modules())
+            hooks = [modules[s].register_forward_hook(lambda m, a, o, n=s: feats.__setitem__(n, o)) for _, s in hint_pairs]
+            try:
+                out = _first(self.student(*batch))
+            finally:
+                for h in hooks:
+                    h.remove()
+            return out, {s: self.adapters[s.replace(".", "_")](feats[s]) for _, s in hint_pairs}
+
+    return Trainable()
+
+
+def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 256) -> tuple[dict[str, Any], int]:
+    import torch
+
+    names = [p[0] for p in hint_pairs]
+    modules = dict(teacher.named_modules())
+    outs: dict[str, list[Any]] = {"logits": [], **{f"hint:{n}": [] for n in names}}
+    feats: dict[str, Any] = {}
+    hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: feats.__setitem__(n, o)) for n in names]
+    calls = 0
+    n = next(iter(inputs.values())).shape[0]
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                outs["logits"].append(_first(teacher(*[v[start : start + batch_size] for v in inputs.values()])).float())
+                calls += 1
+                for name in names:
+                    outs[f"hint:{name}"].append(feats[name].float())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v) for k, v in outs.items()}, calls
+
+
+def _teacher_targets(teacher_module, teacher: TorchArtifact, inputs, hint_pairs, config, ctx, data, student, teacher_key):
+    """Online: run the teacher now. Offline: load its stored outputs, or compute and store them."""
+    import torch
+
+    if not config.offline:
+        targets, calls = _run_teacher(teacher_module, inputs, hint_pairs)
+        return targets, calls, "computed (online)"
+    key = teacher_key or _teacher_digest(teacher_module)
+    digest = hashlib.sha256()
+    digest.update(key.encode())
+    for name, tensor in inputs.items():
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    digest.update(repr(sorted(p[0] for p in hint_pairs)).encode())
+    path = ctx.cache_dir / "teacher-outputs" / f"{digest.hexdigest()[:32]}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {k: torch.from_numpy(stored[k]) for k in stored.files}, 0, f"loaded from {path}"
+    targets, calls = _run_teacher(teacher_module, inputs, hint_pairs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(temp, **{k: v.numpy() for k, v in targets.items()})
+    os.replace(temp, path)
+    return targets, calls, f"computed and stored in {path}"
+
+
+def _teacher_digest(module) -> str:
+    digest = hashlib.sha256(type(module).__qualname__.encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _make_adapters(student, teacher, hint_pairs, probe_inputs, targets):
+    """A learned 1x1 projection per hint when widths differ; spatial sizes are matched by pooling."""
+    import torch
+    from torch import nn
+
+    adapters = nn.ModuleDict()
+    if not hint_pairs:
+        return adapters
+    feats: dict[str, Any] = {}
+    modules = dict(student.named_modules())
+    hooks = [modules[s].register_forward_hook(lambda m, a, o, n=s: feats.__setitem__(n, o)) for _, s in hint_pairs]
+    with torch.no_grad():
+        student(*probe_inputs.values())
+    for h in hooks:
+        h.remove()
+    for t_name, s_name in hint_pairs:
+        s_feat, t_feat = feats[s_name], targets[f"hint:{t_name}"]
+        key = s_name.replace(".", "_")
+        if s_feat.shape[1] == t_feat.shape[1]:
+            adapters[key] = nn.Identity()
+        elif s_feat.ndim == 4:
+            adapters[key] = nn.Conv2d(s_feat.shape[1], t_feat.shape[1], 1)
+        else:
+            adapters[key] = nn.Linear(s_feat.shape[-1], t_feat.shape[-1])
+    return adapters
+
+
+def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, loss_kind):
+    from torch.nn import functional as F
+
+    teacher_out = targets["logits"]
+    if loss_kind == "kl":
+        t = config.temperature
+        soft = F.kl_div(F.log_softmax(student_out / t, dim=-1), F.softmax(teacher_out / t, dim=-1), reduction="batchmean") * t * t
+        loss = config.alpha * soft + (1 - config.alpha) * F.cross_entropy(student_out, labels) if labels is not None else soft
+    else:
+        loss = F.mse_loss(student_out, teacher_out)
+    for t_name, s_name in hint_pairs:
+        projected = projected_feats[s_name]
+        target = targets[f"hint:{t_name}"]
+        if projected.ndim == 4 and projected.shape[-2:] != target.shape[-2:]:
+            projected = F.adaptive_avg_pool2d(projected, target.shape[-2:])
+        loss = loss + config.hint_weight * F.mse_loss(projected, target)
+    return loss
+
+
+def _evaluate(model, inputs, labels, targets, config, loss_kind, specs) -> dict[str, float]:
+    """Validation loss against the teacher, and accuracy when labels exist (the early-stopping score)."""
+    import torch
+    from torch.nn import functional as F
+
+    model.eval()
+    with torch.no_grad():
+        out = _first(model(*[inputs[s.name] for s in specs]))
+        if loss_kind == "kl":
+            t = config.temperature
+            loss = float(F.kl_div(F.log_softmax(out / t, -1), F.softmax(targets["logits"] / t, -1), reduction="batchmean") * t * t)
+        else:
+            loss = float(F.mse_loss(out, targets["logits"]))
+    result = {"val_loss": loss}
+    if labels is not None and out.ndim == 2:
+        result["val_accuracy"] = float((out.argmax(1) == labels).float().mean())
+    return result
+
+
+def _scheduler(optimizer, config: DistillConfig, steps_per_epoch: int):
+    import torch
+
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

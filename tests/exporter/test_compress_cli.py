@@ -1,0 +1,106 @@
+"""edgeport distill / prune end to end: outputs, the .pt2 handoff to export, torchrun, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import edgeport
+from edgeport.cli import cli
+from edgeport.passes import ChannelPruneConfig, DistillConfig
+from tests.conftest import ROOT, digits_paths
+
+P = digits_paths()
+TEACHER = ["--teacher", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8"]
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli, [*map(str, args)])
+
+
+def test_distill_writes_a_program_that_export_takes(tmp_path):
+    out = tmp_path / "student"
+    result = _cli("distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"],
+                  "--eval", P["test"], "--epochs", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    ref, res = report["comparison"]["reference"], report["comparison"]["result"]
+    assert res["macs"] <= ref["macs"] / 4 and res["params"] < ref["params"]
+    assert res["onnx_latency_ms_p50_1thread"] > 0 and res["accuracy"] is not None and ref["accuracy"] >= 0.99
+    exported = _cli("export", out / "model.pt2", "--calib", P["calib"], "-o", tmp_path / "onnx", "--quiet")
+    assert exported.exit_code == 0, exported.output
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+
+
+def test_prune_channels_with_recovery(tmp_path):
+    result = _cli("prune", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8", "--method", "channels",
+                  "--ratio", "0.5", "--data", P["train"], "--recover-epochs", "3", "--eval", P["test"], "-o", tmp_path / "p", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [s["name"] for s in report["steps"]] == ["prune_channels", "distill"]
+    assert report["ratios"]["macs"] < 0.35
+
+
+def test_prune_magnitude_and_lowrank(tmp_path):
+    for method, extra in (("magnitude", ["--ratio", "0.5"]), ("lowrank", ["--energy", "0.9"])):
+        result = _cli("prune", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8", "--method", method, *extra,
+                      "-o", tmp_path / method, "--quiet")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / method / "model.pt2").is_file()
+
+
+def test_export_api_runs_torch_steps_ahead_of_export(tmp_path):
+    result = edgeport.export(
+        "examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=P["calib"], eval=P["test"],
+        torch_steps=[ChannelPruneConfig(ratio=0.5), DistillConfig(epochs=3)], train_data=P["train"], out_dir=tmp_path / "o",
+    )
+    names = [s["name"] for s in result.report["steps"]]
+    assert names == ["prune_channels", "distill", "export", "optimize", "quantize_static"]
+
+
+def test_torchrun_trains_with_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgeport.cli", "distill", *TEACHER,
+         "--student", "examples.digits.model:digits_student", "--data", str(P["train"]), "--epochs", "2", "-o", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["steps"][0]["metrics"]
+    assert metrics["world_size"] == 2
+    assert len(metrics["history"]) == 2
+
+
+def _corrupt(tmp_path):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"PK\x03\x04 truncated checkpoint")
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda t: ["distill", *TEACHER, "--student", "tests.exporter.bad_models:seven_class_student", "--data", P["train"], "-o", t / "o"],
+         "does not match the teacher's"),
+        (lambda t: ["prune", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8", "--method", "channels", "--ratio", "1.2", "-o", t / "o"],
+         "pruning ratio 1.2 is out of range"),
+        (lambda t: ["prune", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8", "--method", "magnitude", "--ratio", "0.5",
+                    "--layers", "features.42", "-o", t / "o"], "no layer 'features.42'"),
+        (lambda t: ["prune", "examples.digits.model:DigitsCNN", "--weights", _corrupt(t), "--input", "image:batchx1x8x8", "--method", "magnitude",
+                    "--ratio", "0.5", "-o", t / "o"], "cannot be read as a state_dict"),
+        (lambda t: ["distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"], "--hint", "features.1:nope",
+                    "-o", t / "o"], "student has no layer 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = _cli(*args(tmp_path))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "o").exists()
