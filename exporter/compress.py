@@ -5,6 +5,7 @@ new model with the original: parameters, MACs, ONNX latency and accuracy."""
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,9 +116,12 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
     main = is_main_process()
     output = OutputFolder(out_dir) if main else None
     work_dir = output.work if output else Path(_private_tmp())
+    # Checkpoints sit beside OUTDIR, not in it: OUTDIR only ever holds finished artifacts, and an
+    # interrupted run leaves its checkpoints for --resume.
+    checkpoints = Path(out_dir).absolute().parent / f".{Path(out_dir).name}.edgeport-checkpoints"
     try:
         ctx = PassContext(work_dir=work_dir, seed=seed, progress=progress or NullProgress(),
-                          cache_dir=Path(cache_dir) if cache_dir else default_cache_dir())
+                          cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), checkpoint_dir=checkpoints)
         result = work(ctx)
         if not is_main_process():
             return CompressResult(None, {}, result.module)
@@ -132,6 +136,7 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
         }
         output.write_json("report.json", report)
         output.commit(["model.pt2", "report.json"])
+        shutil.rmtree(checkpoints, ignore_errors=True)  # finished: nothing left to resume
     except BaseException:
         if output:
             output.discard()

@@ -67,6 +67,9 @@ class PassContext:
     # Runtime objects for torch passes (never config fields): distillation's teacher and training data.
     teacher: Any = None
     training: DataSource | None = None
+    # Where training checkpoints live: outside the output's staging folder, so a run that was
+    # interrupted can be resumed (None: the work folder).
+    checkpoint_dir: Path | None = None
     records: list[StepRecord] = field(default_factory=list)
 
     def record(self, step: StepRecord) -> None:

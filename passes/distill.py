@@ -111,10 +111,12 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     loss_kind = config.loss if config.loss != "auto" else ("kl" if targets["logits"].ndim == 2 and targets["logits"].shape[1] > 1 else "mse")
 
-    checkpoint = ctx.work_dir / "distill-checkpoint.pt"
+    checkpoint_dir = ctx.checkpoint_dir or ctx.work_dir
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_dir / f"distill-{sum(r.name == 'distill' for r in ctx.records)}.pt"
     start_epoch, best, best_state, history, stale = 0, float("inf"), copy.deepcopy(model.state_dict()), [], 0
     if config.resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(checkpoint)
         trainable.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -175,6 +177,20 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         },
     ))
     return result
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    try:
+        # Our own file, written by this pass; it holds optimizer state, so not weights-only.
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "trainable" not in state:
+            raise ValueError("not an edgeport distillation checkpoint")
+        return state
+    except Exception as exc:
+        raise UsageError(f"checkpoint '{path}' cannot be resumed from ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                         fix="delete it to start over, or drop --resume") from exc
 
 
 def _score(entry: dict) -> float:

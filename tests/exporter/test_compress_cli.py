@@ -104,3 +104,17 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_from_the_cli_after_an_interrupted_run(tmp_path):
+    """An interrupted distill leaves its checkpoint beside OUTDIR; --resume picks it up."""
+    out = tmp_path / "student"
+    args = ["distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"], "--epochs", "3", "-o", out]
+    checkpoints = tmp_path / ".student.edgeport-checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "distill-0.pt").write_bytes(b"PK\x03\x04 a torn checkpoint")
+    torn = _cli(*args, "--resume")
+    assert torn.exit_code == 2 and "cannot be resumed from" in torn.stderr and not out.exists()
+    (checkpoints / "distill-0.pt").unlink()
+    assert _cli(*args).exit_code == 0
+    assert not checkpoints.exists()  # a finished run cleans up after itself
