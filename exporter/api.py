@@ -23,6 +23,7 @@ from edgeport.profile_defaults import quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.specs import TensorSpec, parse_input_spec
 from edgeport.validation import validate
+from edgeport.validation_report import render_markdown as render_validation_markdown
 from edgeport.versions import runtime_versions
 
 
@@ -123,12 +124,17 @@ def export(
                 output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if quantize else None,
                 data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress,
             )
-            for entry in validation.report["profiles"]:
-                entry["model"] = str(output.path / names[0])
+            # Name the files where they will live, not where they were staged.
+            validation.report["model"]["path"] = str(output.path / names[0])
+            if validation.report["reference"]:
+                validation.report["reference"] = str(output.path / "model.fp32.onnx")
             report["validation"] = {k: v for k, v in validation.report.items() if k in ("verdict", "profiles")}
             exit_code = validation.exit_code
         output.write_json("report.json", report)
-        output.stage("report.md").write_text(render_markdown(report))
+        markdown = render_markdown(report)
+        if profiles:  # the validation section, as `edgeport validate` writes it
+            markdown += "\n" + render_validation_markdown(validation.report).replace("# edgeport validation report", "# Validation", 1)
+        output.stage("report.md").write_text(markdown)
         output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps), seed, specs))
         output.commit([*names, "report.json", "report.md", "manifest.json"])
     except BaseException:

@@ -88,15 +88,19 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         train_index = torch.arange(n)
     else:
         order = torch.randperm(n, generator=generator)
-        n_val = int(round(n * config.val_fraction))
+        n_val = max(1, int(round(n * config.val_fraction))) if config.val_fraction > 0 and n > 1 else 0
         train_index, val_index = order[n_val:], order[:n_val]
+        if n_val == 0:  # nothing held out: early stopping then watches the training set itself
+            val_index = train_index
         val_inputs = {k: v[val_index] for k, v in inputs.items()}
         val_labels = labels[val_index] if labels is not None else None
-    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, teacher, inputs, hint_pairs, config, ctx, data, student, teacher_key)
+    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key)
     _check_outputs_match(targets["logits"], model, inputs)
-    val_targets = _run_teacher(teacher_module, val_inputs, hint_pairs)[0] if val_data is not None else {k: v[val_index] for k, v in targets.items()}
     if val_data is not None:
-        teacher_calls += 1
+        val_targets, val_calls = _run_teacher(teacher_module, val_inputs, hint_pairs)
+        teacher_calls += val_calls
+    else:
+        val_targets = {k: v[val_index] for k, v in targets.items()}
 
     adapters = _make_adapters(model, teacher_module, hint_pairs, {k: v[:2] for k, v in inputs.items()}, targets)
     trainable = _trainable(model, adapters, hint_pairs)
@@ -183,8 +187,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        # Our own file, written by this pass; it holds optimizer state, so not weights-only.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
         if not isinstance(state, dict) or "trainable" not in state:
             raise ValueError("not an edgeport distillation checkpoint")
         return state
@@ -328,7 +331,7 @@ def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 
     return {k: torch.cat(v) for k, v in outs.items()}, calls
 
 
-def _teacher_targets(teacher_module, teacher: TorchArtifact, inputs, hint_pairs, config, ctx, data, student, teacher_key):
+def _teacher_targets(teacher_module, inputs, hint_pairs, config: DistillConfig, ctx: PassContext, teacher_key: str | None):
     """Online: run the teacher now. Offline: load its stored outputs, or compute and store them."""
     import torch
 
@@ -408,22 +411,29 @@ def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, los
     return loss
 
 
-def _evaluate(model, inputs, labels, targets, config, loss_kind, specs) -> dict[str, float]:
+def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_size: int = 512) -> dict[str, float]:
     """Validation loss against the teacher, and accuracy when labels exist (the early-stopping score)."""
     import torch
     from torch.nn import functional as F
 
     model.eval()
+    n = next(iter(inputs.values())).shape[0]
+    loss_sum, correct = 0.0, 0
     with torch.no_grad():
-        out = _first(model(*[inputs[s.name] for s in specs]))
-        if loss_kind == "kl":
-            t = config.temperature
-            loss = float(F.kl_div(F.log_softmax(out / t, -1), F.softmax(targets["logits"] / t, -1), reduction="batchmean") * t * t)
-        else:
-            loss = float(F.mse_loss(out, targets["logits"]))
-    result = {"val_loss": loss}
+        for start in range(0, n, batch_size):
+            out = _first(model(*[inputs[s.name][start : start + batch_size] for s in specs]))
+            teacher_out = targets["logits"][start : start + batch_size]
+            if loss_kind == "kl":
+                t = config.temperature
+                loss = F.kl_div(F.log_softmax(out / t, -1), F.softmax(teacher_out / t, -1), reduction="sum") * t * t
+            else:
+                loss = F.mse_loss(out, teacher_out, reduction="sum") / max(1, out[0].numel())
+            loss_sum += float(loss)
+            if labels is not None and out.ndim == 2:
+                correct += int((out.argmax(1) == labels[start : start + batch_size]).sum())
+    result = {"val_loss": loss_sum / max(1, n)}
     if labels is not None and out.ndim == 2:
-        result["val_accuracy"] = float((out.argmax(1) == labels).float().mean())
+        result["val_accuracy"] = correct / max(1, n)
     return result
 
 
