@@ -18,6 +18,8 @@ from edgeport.passes.context import NullProgress, PassContext, Progress, default
 from edgeport.passes.export_onnx import OnnxExportConfig
 from edgeport.passes.optimize import GraphOptimizeConfig
 from edgeport.passes.quantize_static import StaticInt8Config
+from edgeport.passes import run_pass
+from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
@@ -108,6 +110,10 @@ def export(
         final = int8_pipeline.run(fp32, ctx)
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
         names = _stage_artifacts(output, fp32, final if quantize else None)
+        post_steps = [OrtFormatConfig()] if any(p.runtime.model_format == "ort" for p in profiles) else []
+        for config in post_steps:  # mobile targets load ORT format: model.ort beside model.onnx
+            shutil.copyfile(run_pass(final, config, ctx).path, output.stage("model.ort"))
+            names.append("model.ort")
         report = build_export_report(
             source=str(model) if isinstance(model, (str, Path)) else type(model).__name__,
             inputs=[s.to_dict() for s in fp32.inputs],
@@ -135,7 +141,7 @@ def export(
         if profiles:  # the validation section, as `edgeport validate` writes it
             markdown += "\n" + render_validation_markdown(validation.report).replace("# edgeport validation report", "# Validation", 1)
         output.stage("report.md").write_text(markdown)
-        output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps), seed, specs))
+        output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps + post_steps), seed, specs))
         output.commit([*names, "report.json", "report.md", "manifest.json"])
     except BaseException:
         output.discard()

@@ -42,9 +42,14 @@ class OnnxArtifact:
         inputs, outputs = read_onnx_specs(path)
         return cls(path, inputs, outputs, lineage)
 
+    @property
+    def is_ort_format(self) -> bool:
+        """ONNX Runtime's mobile format (.ort): a flatbuffer, not readable by the onnx package."""
+        return self.path.suffix == ".ort"
+
     def files(self) -> list[Path]:
         """The model file and every external data file it references."""
-        return [self.path, *external_data_files(self.path)]
+        return [self.path] if self.is_ort_format else [self.path, *external_data_files(self.path)]
 
     @property
     def size_bytes(self) -> int:
@@ -126,6 +131,8 @@ def _load_proto(path: Path) -> onnx.ModelProto:
 
 
 def read_onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    if path.suffix == ".ort":
+        return _ort_format_specs(path)
     model = _load_proto(path)
     initializers = {t.name for t in model.graph.initializer}
     inputs = tuple(_value_spec(v) for v in model.graph.input if v.name not in initializers)
@@ -155,3 +162,27 @@ def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 def _safe_dim_name(text: str) -> str:
     cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in text)
     return cleaned if cleaned and not cleaned[0].isdigit() else f"d_{cleaned}"
+
+
+def _ort_format_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Specs of an .ort file, read through an ONNX Runtime session (the onnx package cannot)."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelLoadError(f"ORT-format model '{path}' does not exist", fix="check the path")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"'{path}' is not a loadable ORT-format model ({str(exc).strip().splitlines()[0][:200]})",
+                             fix="re-create it with edgeport export --profile for an ORT-format target") from exc
+
+    def spec(arg) -> TensorSpec:
+        dtype = arg.type.replace("tensor(", "").rstrip(")")
+        dtype = {"float": "float32", "double": "float64", "float16": "float16"}.get(dtype, dtype)
+        dims = tuple(d if isinstance(d, int) and d > 0 else (_safe_dim_name(d) if isinstance(d, str) and d else f"{_safe_dim_name(arg.name)}_dim{i}")
+                     for i, d in enumerate(arg.shape))
+        return TensorSpec(arg.name, dims, dtype if dtype in SUPPORTED_DTYPES else "float32")
+
+    return tuple(spec(a) for a in session.get_inputs()), tuple(spec(a) for a in session.get_outputs())

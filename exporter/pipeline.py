@@ -16,6 +16,7 @@ STEP_LABELS = {
     "OnnxExportConfig": "exporting to ONNX",
     "GraphOptimizeConfig": "optimizing graph",
     "StaticInt8Config": "quantizing to int8",
+    "OrtFormatConfig": "saving ORT format",
 }
 
 

@@ -54,6 +54,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             result = f"{metrics['exporter']} opset {metrics['opset']}; vs torch cos {p['cosine_min']}, max abs diff {p['max_abs_diff']}"
         elif step["name"] == "optimize":
             result = f"nodes {metrics['nodes_before']} -> {metrics['nodes_after']}"
+        elif step["name"] == "ort_format":
+            p = metrics["parity_vs_onnx"]
+            result = f"ORT mobile format; vs .onnx cos {p['cosine_min']}"
         elif step["name"] == "quantize_static":
             p = metrics["parity_vs_fp32"]
             parts = [f"cos {p['cosine_mean']}"]

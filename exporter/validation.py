@@ -137,22 +137,25 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
             cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern, seed=seed,
         )
         details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement}
-    cost = estimate.graph_cost(str(artifact.path), shapes)
-    target_estimate = estimate.estimate_latency_ms(cost, prof.hardware.peak_gops_fp32, prof.hardware.peak_gops_int8, prof.hardware.mem_bandwidth_gbs)
-    details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
+    graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
+    target_estimate = None
+    if graph is not None:
+        cost = estimate.graph_cost(str(graph), shapes)
+        target_estimate = estimate.estimate_latency_ms(cost, prof.hardware.peak_gops_fp32, prof.hardware.peak_gops_int8, prof.hardware.mem_bandwidth_gbs)
+        details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
 
     preferred = prof.preferred_provider
     if measurement is not None and preferred in measurement["providers_used"]:
         cover = measurement.get("coverage")
     else:
-        cover = coverage.static_coverage(str(artifact.path), preferred)
+        cover = coverage.static_coverage(str(graph), preferred) if graph is not None else None
     details["coverage"] = cover
 
     parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed) if ref is not None and providers else None
     details["parity"] = parity
 
     results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source)
-    results.append(_opset_check(artifact, prof))
+    results += [_opset_check(graph, prof), _format_check(artifact, prof)]
     return ProfileVerdict(prof, on_target, [r for r in results if r is not None], details)
 
 
@@ -161,9 +164,12 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     host_basis = "measured on target" if on_target else "measured on this host (not the target)"
     if on_target and measurement is not None:
         latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis="measured on target")
-    else:
+    elif target_estimate is not None:
         latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms, unit=" ms",
                         basis=f"estimate for target ({target_estimate['bound']}-bound roofline)")
+    else:
+        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
+                        skip_reason="not on the target, and an .ort file without its .onnx beside it cannot be estimated")
     memory = judge("peak_memory_mb", measurement["memory"]["peak_above_baseline_mb"] if measurement else None, budgets.peak_memory_mb,
                    unit=" MB", basis=host_basis, skip_reason="no session could run on this host")
     size = judge("model_size_mb", artifact.size_bytes / 2**20, budgets.model_size_mb, unit=" MB", basis="file size (external data included)")
@@ -186,15 +192,36 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     return results
 
 
-def _opset_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
+def _opset_check(graph: Path | None, prof: Profile) -> BudgetResult:
     import onnx
 
-    model = onnx.load(str(artifact.path), load_external_data=False)
+    if graph is None:
+        return BudgetResult("opset_supported", "skipped", basis="model file", detail="an .ort file does not expose its opset here")
+    model = onnx.load(str(graph), load_external_data=False)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     low, high = prof.runtime.opset_min, prof.runtime.opset_max
     ok = low <= opset <= high
     return BudgetResult("opset_supported", PASS if ok else FAIL, opset, None, "", "model file",
                         f"opset {opset} {'within' if ok else 'outside'} the target's {low}..{high}")
+
+
+def _format_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult | None:
+    """A target that loads only ORT format (mobile and minimal builds) needs the .ort file;
+    full builds load either format, so an "onnx" target sets no check."""
+    if prof.runtime.model_format != "ort":
+        return None
+    ort_file = artifact.path if artifact.is_ort_format else artifact.path.with_suffix(".ort")
+    ok = ort_file.is_file()
+    detail = f"{ort_file.name} present" if ok else f"the target loads ORT format: no {ort_file.name} beside the model (edgeport export --profile {prof.name} writes it)"
+    return BudgetResult("model_format", PASS if ok else FAIL, None, None, "", "model file", detail)
+
+
+def onnx_view(artifact: OnnxArtifact) -> Path | None:
+    """The ONNX file with this artifact's graph: itself, or for an .ort file the .onnx beside it."""
+    if not artifact.is_ort_format:
+        return artifact.path
+    sibling = artifact.path.with_suffix(".onnx")
+    return sibling if sibling.is_file() else None
 
 
 def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int]) -> list[TensorSpec]:

@@ -28,8 +28,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"load {measurement['session_load_ms']:.1f} ms, first run {measurement['cold_first_inference_ms']:.2f} ms; "
                 f"peak memory +{measurement['memory']['peak_above_baseline_mb']:.1f} MB"
             )
-        est = profile["estimate"]
-        lines.append(f"  estimate for target: {est['latency_ms']:.3f} ms ({est['bound']}-bound; {est['assumptions']})")
+        est = profile.get("estimate")
+        if est:
+            lines.append(f"  estimate for target: {est['latency_ms']:.3f} ms ({est['bound']}-bound; {est['assumptions']})")
         note = profile["providers"].get("note")
         if note:
             lines.append(f"  note: {note}")
@@ -55,8 +56,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             out += ["", f"Measured ({m['kind']}, {m['runs']} runs): p50 {lat['p50']} ms, p90 {lat['p90']}, p95 {lat['p95']}, p99 {lat['p99']}, "
                     f"mean {lat['mean']}, cv {lat['cv']}; session load {m['session_load_ms']} ms; cold first inference {m['cold_first_inference_ms']} ms; "
                     f"peak RSS {m['memory']['peak_rss_mb']} MB ({m['memory']['peak_above_baseline_mb']} MB above the runtime's baseline)."]
-        est = profile["estimate"]
-        out.append(f"Estimate for the target: {est['latency_ms']} ms ({est['bound']}-bound; {est['assumptions']}); graph: {est['graph']}.")
+        est = profile.get("estimate")
+        if est:
+            out.append(f"Estimate for the target: {est['latency_ms']} ms ({est['bound']}-bound; {est['assumptions']}); graph: {est['graph']}.")
         if profile.get("coverage"):
             c = profile["coverage"]
             out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider.")

@@ -14,6 +14,7 @@ from edgeport.passes.distill import DistillConfig, distill
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
+from edgeport.passes.ort_format import OrtFormatConfig, to_ort_format
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
 from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_int8
 
@@ -31,6 +32,7 @@ PASS_REGISTRY: dict[type, Callable[..., Any]] = {
     OnnxExportConfig: export_onnx,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
+    OrtFormatConfig: to_ort_format,
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "magnitude_prune",
     "GraphOptimizeConfig",
     "OnnxExportConfig",
+    "OrtFormatConfig",
     "PassContext",
     "Progress",
     "StaticInt8Config",
@@ -60,4 +63,5 @@ __all__ = [
     "optimize_graph",
     "quantize_static_int8",
     "run_pass",
+    "to_ort_format",
 ]
