@@ -90,22 +90,21 @@ def validate(
         create_session(ref.path, optimization="disable")
         _check_same_io(artifact, ref)
     source = open_data(data, role="evaluation", seed=seed)
-    if source is not None:  # bad data fails before any measurement, with one clear line
-        next(iter(source.batches(artifact.inputs, batch_size=1, max_samples=1)), None)
+    data_dims = _data_dims(artifact.inputs, source)  # also: bad data fails here, before any measurement
 
     verdicts = []
     for prof in profiles:
         progress.note(f"validating against {prof.name} ...")
-        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, max_eval_samples, seed))
+        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed))
     report = _report(artifact, ref, source, verdicts)
     return ValidationResult(artifact.path, verdicts, report)
 
 
-def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, max_eval_samples, seed) -> ProfileVerdict:
+def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, data_dims, max_eval_samples, seed) -> ProfileVerdict:
     import onnxruntime as ort
 
     cpu = host_cpu()
-    shapes = concrete_inputs(artifact.inputs, prof, dims)
+    shapes = concrete_inputs(artifact.inputs, prof, dims, data_dims)
     available = ort.get_available_providers()
     wanted = list(prof.runtime.execution_providers)
     missing = [p for p in wanted if p not in available]
@@ -224,27 +223,43 @@ def onnx_view(artifact: OnnxArtifact) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
-def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int]) -> list[TensorSpec]:
-    """The shapes budgets are stated at: the profile's batch for a leading symbolic dim, and
-    sizes for other symbolic dims from --dim or the profile's [budgets.dims]."""
-    sizes = {**prof.budgets.dims, **dims}
+def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int],
+                    data_dims: dict[str, int] | None = None) -> list[TensorSpec]:
+    """The shapes budgets are stated at: the profile's batch for a leading symbolic dim; other
+    symbolic dims from --dim, then the profile's [budgets.dims], then the evaluation data."""
+    sizes = {**(data_dims or {}), **prof.budgets.dims, **dims}
     out = []
     for spec in inputs:
         shape = []
         for axis, dim in enumerate(spec.shape):
             if isinstance(dim, int):
                 shape.append(dim)
+            elif axis == 0 and dim not in dims:
+                shape.append(prof.budgets.batch)
             elif dim in sizes:
                 shape.append(sizes[dim])
-            elif axis == 0:
-                shape.append(prof.budgets.batch)
             else:
                 raise UsageError(
                     f"input '{spec.name}' has dynamic dim '{dim}' with no size for profile '{prof.name}'",
-                    fix=f"pass --dim {dim}=N or set [budgets.dims] {dim} = N in the profile",
+                    fix=f"pass --dim {dim}=N, set [budgets.dims] {dim} = N in the profile, or give --data to take it from",
                 )
         out.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
     return out
+
+
+def _data_dims(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dict[str, int]:
+    """Sizes of symbolic non-batch dims as the first evaluation batch has them (e.g. sequence)."""
+    if source is None:
+        return {}
+    first = next(iter(source.batches(inputs, batch_size=1, max_samples=1)), None)
+    if first is None:
+        return {}
+    found: dict[str, int] = {}
+    for spec in inputs:
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, str) and axis > 0:
+                found.setdefault(dim, int(first.inputs[spec.name].shape[axis]))
+    return found
 
 
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed) -> dict[str, Any]:

@@ -172,3 +172,23 @@ def test_profiles_check_names_every_problem(tmp_path):
     result = CliRunner().invoke(cli, ["profiles", "check", str(bad)])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 3
+
+
+def test_transformer_export_and_validate_take_sequence_length_from_the_data(tmp_path):
+    """int64 tokens with dynamic batch and sequence: no --dim needed when data is given."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 1000, (32, 24)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[::4, 18:] = 0
+    data = tmp_path / "tokens.npz"
+    np.savez(data, input_ids=ids, attention_mask=mask)
+    out = tmp_path / "tx"
+    result = edgeport.export("examples.models:tiny_transformer", inputs=["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"],
+                             calib=data, profile="ci-x86-avx2", runs=10, out_dir=out)
+    profile = result.report["validation"]["profiles"][0]
+    assert profile["input_shapes"] == {"input_ids": [1, 24], "attention_mask": [1, 24]}
+    budgets = {b["name"]: b for b in profile["budgets"]}
+    assert budgets["latency_p95_ms"]["status"] == "pass" and budgets["parity.cosine_min"]["status"] == "pass"
+    quant = next(s for s in result.report["steps"] if s["name"] == "quantize_static")
+    assert quant["metrics"]["op_types_quantized"] == ["Gather", "Gemm", "MatMul"]
+    assert quant["metrics"]["parity_vs_fp32"]["cosine_mean"] > 0.98
