@@ -61,6 +61,7 @@ def export(
     torch_steps: Sequence[Any] = (),
     teacher: Any = None,
     train_data: str | Path | DataSource | None = None,
+    use_cache: bool = True,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -70,6 +71,8 @@ def export(
     the artifact is validated against every profile; ``exit_code`` is then 1 if a budget failed.
     ``torch_steps`` (pruning, low-rank, distillation configs) run on the torch model before export;
     a distillation step learns from ``teacher`` (default: the model as loaded) on ``train_data``.
+    ONNX steps whose input, config, data and versions are unchanged come from the step cache
+    unless ``use_cache`` is False.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
@@ -103,10 +106,10 @@ def export(
         elif torch_steps:
             raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
-        fp32 = Pipeline(fp32_steps).run(artifact, ctx)
+        fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
         if quant_config is None:
             quant_config = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
-        int8_pipeline = Pipeline([quant_config] if quantize else [])
+        int8_pipeline = Pipeline([quant_config] if quantize else [], use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
         names = _stage_artifacts(output, fp32, final if quantize else None)

@@ -72,7 +72,8 @@ def cli() -> None:
 @click.option("--exclude-op-types", metavar="A,B", help="Op types to keep in float.")
 @click.option("--exclude-nodes", metavar="A,B", help="Node names to keep in float.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--cache-dir", metavar="DIR", help="Where calibration ranges are cached (default ~/.cache/edgeport).")
+@click.option("--cache-dir", metavar="DIR", help="Where calibration ranges and unchanged steps are cached (default ~/.cache/edgeport).")
+@click.option("--no-cache", is_flag=True, help="Recompute every step instead of taking unchanged ones from the cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def export_command(model: str, **opts: Any) -> None:
@@ -126,6 +127,7 @@ def export_command(model: str, **opts: Any) -> None:
             progress=TerminalProgress(enabled=False if quiet else None),
             profile=profiles or None,
             runs=opts["runs"],
+            use_cache=not opts["no_cache"],
         )
         if opts["as_json"]:
             click.echo(json.dumps(result.report, indent=2, default=str))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeport import step_cache
 from edgeport.passes import run_pass
 from edgeport.passes.context import PassContext, config_to_dict
 
@@ -24,10 +25,21 @@ STEP_LABELS = {
 class Pipeline:
     steps: list[Any] = field(default_factory=list)
 
+    use_cache: bool = True
+
     def run(self, artifact: Any, ctx: PassContext) -> Any:
         for config in self.steps:
-            ctx.progress.note(STEP_LABELS.get(type(config).__name__, type(config).__name__) + " ...")
+            label = STEP_LABELS.get(type(config).__name__, type(config).__name__)
+            key = step_cache.step_key(artifact, config, ctx) if self.use_cache else None
+            cached = step_cache.load(key, artifact, ctx) if key else None
+            if cached is not None:
+                ctx.progress.note(f"{label}: unchanged, taken from the cache")
+                artifact = cached
+                continue
+            ctx.progress.note(label + " ...")
             artifact = run_pass(artifact, config, ctx)
+            if key:
+                step_cache.store(key, artifact, ctx.records[-1], ctx)
         return artifact
 
     def describe(self) -> list[dict[str, Any]]:

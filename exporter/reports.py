@@ -69,7 +69,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         else:
             result = ""
         size = _mb(step["output_bytes"]) if step.get("output_bytes") else ""
-        rows.append((step["name"], f"{step['wall_s']:.2f}s", size, result))
+        rows.append((step["name"], "cached" if step.get("cached") else f"{step['wall_s']:.2f}s", size, result))
     return rows
 
 

@@ -120,3 +120,19 @@ def _pickled(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(DigitsCNN(), path)
     return path
+
+
+def test_unchanged_steps_come_from_the_step_cache(tmp_path):
+    first = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / "a", "--json")
+    second = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / "b", "--json")
+    fresh = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / "c", "--json", "--no-cache")
+    cached = {s["name"]: s["cached"] for s in json.loads(second.stdout)["steps"]}
+    assert cached == {"export": False, "optimize": True, "quantize_static": True}  # torch export is never cached
+    assert not any(s["cached"] for s in json.loads(fresh.stdout)["steps"])
+    assert file_sha256(tmp_path / "a" / "model.onnx") == file_sha256(tmp_path / "b" / "model.onnx")
+    # Other calibration data is another key: the quantize step runs again.
+    other = tmp_path / "calib2.npz"
+    np.savez(other, image=np.load(P["calib"])["image"][:64])
+    third = _run(*DIGITS_ARGS, "--calib", other, "--eval", P["test"], "-o", tmp_path / "d", "--json")
+    assert {s["name"]: s["cached"] for s in json.loads(third.stdout)["steps"]}["quantize_static"] is False
+    assert first.exit_code == 0

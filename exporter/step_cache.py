@@ -1,0 +1,68 @@
+"""The pipeline's step cache: an ONNX-to-ONNX step whose input file, config, data and library
+versions are unchanged is taken from the cache instead of recomputed (DESIGN.md, Pipeline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.optimize import GraphOptimizeConfig
+from edgeport.passes.ort_format import OrtFormatConfig
+from edgeport.passes.quantize_static import StaticInt8Config
+from edgeport.versions import runtime_versions
+
+CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, OrtFormatConfig)
+_FINGERPRINT_SAMPLES = 1000
+
+
+def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
+    """None when the step cannot be cached (a torch input, whose code is not hashable)."""
+    if not isinstance(artifact, OnnxArtifact) or not isinstance(config, CACHEABLE):
+        return None
+    versions = runtime_versions()
+    material = {
+        "input": artifact.sha256(),
+        "pass": type(config).__name__,
+        "config": config_to_dict(config),
+        "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime")},
+        "quant_target": repr(ctx.quant_target),
+        "seed": ctx.seed,
+    }
+    for role, source in (("calibration", ctx.calibration), ("evaluation", ctx.evaluation)):
+        material[role] = source.fingerprint(artifact.inputs, 8, _FINGERPRINT_SAMPLES) if source is not None else None
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def load(key: str, artifact: OnnxArtifact, ctx: PassContext) -> OnnxArtifact | None:
+    folder = ctx.cache_dir / "steps" / key
+    meta_path = folder / "step.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    target = ctx.work_dir / f"cached-{key[:12]}-{meta['file']}"
+    shutil.copyfile(folder / meta["file"], target)
+    record = StepRecord(**{**meta["record"], "cached": True})
+    ctx.record(record)
+    return OnnxArtifact.from_file(target, lineage=(*artifact.lineage, record.name))
+
+
+def store(key: str, result: OnnxArtifact, record: StepRecord, ctx: PassContext) -> None:
+    """Written under a temporary name and renamed: readers see a whole entry or none."""
+    if len(result.files()) != 1:
+        return  # external data files: not worth copying around
+    root = ctx.cache_dir / "steps"
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
+    try:
+        shutil.copyfile(result.path, staging / result.path.name)
+        (staging / "step.json").write_text(json.dumps({"file": result.path.name, "record": record.to_dict()}, default=str))
+        os.replace(staging, root / key)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # another run stored it first, or the disk is full: no harm
