@@ -52,18 +52,16 @@ class OnnxExportConfig:
 def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassContext) -> OnnxArtifact:
     started = time.perf_counter()
     rng = np.random.default_rng(ctx.seed)
-    trace_sizes, probe_sizes = _dim_sizes(model.inputs)
+    data = ctx.evaluation or ctx.calibration
+    first = next(iter(data.batches(model.inputs, batch_size=4, max_samples=4)), None) if data is not None else None
+    trace_sizes, probe_sizes = _traceable_sizes(model, rng, first.inputs if first is not None else None)
     trace_feed = {s.name: example_array(s, rng, trace_sizes) for s in model.inputs}
-    _check_forward(model, trace_feed)
     # Probes: other sizes for every dynamic dim (catches dims the tracer froze), and real data.
     feeds = [trace_feed]
     if probe_sizes:
         feeds.append({s.name: example_array(s, rng, probe_sizes) for s in model.inputs})
-    data = ctx.evaluation or ctx.calibration
-    if data is not None:
-        first = next(iter(data.batches(model.inputs, batch_size=4, max_samples=4)), None)
-        if first is not None:
-            feeds.append(first.inputs)
+    if first is not None:
+        feeds.append(first.inputs)
 
     out_path = ctx.work_dir / "model.fp32.export.onnx"
     if model.program is not None or config.exporter == "dynamo":
@@ -104,18 +102,48 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
     return artifact
 
 
-def _dim_sizes(specs: tuple[TensorSpec, ...]) -> tuple[dict[str, int], dict[str, int]]:
-    """Distinct sizes per symbolic dim for tracing, and other sizes to probe the exported graph.
+# Sizes tried for non-batch dynamic dims, smallest first: 8 suits text and images, while audio
+# frontends (strided convolutions over raw samples) need thousands.
+_SIZE_LADDER = (8, 64, 512, 4096)
+
+
+def _traceable_sizes(model: TorchArtifact, rng: np.random.Generator, data: dict[str, np.ndarray] | None) -> tuple[dict[str, int], dict[str, int]]:
+    """Sizes per symbolic dim the model's forward accepts, for tracing, and other sizes to probe
+    the exported graph with. The data's own sizes come first; then a ladder of synthetic sizes.
 
     Size 1 gets specialized away by tracers and equal sizes let a tracer confuse two dims, so a
-    leading (batch) dim traces at 2 and other dims at 8, 9, ...; probes add one to each.
+    leading (batch) dim traces at 2 and other dims at distinct sizes; probes add one to each.
     """
-    trace: dict[str, int] = {}
+    candidates = []
+    if data is not None:
+        from_data = {name: int(data[spec.name].shape[axis]) for spec in model.inputs for axis, name in spec.dynamic_axes.items() if axis > 0}
+        candidates.append(_sizes_for(model.inputs, _SIZE_LADDER[0], from_data))
+    candidates += [_sizes_for(model.inputs, base, {}) for base in _SIZE_LADDER]
+    failure: ExportError | None = None
+    for trace in candidates:
+        try:
+            _check_forward(model, {s.name: example_array(s, rng, trace) for s in model.inputs})
+            return trace, {name: size + 1 for name, size in trace.items()}
+        except ExportError as exc:
+            failure = exc
+    raise failure
+
+
+def _sizes_for(specs: tuple[TensorSpec, ...], base: int, given: dict[str, int]) -> dict[str, int]:
+    """Leading (batch) dims at 2; other dims as ``given``, else base, base + 1, ... (all distinct)."""
+    sizes: dict[str, int] = {}
+    next_size = base
     for spec in specs:
         for axis, name in spec.dynamic_axes.items():
-            if name not in trace:
-                trace[name] = 2 if axis == 0 else 8 + sum(1 for v in trace.values() if v >= 8)
-    return trace, {name: size + 1 for name, size in trace.items()}
+            if name in sizes:
+                continue
+            if axis == 0:
+                sizes[name] = 2
+            elif name in given:
+                sizes[name] = max(given[name], 2)
+            else:
+                sizes[name], next_size = next_size, next_size + 1
+    return sizes
 
 
 def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.ndarray]], config: OnnxExportConfig) -> dict[str, Any]:

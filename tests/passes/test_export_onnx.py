@@ -74,3 +74,23 @@ def test_wrong_input_spec_fails_before_export(tmp_path, digits_model):
 def test_config_validates_itself(field, value):
     with pytest.raises(UsageError):
         OnnxExportConfig(**{field: value})
+
+
+class _RawAudioFrontend(torch.nn.Module):
+    """Raw samples -> framed features, like wav2vec's first layer: needs at least 400 samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 8, kernel_size=400, stride=160)
+
+    def forward(self, samples):
+        return self.conv(samples.unsqueeze(1)).mean(-1)
+
+
+def test_dynamic_dims_trace_at_sizes_the_model_accepts(tmp_path):
+    model = _RawAudioFrontend().eval()
+    artifact, record = _export(tmp_path, model, ["samples:batchxsamples"])
+    assert record.metrics["parity_vs_torch"]["cosine_min"] > 0.9999
+    session = ort.InferenceSession(str(artifact.path))
+    x = np.random.default_rng(0).standard_normal((3, 16000)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"samples": x})[0], model(torch.from_numpy(x)).detach().numpy(), atol=1e-4)
