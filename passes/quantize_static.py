@@ -171,6 +171,11 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_static"))
+    if artifact.size_bytes > model.size_bytes:
+        notes.append(
+            f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): weights shared by several nodes "
+            "(e.g. an unrolled recurrent cell) are quantized once per node; keep fp32 (--no-quantize) or exclude those op types"
+        )
     reference_ctx = PassContext(work_dir=ctx.work_dir, seed=ctx.seed, calibration=ctx.calibration, evaluation=ctx.evaluation)
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
     decisions = {

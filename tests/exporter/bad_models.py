@@ -17,3 +17,16 @@ def seven_class_student():
     model = DigitsCNN(width=8)
     model.classifier = torch.nn.Linear(32, 7)
     return model
+
+
+class SharedWeightLoop(torch.nn.Module):
+    """One Linear applied eight times: traced, each use becomes its own node over one weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.step = torch.nn.Linear(64, 64)
+
+    def forward(self, x):
+        for _ in range(8):
+            x = torch.tanh(self.step(x))
+        return x

@@ -106,3 +106,11 @@ def test_configs_roundtrip_through_plain_values():
     with pytest.raises(UsageError, match="did you mean 'per_channel'"):
         config_from_dict(StaticInt8Config, {"per_chanel": True})
     assert dataclasses.is_dataclass(StaticInt8Config)
+
+
+def test_int8_larger_than_fp32_is_reported(tmp_path):
+    from edgeport import export
+
+    result = export("tests.exporter.bad_models:SharedWeightLoop", inputs=["x:batchx64"], calib="random:16", out_dir=tmp_path / "o")
+    assert result.report["summary"]["size_ratio"] > 1
+    assert any("larger than fp32" in w for w in result.report["warnings"])
