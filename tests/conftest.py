@@ -69,3 +69,17 @@ def make_linear_onnx(path: Path, in_features: int = 4, out_features: int = 3, ba
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def npz_file(folder: Path, name: str = "data.npz", **arrays) -> Path:
+    """An .npz of the given arrays (keyed as given): test data that fits or misfits a model."""
+    path = folder / name
+    np.savez(path, **arrays)
+    return path
+
+
+def corrupt_onnx(folder: Path) -> Path:
+    """A file named .onnx whose bytes are not a model."""
+    path = folder / "corrupt.onnx"
+    path.write_bytes(b"\x0a\x03not onnx")
+    return path

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from edgeport.artifacts import file_sha256
 from edgeport.cli import cli
-from tests.conftest import digits_paths
+from tests.conftest import corrupt_onnx, digits_paths, npz_file
 
 P = digits_paths()
 DIGITS_ARGS = ["examples.digits.model:DigitsCNN", "--weights", str(P["weights"]), "--input", "image:batchx1x8x8"]
@@ -50,21 +50,11 @@ def test_quiet_and_no_quantize(tmp_path):
 
 
 def _bad_calib(tmp_path):
-    path = tmp_path / "calib.npz"
-    np.savez(path, pixels=np.zeros((4, 1, 8, 8), np.float32))
-    return path
+    return npz_file(tmp_path, "calib.npz", pixels=np.zeros((4, 1, 8, 8), np.float32))
 
 
 def _bad_shape_calib(tmp_path):
-    path = tmp_path / "calib.npz"
-    np.savez(path, image=np.zeros((4, 1, 9, 9), np.float32))
-    return path
-
-
-def _corrupt_onnx(tmp_path):
-    path = tmp_path / "corrupt.onnx"
-    path.write_bytes(b"\x0a\x03not onnx")
-    return path
+    return npz_file(tmp_path, "calib.npz", image=np.zeros((4, 1, 9, 9), np.float32))
 
 
 def _file_in_the_way(tmp_path):
@@ -77,7 +67,7 @@ def _file_in_the_way(tmp_path):
     "case, make_args, message",
     [
         ("missing model file", lambda t: ["missing.onnx", "--no-quantize"], "does not exist"),
-        ("corrupt model file", lambda t: [_corrupt_onnx(t), "--no-quantize"], "not a readable ONNX model"),
+        ("corrupt model file", lambda t: [corrupt_onnx(t), "--no-quantize"], "not a readable ONNX model"),
         ("unknown module", lambda t: ["no_such_pkg.models:Net", "--input", "x:1x3", "--no-quantize"], "cannot be imported"),
         ("malformed input spec", lambda t: [*DIGITS_ARGS[:3], "--input", "image:1xax", "--no-quantize"], "neither a number nor a name"),
         ("input spec the model rejects", lambda t: [*DIGITS_ARGS[:3], "--input", "image:batchx3x8x8", "--no-quantize"], "forward fails"),

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 import edgeport
 from edgeport.cli import cli
 from edgeport.device_profiles import load_profile
-from tests.conftest import digits_paths, make_linear_onnx
+from tests.conftest import corrupt_onnx, digits_paths, make_linear_onnx, npz_file
 
 CI_PROFILE = load_profile("ci-x86-avx2").path
 
@@ -104,15 +104,7 @@ def test_dynamic_dims_need_sizes(tmp_path):
 
 
 def _bad_eval(tmp_path):
-    path = tmp_path / "eval.npz"
-    np.savez(path, image=np.zeros((4, 3, 8, 8), np.float32))
-    return path
-
-
-def _not_onnx(tmp_path):
-    path = tmp_path / "model.onnx"
-    path.write_bytes(b"\x08\x07\x12\x00garbage")
-    return path
+    return npz_file(tmp_path, "eval.npz", image=np.zeros((4, 3, 8, 8), np.float32))
 
 
 def _unrunnable(tmp_path):
@@ -131,7 +123,7 @@ def _unrunnable(tmp_path):
     [
         (lambda t, m: [m, "--profile", "no-such-profile"], "unknown profile 'no-such-profile'"),
         (lambda t, m: [m, "--profile", _profile(t, **{"cores = 2\n": 'cores = "two"\n'})], "hardware.cores: must be int"),
-        (lambda t, m: [_not_onnx(t), "--profile", "ci-x86-avx2"], "not a readable ONNX model"),
+        (lambda t, m: [corrupt_onnx(t), "--profile", "ci-x86-avx2"], "not a readable ONNX model"),
         (lambda t, m: [_unrunnable(t), "--profile", "ci-x86-avx2"], "ONNX Runtime cannot load"),
         (lambda t, m: [m, "--profile", "ci-x86-avx2", "--data", _bad_eval(t)], "batches of shape (1, 3, 8, 8)"),
         (lambda t, m: [m, "--profile", "ci-x86-avx2", "--runs", "0"], "--runs 0 is below 1"),
