@@ -16,6 +16,8 @@ from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.export_onnx import OnnxExportConfig
+from edgeport.passes.fp16 import Fp16Config
+from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.optimize import GraphOptimizeConfig
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.passes import run_pass
@@ -27,6 +29,9 @@ from edgeport.specs import TensorSpec, parse_input_spec
 from edgeport.validation import validate
 from edgeport.validation_report import render_markdown as render_validation_markdown
 from edgeport.versions import runtime_versions
+
+
+PRECISIONS = ("int8", "dynamic-int8", "fp16", "fp32")
 
 
 @dataclass
@@ -49,6 +54,7 @@ def export(
     calib: str | Path | DataSource | None = None,
     eval: str | Path | DataSource | None = None,  # noqa: A002 - mirrors the CLI's --eval
     quantize: bool = True,
+    precision: str = "int8",
     trust_pickle: bool = False,
     export_config: OnnxExportConfig | None = None,
     optimize_config: GraphOptimizeConfig | None = None,
@@ -65,23 +71,27 @@ def export(
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
-    Writes model.onnx (int8 unless ``quantize=False``), model.fp32.onnx, report.json, report.md
-    and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left half-written.
-    With ``profile``, int8 settings follow the (first) profile unless ``quant_config`` is given, and
-    the artifact is validated against every profile; ``exit_code`` is then 1 if a budget failed.
-    ``torch_steps`` (pruning, low-rank, distillation configs) run on the torch model before export;
-    a distillation step learns from ``teacher`` (default: the model as loaded) on ``train_data``.
-    ONNX steps whose input, config, data and versions are unchanged come from the step cache
-    unless ``use_cache`` is False.
+    Writes model.onnx in ``precision`` (int8: static, with calibration data; dynamic-int8: weights
+    only; fp16; fp32, the same as ``quantize=False``), model.fp32.onnx beside it, report.json,
+    report.md and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left
+    half-written. With ``profile``, int8 settings follow the (first) profile unless
+    ``quant_config`` is given, and the artifact is validated against every profile;
+    ``exit_code`` is then 1 if a budget failed. ``torch_steps`` (pruning, low-rank, distillation
+    configs) run on the torch model before export; a distillation step learns from ``teacher``
+    (default: the model as loaded) on ``train_data``. ONNX steps whose input, config, data and
+    versions are unchanged come from the step cache unless ``use_cache`` is False.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
+    precision = precision if quantize else "fp32"
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision '{precision}' is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
     specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
-    if quantize and calibration is None:
+    if precision == "int8" and calibration is None:
         raise QuantizationError(
             "static int8 quantization needs calibration data",
-            fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --no-quantize",
+            fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8",
         )
     output = OutputFolder(out_dir)
     try:
@@ -109,10 +119,12 @@ def export(
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
         if quant_config is None:
             quant_config = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
-        int8_pipeline = Pipeline([quant_config] if quantize else [], use_cache=use_cache)
+        precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
+        int8_pipeline = Pipeline([precision_step] if precision_step else [], use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
+        reduced = precision_step is not None  # a second, smaller-precision model beside the fp32 one
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
-        names = _stage_artifacts(output, fp32, final if quantize else None)
+        names = _stage_artifacts(output, fp32, final if reduced else None)
         post_steps = [OrtFormatConfig()] if any(p.runtime.model_format == "ort" for p in profiles) else []
         for config in post_steps:  # mobile targets load ORT format: model.ort beside model.onnx
             shutil.copyfile(run_pass(final, config, ctx).path, output.stage("model.ort"))
@@ -130,7 +142,7 @@ def export(
         exit_code = EXIT_OK
         if profiles:
             validation = validate(
-                output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if quantize else None,
+                output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if reduced else None,
                 data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress,
             )
             # Name the files where they will live, not where they were staged.

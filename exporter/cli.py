@@ -56,7 +56,9 @@ def cli() -> None:
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="Model input, e.g. image:batchx3x224x224:float32. Repeat per input.")
 @click.option("--calib", metavar="DATA", help="Calibration data: .npz, folder of .npy/.npz, module:attr, or random[:N].")
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
-@click.option("--no-quantize", is_flag=True, help="Stop at the optimized fp32 model.")
+@click.option("--precision", type=click.Choice(["int8", "dynamic-int8", "fp16", "fp32"]), default="int8", show_default=True,
+              help="int8: static, calibrated; dynamic-int8: weights only, no calibration; fp16: for GPUs/NPUs; fp32: optimized only.")
+@click.option("--no-quantize", is_flag=True, help="Stop at the optimized fp32 model (as --precision fp32).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model (runs code from the file).")
 @click.option("--profile", "profiles", multiple=True, metavar="P", help="Device profile (name or TOML file): int8 settings follow it and the result is validated against it. Repeatable.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs when validating against --profile.")
@@ -119,6 +121,7 @@ def export_command(model: str, **opts: Any) -> None:
             calib=opts["calib"],
             eval=opts["eval_data"],
             quantize=not opts["no_quantize"],
+            precision=opts["precision"],
             trust_pickle=opts["trust_pickle"],
             export_config=OnnxExportConfig(opset=opts["opset"], exporter=opts["exporter"]),
             quant_config=quant_config,
@@ -135,7 +138,7 @@ def export_command(model: str, **opts: Any) -> None:
             click.echo(format_table(summary_rows(result.report)))
             summary = result.report["summary"]
             if "size_ratio" in summary:
-                click.echo(f"int8 model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
+                click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
             for warning in result.report["warnings"]:
                 click.echo(f"warning: {warning}", err=True)
             if "validation" in result.report:

@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import Any
 
 REPORT_SCHEMA_VERSION = "1.0"
+PRECISION_STEPS = {"quantize_static": "int8", "quantize_dynamic": "dynamic-int8", "fp16": "fp16"}
 
 
 def build_export_report(
@@ -19,14 +20,15 @@ def build_export_report(
     versions: dict[str, Any],
     warnings: list[str],
 ) -> dict[str, Any]:
-    quant = next((s for s in steps if s["name"] == "quantize_static"), None)
+    quant = next((s for s in steps if s["name"] in PRECISION_STEPS), None)
     fp32 = artifacts.get("model.fp32.onnx") or artifacts.get("model.onnx")
-    summary: dict[str, Any] = {"fp32_bytes": fp32["bytes"] if fp32 else None}
+    summary: dict[str, Any] = {"precision": PRECISION_STEPS[quant["name"]] if quant else "fp32", "fp32_bytes": fp32["bytes"] if fp32 else None}
     if quant:
+        # "int8_bytes"/"parity_int8_vs_fp32" name the deployable model whatever its precision (schema 1.0)
         summary["int8_bytes"] = artifacts["model.onnx"]["bytes"]
         summary["size_ratio"] = round(summary["int8_bytes"] / summary["fp32_bytes"], 4)
         summary["parity_int8_vs_fp32"] = quant["metrics"]["parity_vs_fp32"]
-        summary["decisions"] = quant["metrics"]["decisions"]
+        summary["decisions"] = quant["metrics"].get("decisions", {})
     export = next((s for s in steps if s["name"] == "export"), None)
     if export:
         summary["parity_onnx_vs_torch"] = export["metrics"]["parity_vs_torch"]
@@ -57,14 +59,15 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         elif step["name"] == "ort_format":
             p = metrics["parity_vs_onnx"]
             result = f"ORT mobile format; vs .onnx cos {p['cosine_min']}"
-        elif step["name"] == "quantize_static":
+        elif step["name"] in PRECISION_STEPS:
             p = metrics["parity_vs_fp32"]
             parts = [f"cos {p['cosine_mean']}"]
             if p.get("top1_agreement") is not None:
                 parts.append(f"top-1 agree {p['top1_agreement']:.2%}")
             if p.get("candidate_accuracy") is not None:
                 parts.append(f"acc {p['reference_accuracy']:.2%} -> {p['candidate_accuracy']:.2%}")
-            parts.append(f"cache {metrics['calibration_cache']}")
+            if "calibration_cache" in metrics:
+                parts.append(f"cache {metrics['calibration_cache']}")
             result = "; ".join(parts)
         else:
             result = ""
@@ -95,7 +98,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"| {name} | {_mb(info['bytes'])} | `{info['sha256'][:16]}…` |")
     summary = report["summary"]
     if "size_ratio" in summary:
-        out += ["", "## Int8 vs fp32", "", f"- size: {summary['size_ratio']:.1%} of fp32"]
+        out += ["", f"## {summary['precision']} vs fp32", "", f"- size: {summary['size_ratio']:.1%} of fp32"]
         for key, value in summary["parity_int8_vs_fp32"].items():
             out.append(f"- {key}: {value}")
         for key, rule in summary["decisions"].items():

@@ -13,12 +13,14 @@ from typing import Any
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.optimize import GraphOptimizeConfig
+from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.versions import runtime_versions
 
-CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, OrtFormatConfig)
+CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
 _FINGERPRINT_SAMPLES = 1000
 
 

@@ -12,10 +12,12 @@ from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, Progress
 from edgeport.passes.distill import DistillConfig, distill
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
+from edgeport.passes.fp16 import Fp16Config, convert_fp16
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
 from edgeport.passes.ort_format import OrtFormatConfig, to_ort_format
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
+from edgeport.passes.quantize_dynamic import DynamicInt8Config, quantize_dynamic_int8
 from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_int8
 
 def _distill_step(artifact: Any, config: DistillConfig, *, ctx: PassContext) -> Any:
@@ -32,6 +34,8 @@ PASS_REGISTRY: dict[type, Callable[..., Any]] = {
     OnnxExportConfig: export_onnx,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
+    DynamicInt8Config: quantize_dynamic_int8,
+    Fp16Config: convert_fp16,
     OrtFormatConfig: to_ort_format,
 }
 
@@ -46,6 +50,10 @@ def run_pass(artifact: Any, config: Any, ctx: PassContext) -> Any:
 __all__ = [
     "PASS_REGISTRY",
     "ChannelPruneConfig",
+    "DynamicInt8Config",
+    "Fp16Config",
+    "convert_fp16",
+    "quantize_dynamic_int8",
     "DistillConfig",
     "LowRankConfig",
     "MagnitudePruneConfig",

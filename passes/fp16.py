@@ -1,0 +1,46 @@
+"""fp16: weights and compute in half precision for GPUs and NPUs (CUDA, TensorRT, CoreML), with
+float32 inputs and outputs kept so callers need not change. Uses the converter that ships inside
+onnxruntime (onnxruntime.transformers.float16), which keeps numerically fragile ops in fp32."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import onnx
+
+from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.errors import QuantizationError
+from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.parity_check import parity_between
+
+
+@dataclass(frozen=True)
+class Fp16Config:
+    keep_io_types: bool = True
+    op_block_list: tuple[str, ...] | None = None  # None: ORT's default list of ops kept in fp32
+    eval_samples: int = 1000
+
+
+def convert_fp16(model: OnnxArtifact, config: Fp16Config, *, ctx: PassContext) -> OnnxArtifact:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    started = time.perf_counter()
+    out_path = ctx.work_dir / "model.fp16.onnx"
+    try:
+        converted = convert_float_to_float16(
+            onnx.load(str(model.path)), keep_io_types=config.keep_io_types,
+            op_block_list=list(config.op_block_list) if config.op_block_list is not None else None,
+        )
+    except Exception as exc:
+        raise QuantizationError(f"fp16 conversion failed: {str(exc).splitlines()[0][:300]}", fix="block the failing op type from conversion") from exc
+    onnx.save(converted, str(out_path))
+    artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fp16"))
+    ctx.record(StepRecord(
+        name="fp16", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+        metrics={"size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
+                 "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples)},
+        notes=["fp16 kernels are slow or missing on most CPUs: this artifact is for GPUs and NPUs"],
+    ))
+    return artifact
