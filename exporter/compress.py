@@ -19,7 +19,7 @@ from edgeport.errors import EXIT_OK, ExportError, UsageError, first_line
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
-from edgeport.passes.distill import DistillConfig, distill as distill_pass, is_main_process
+from edgeport.passes.distill import DistillConfig, distill as distill_pass, finish_distributed, is_main_process
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
@@ -123,7 +123,9 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
         ctx = PassContext(work_dir=work_dir, seed=seed, progress=progress or NullProgress(),
                           cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), checkpoint_dir=checkpoints)
         result = work(ctx)
-        if not is_main_process():
+        main = is_main_process()
+        finish_distributed()
+        if not main:
             return CompressResult(None, {}, result.module)
         comparison = {"reference": _describe(reference, evaluation, ctx, "reference"), "result": _describe(result, evaluation, ctx, "result")}
         _save_program(result, output.stage("model.pt2"))

@@ -217,6 +217,16 @@ class _Distributed:
         return cls(dist.get_rank(), dist.get_world_size())
 
 
+def finish_distributed() -> None:
+    """All ranks meet, then tear the process group down: a gloo thread left running when the
+    interpreter exits aborts the process ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_main_process() -> bool:
     import torch.distributed as dist
 
