@@ -126,16 +126,22 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         if missing:
             details["providers"]["note"] = f"{', '.join(missing)} not available here: measured on {', '.join(providers)} (the profile allows CPU fallback)"
 
-    measurement = None
+    measurement, refused = None, None
     if providers is not None:
         threads = prof.runtime.intra_op_threads
         if threads and not on_target:
             threads = min(threads, cpu.cores)
         measurement = benchmark.measure(
             artifact.path, providers, shapes, threads=threads, runs=runs, time_limit_s=time_limit_s,
-            cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern, seed=seed,
+            cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern,
+            cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed,
         )
-        details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement}
+        if "refused" in measurement:
+            details["providers"]["note"] = measurement["refused"]
+            refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])
+            measurement, providers = None, None
+        else:
+            details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement}
     graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
     target_estimate = None
     if graph is not None:
@@ -154,7 +160,7 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     details["parity"] = parity
 
     results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source)
-    results += [_opset_check(graph, prof), _format_check(artifact, prof)]
+    results += [_opset_check(graph, prof), _format_check(artifact, prof), refused]
     return ProfileVerdict(prof, on_target, [r for r in results if r is not None], details)
 
 

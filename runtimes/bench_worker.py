@@ -62,6 +62,8 @@ def _options(request: dict, ort, profile_dir: str | None = None):
     if request.get("threads"):
         options.intra_op_num_threads = request["threads"]
         options.inter_op_num_threads = 1
+    if request.get("disable_cpu_fallback"):  # the profile forbids CPU fallback: ORT must refuse, not hide it
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     options.enable_cpu_mem_arena = request.get("cpu_mem_arena", True)
     options.enable_mem_pattern = request.get("mem_pattern", True)
     if profile_dir:
@@ -110,7 +112,13 @@ def run(request: dict) -> dict:
     exact = _reset_peak() and _status_mb("VmHWM") is not None
     baseline = _status_mb("VmRSS") if exact else _maxrss_mb()
     started = time.perf_counter()
-    session = ort.InferenceSession(request["model"], _options(request, ort), providers=request["providers"])
+    try:
+        session = ort.InferenceSession(request["model"], _options(request, ort), providers=request["providers"])
+    except Exception as exc:
+        if not request.get("disable_cpu_fallback"):
+            raise
+        return {"refused": f"{', '.join(request['providers'])} cannot run every node and CPU fallback is forbidden "
+                           f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"}
     load_ms = (time.perf_counter() - started) * 1e3
     used = session.get_providers()
     started = time.perf_counter()

@@ -26,9 +26,11 @@ def measure(
     coverage: bool = True,
     cpu_mem_arena: bool = True,
     mem_pattern: bool = True,
+    cpu_fallback: bool = True,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Run the benchmark worker; ``inputs`` must have concrete shapes."""
+    """Run the benchmark worker; ``inputs`` must have concrete shapes. Without ``cpu_fallback``
+    the result may be ``{"refused": reason}``: the providers cannot run the whole model."""
     request = {
         "model": str(model),
         "providers": providers,
@@ -40,6 +42,7 @@ def measure(
         "coverage": coverage,
         "cpu_mem_arena": cpu_mem_arena,
         "mem_pattern": mem_pattern,
+        "disable_cpu_fallback": not cpu_fallback and "CPUExecutionProvider" not in providers,
         "seed": seed,
     }
     try:

@@ -184,3 +184,4 @@ def test_transformer_export_and_validate_take_sequence_length_from_the_data(tmp_
     quant = next(s for s in result.report["steps"] if s["name"] == "quantize_static")
     assert quant["metrics"]["op_types_quantized"] == ["Gather", "Gemm", "MatMul"]
     assert quant["metrics"]["parity_vs_fp32"]["cosine_mean"] > 0.98
+

@@ -87,3 +87,43 @@ def test_session_on_openvino_then_cpu_order(tmp_path):
     assert session.get_providers()[0] == "OpenVINOExecutionProvider"
     with pytest.raises(edgeport.EdgeportError, match="not available in this onnxruntime build"):
         create_session(model, ["TensorrtExecutionProvider"])
+
+
+def test_forbidden_fallback_is_enforced_not_assumed(tmp_path):
+    """With fallback forbidden, ORT's silent CPU fallback is switched off: OpenVINO must take the
+    whole graph, which it does for this convnet."""
+    model = _conv_net(tmp_path / "m.onnx")
+    profile = _profile(tmp_path, '["OpenVINOExecutionProvider"]', fallback=False)
+    verdict = edgeport.validate(model, profile=profile, runs=5).verdicts[0]
+    assert verdict.details["measurement"]["providers_used"][0] == "OpenVINOExecutionProvider"
+    assert not any(r.name == "runs_without_cpu_fallback" for r in verdict.results)
+
+
+def _partly_supported(path):
+    """Relu -> Unique: OpenVINO's provider takes the Relu but not Unique."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Unique", ["r"], ["y"])], "partly",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_node_coverage_splits_across_providers(tmp_path):
+    model = _partly_supported(tmp_path / "partly.onnx")
+    verdict = edgeport.validate(model, profile="openvino-cpu", runs=5).verdicts[0]
+    coverage = verdict.details["coverage"]
+    assert coverage["by_provider"].get("CPUExecutionProvider", 0) >= 1  # Unique fell back to CPU
+    assert 0 < coverage["preferred_share"] < 1
+    assert "Unique" in coverage["ops_not_on_preferred"]
+
+
+def test_forbidden_fallback_fails_when_openvino_cannot_take_every_node(tmp_path):
+    model = _partly_supported(tmp_path / "partly.onnx")
+    profile = _profile(tmp_path, '["OpenVINOExecutionProvider"]', fallback=False)
+    verdict = edgeport.validate(model, profile=profile, runs=5).verdicts[0]
+    refused = next(r for r in verdict.results if r.name == "runs_without_cpu_fallback")
+    assert refused.status == "fail" and "CPU fallback is forbidden" in refused.detail
+    assert verdict.verdict == "fail"
