@@ -35,8 +35,11 @@ test: $(STAMP) $(OV_STAMP)
 	$(BIN)/python -m pytest -q
 	$(OV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtimes/test_openvino.py
 
+# Side-by-side measurements (minutes; not part of the tests): see bench/README.md.
 bench: $(STAMP)
 	$(BIN)/python bench/quantize.py
+	$(BIN)/python bench/validate.py
+	$(BIN)/python bench/compress.py
 
 clean:
 	rm -rf $(VENV) $(OV_VENV) out .pytest_cache
