@@ -46,6 +46,7 @@ def distill(
 ) -> CompressResult:
     """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels)."""
     config = config or DistillConfig()
+    _seed(config.seed)  # before loading: a student built by a factory draws its initial weights now
     specs = _specs(inputs)
     train = open_data(data, role="training", seed=config.seed)
     if train is None:
@@ -78,6 +79,7 @@ def prune(
         raise UsageError(f"--ratio is required for {method} pruning", fix="pass e.g. --ratio 0.5")
     if steps < 1:
         raise UsageError(f"--steps {steps} is below 1", fix="use 1 or more")
+    _seed(seed)
     specs = _specs(inputs)
     train = open_data(data, role="training", seed=seed)
     original = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=train)
@@ -203,6 +205,13 @@ def _save_program(artifact: TorchArtifact, path: Path) -> None:
             torch.export.save(program, str(path))
     except Exception as exc:
         raise ExportError(f"torch.export cannot capture the compressed model: {first_line(exc)[:200]}", fix="make forward() free of data-dependent Python control flow") from exc
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
 
 
 def _specs(inputs) -> tuple[TensorSpec, ...] | None:

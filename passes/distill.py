@@ -197,7 +197,11 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _score(entry: dict) -> float:
-    return -entry["val_accuracy"] if "val_accuracy" in entry else entry["val_loss"]
+    """Lower is better: validation accuracy when labels exist, with the loss against the teacher
+    breaking ties (a small validation split makes equal accuracies common); else that loss."""
+    if "val_accuracy" in entry:
+        return -entry["val_accuracy"] + 1e-3 * min(entry["val_loss"], 1.0)
+    return entry["val_loss"]
 
 
 class _Distributed:
@@ -422,7 +426,7 @@ def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, los
 
 
 def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_size: int = 512) -> dict[str, float]:
-    """Validation loss against the teacher, and accuracy when labels exist (the early-stopping score)."""
+    """Validation loss (the training objective) and accuracy when labels exist: the early-stopping score."""
     import torch
     from torch.nn import functional as F
 
@@ -433,9 +437,12 @@ def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_si
         for start in range(0, n, batch_size):
             out = _first(model(*[inputs[s.name][start : start + batch_size] for s in specs]))
             teacher_out = targets["logits"][start : start + batch_size]
-            if loss_kind == "kl":
+            if loss_kind == "kl":  # the training objective itself, so alpha = 0 never consults the teacher
                 t = config.temperature
                 loss = F.kl_div(F.log_softmax(out / t, -1), F.softmax(teacher_out / t, -1), reduction="sum") * t * t
+                if labels is not None:
+                    hard = F.cross_entropy(out, labels[start : start + batch_size], reduction="sum")
+                    loss = config.alpha * loss + (1 - config.alpha) * hard
             else:
                 loss = F.mse_loss(out, teacher_out, reduction="sum") / max(1, out[0].numel())
             loss_sum += float(loss)
