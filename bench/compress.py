@@ -29,7 +29,6 @@ def _onnx(module, spec: str, out: Path) -> Path:
 
 def digits(work: Path) -> dict:
     import numpy as np
-    import torch
 
     import edgeport
     from edgeport.passes import DistillConfig

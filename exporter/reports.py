@@ -84,7 +84,7 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    out = [f"# edgeport export report", "", f"- model: `{report['model']['source']}`"]
+    out = ["# edgeport export report", "", f"- model: `{report['model']['source']}`"]
     for name, spec in (("input", s) for s in report["model"]["inputs"]):
         out.append(f"- {name} `{spec['name']}`: {'x'.join(map(str, spec['shape']))} {spec['dtype']}")
     for role, text in report["data"].items():

@@ -61,7 +61,6 @@ class ChannelPruneConfig:
 
 
 def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: PassContext) -> TorchArtifact:
-    import torch
     from torch import nn
     from torch.nn.utils import prune as torch_prune
 
@@ -112,7 +111,7 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
             pruner.step()
     except Exception as exc:
         raise InternalError(f"torch-pruning could not prune the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", fix="add the failing layer to --ignore, or use magnitude pruning") from exc
-    for m, count in heads.items():  # torch-pruning leaves MultiheadAttention's bookkeeping to us
+    for m in heads:  # torch-pruning leaves MultiheadAttention's bookkeeping to us
         m.head_dim = m.embed_dim // m.num_heads
     module.eval()
     parity = verify_pruned(module, model, ctx)

@@ -7,7 +7,6 @@ Run as ``python -m edgeport.runtimes.bench_worker``; ``benchmark.measure`` is th
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import sys

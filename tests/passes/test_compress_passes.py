@@ -1,6 +1,5 @@
 """Pruning, low-rank and distillation passes on real models."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,5 +1,3 @@
-import numpy as np
-import onnx
 
 from edgeport.runtimes.coverage import static_coverage
 from edgeport.runtimes.estimate import estimate_latency_ms, graph_cost
