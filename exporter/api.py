@@ -25,7 +25,7 @@ from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
-from edgeport.specs import TensorSpec, parse_input_spec
+from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.validation import validate
 from edgeport.validation_report import render_markdown as render_validation_markdown
 from edgeport.versions import runtime_versions
@@ -85,7 +85,7 @@ def export(
     precision = precision if quantize else "fp32"
     if precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
-    specs = tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs or ()) or None
+    specs = parse_input_specs(inputs)
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
     if precision == "int8" and calibration is None:
@@ -105,7 +105,7 @@ def export(
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
             quant_target=quant_target(profiles[0]) if profiles else None,
         )
-        _seed_everything(seed, artifact)
+        seed_everything(seed)
         fp32_steps: list[Any] = []
         if isinstance(artifact, TorchArtifact):
             if torch_steps:
@@ -189,14 +189,17 @@ def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs) -> d
     }
 
 
-def _seed_everything(seed: int, artifact: Any) -> None:
+def seed_everything(seed: int, *, with_torch: bool = False) -> None:
+    """Python's, numpy's and torch's generators; torch only when it is loaded already or
+    ``with_torch`` asks for it (an .onnx export needs no torch, so it never imports it here)."""
     import random
+    import sys
 
     import numpy as np
 
     random.seed(seed)
     np.random.seed(seed)
-    if isinstance(artifact, TorchArtifact):
+    if with_torch or "torch" in sys.modules:
         import torch
 
         torch.manual_seed(seed)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeport.api import seed_everything
 from edgeport.artifacts import TorchArtifact
 from edgeport.data import DataSource, open_data
 from edgeport.errors import EXIT_OK, ExportError, UsageError, first_line
@@ -24,7 +25,8 @@ from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
 from edgeport.passes.torch_stats import count_macs, count_params
-from edgeport.specs import TensorSpec, parse_input_spec
+from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
+from edgeport.specs import TensorSpec, example_array, parse_input_specs
 from edgeport.versions import runtime_versions
 
 METHODS = ("magnitude", "channels", "lowrank")
@@ -46,8 +48,8 @@ def distill(
 ) -> CompressResult:
     """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels)."""
     config = config or DistillConfig()
-    _seed(config.seed)  # before loading: a student built by a factory draws its initial weights now
-    specs = _specs(inputs)
+    seed_everything(config.seed, with_torch=True)  # before loading: a student built by a factory draws its initial weights now
+    specs = parse_input_specs(inputs)
     train = open_data(data, role="training", seed=config.seed)
     if train is None:
         raise UsageError("distillation needs training data", fix="pass --data DATA")
@@ -79,8 +81,8 @@ def prune(
         raise UsageError(f"--ratio is required for {method} pruning", fix="pass e.g. --ratio 0.5")
     if steps < 1:
         raise UsageError(f"--steps {steps} is below 1", fix="use 1 or more")
-    _seed(seed)
-    specs = _specs(inputs)
+    seed_everything(seed, with_torch=True)
+    specs = parse_input_specs(inputs)
     train = open_data(data, role="training", seed=seed)
     original = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=train)
     _require_torch(original, "model")
@@ -112,11 +114,8 @@ def prune(
 
 
 def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work) -> CompressResult:
-    import torch
-
-    torch.manual_seed(seed)
-    main = is_main_process()
-    output = OutputFolder(out_dir) if main else None
+    # Rank from torchrun's environment: the process group only starts inside training.
+    output = OutputFolder(out_dir) if is_main_process() else None
     work_dir = output.work if output else Path(_private_tmp())
     # Checkpoints sit beside OUTDIR, not in it: OUTDIR only ever holds finished artifacts, and an
     # interrupted run leaves its checkpoints for --resume.
@@ -125,9 +124,9 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
         ctx = PassContext(work_dir=work_dir, seed=seed, progress=progress or NullProgress(),
                           cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(), checkpoint_dir=checkpoints)
         result = work(ctx)
-        main = is_main_process()
         finish_distributed()
-        if not main:
+        if output is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
             return CompressResult(None, {}, result.module)
         comparison = {"reference": _describe(reference, evaluation, ctx, "reference"), "result": _describe(result, evaluation, ctx, "result")}
         _save_program(result, output.stage("model.pt2"))
@@ -156,7 +155,9 @@ def _describe(artifact: TorchArtifact, evaluation: DataSource | None, ctx: PassC
     onnx_dir = ctx.work_dir / f"compare-{name}"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     onnx_artifact = export_onnx(artifact, OnnxExportConfig(), ctx=PassContext(work_dir=onnx_dir, seed=ctx.seed))
-    shapes = [TensorSpec(s.name, tuple(1 if isinstance(d, str) and i == 0 else (8 if isinstance(d, str) else d) for i, d in enumerate(s.shape)), s.dtype) for s in artifact.inputs]
+    sizes = traceable_sizes(artifact, np.random.default_rng(ctx.seed))
+    sizes.update({s.shape[0]: 1 for s in artifact.inputs if s.rank and isinstance(s.shape[0], str)})  # latency at batch 1
+    shapes = [TensorSpec(s.name, s.concrete(sizes), s.dtype) for s in artifact.inputs]
     timing = measure(onnx_artifact.path, ["CPUExecutionProvider"], shapes, threads=1, runs=100, coverage=False)
     out["onnx_latency_ms_p50_1thread"] = timing["latency_ms"]["p50"]
     if evaluation is not None:
@@ -192,30 +193,15 @@ def _save_program(artifact: TorchArtifact, path: Path) -> None:
     import torch
 
     rng = np.random.default_rng(0)
-    from edgeport.specs import example_array
-
-    sizes = {d: 2 if i == 0 else 8 for s in artifact.inputs for i, d in enumerate(s.shape) if isinstance(d, str)}
+    sizes = traceable_sizes(artifact, rng)
     args = tuple(torch.from_numpy(example_array(s, rng, sizes)) for s in artifact.inputs)
-    dims: dict[str, Any] = {}
-    dynamic = tuple({a: dims.setdefault(n, torch.export.Dim(n)) for a, n in s.dynamic_axes.items()} or None for s in artifact.inputs)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(artifact.module.eval(), args, dynamic_shapes=dynamic if any(dynamic) else None)
+            program = torch.export.export(artifact.module.eval(), args, dynamic_shapes=export_dynamic_shapes(artifact.inputs))
             torch.export.save(program, str(path))
     except Exception as exc:
         raise ExportError(f"torch.export cannot capture the compressed model: {first_line(exc)[:200]}", fix="make forward() free of data-dependent Python control flow") from exc
-
-
-def _seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def _specs(inputs) -> tuple[TensorSpec, ...] | None:
-    return tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs) if inputs else None
 
 
 def _require_torch(artifact: Any, role: str) -> None:

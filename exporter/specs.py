@@ -87,6 +87,11 @@ def parse_input_spec(text: str) -> TensorSpec:
     return TensorSpec(name, tuple(dims), dtype)
 
 
+def parse_input_specs(inputs) -> tuple[TensorSpec, ...] | None:
+    """``--input`` values (strings or TensorSpecs) as specs; None when none were given."""
+    return tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs) if inputs else None
+
+
 def numpy_dtype(spec: TensorSpec) -> np.dtype:
     return np.dtype(spec.dtype)
 

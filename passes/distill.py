@@ -232,9 +232,12 @@ def finish_distributed() -> None:
 
 
 def is_main_process() -> bool:
+    """Rank 0, or no distributed run. Read from torchrun's RANK before the group exists."""
     import torch.distributed as dist
 
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_tensors(source: DataSource, specs) -> tuple[dict[str, Any], Any]:

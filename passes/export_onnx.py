@@ -24,6 +24,7 @@ import onnx
 from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact
 from edgeport.errors import DataError, ExportError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
 from edgeport.runtimes.parity import ParityAccumulator
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
@@ -54,7 +55,8 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
     rng = np.random.default_rng(ctx.seed)
     data = ctx.evaluation or ctx.calibration
     first = next(iter(data.batches(model.inputs, batch_size=4, max_samples=4)), None) if data is not None else None
-    trace_sizes, probe_sizes = _traceable_sizes(model, rng, first.inputs if first is not None else None)
+    trace_sizes = traceable_sizes(model, rng, first.inputs if first is not None else None)
+    probe_sizes = {name: size + 1 for name, size in trace_sizes.items()}  # other sizes: catch frozen dims
     trace_feed = {s.name: example_array(s, rng, trace_sizes) for s in model.inputs}
     # Probes: other sizes for every dynamic dim (catches dims the tracer froze), and real data.
     feeds = [trace_feed]
@@ -102,50 +104,6 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
     return artifact
 
 
-# Sizes tried for non-batch dynamic dims, smallest first: 8 suits text and images, while audio
-# frontends (strided convolutions over raw samples) need thousands.
-_SIZE_LADDER = (8, 64, 512, 4096)
-
-
-def _traceable_sizes(model: TorchArtifact, rng: np.random.Generator, data: dict[str, np.ndarray] | None) -> tuple[dict[str, int], dict[str, int]]:
-    """Sizes per symbolic dim the model's forward accepts, for tracing, and other sizes to probe
-    the exported graph with. The data's own sizes come first; then a ladder of synthetic sizes.
-
-    Size 1 gets specialized away by tracers and equal sizes let a tracer confuse two dims, so a
-    leading (batch) dim traces at 2 and other dims at distinct sizes; probes add one to each.
-    """
-    candidates = []
-    if data is not None:
-        from_data = {name: int(data[spec.name].shape[axis]) for spec in model.inputs for axis, name in spec.dynamic_axes.items() if axis > 0}
-        candidates.append(_sizes_for(model.inputs, _SIZE_LADDER[0], from_data))
-    candidates += [_sizes_for(model.inputs, base, {}) for base in _SIZE_LADDER]
-    failure: ExportError | None = None
-    for trace in candidates:
-        try:
-            _check_forward(model, {s.name: example_array(s, rng, trace) for s in model.inputs})
-            return trace, {name: size + 1 for name, size in trace.items()}
-        except ExportError as exc:
-            failure = exc
-    raise failure
-
-
-def _sizes_for(specs: tuple[TensorSpec, ...], base: int, given: dict[str, int]) -> dict[str, int]:
-    """Leading (batch) dims at 2; other dims as ``given``, else base, base + 1, ... (all distinct)."""
-    sizes: dict[str, int] = {}
-    next_size = base
-    for spec in specs:
-        for axis, name in spec.dynamic_axes.items():
-            if name in sizes:
-                continue
-            if axis == 0:
-                sizes[name] = 2
-            elif name in given:
-                sizes[name] = max(given[name], 2)
-            else:
-                sizes[name], next_size = next_size, next_size + 1
-    return sizes
-
-
 def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.ndarray]], config: OnnxExportConfig) -> dict[str, Any]:
     import torch
 
@@ -175,20 +133,6 @@ def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.
 def _opset(path: Path) -> int:
     model = onnx.load(str(path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def _check_forward(model: TorchArtifact, inputs: dict[str, np.ndarray]) -> None:
-    import torch
-
-    try:
-        with torch.no_grad():
-            model.module(*[torch.from_numpy(inputs[s.name]) for s in model.inputs])
-    except Exception as exc:
-        shapes = ", ".join(s.describe() for s in model.inputs)
-        raise ExportError(
-            f"the model's forward fails on inputs {shapes}: {type(exc).__name__}: {first_line(exc)}",
-            fix="check --input names, shapes and dtypes against what forward() expects",
-        ) from exc
 
 
 def _output_names(model: TorchArtifact, inputs: dict[str, np.ndarray]) -> list[str]:
@@ -229,11 +173,7 @@ def _export_dynamo(model: TorchArtifact, inputs: dict[str, np.ndarray], path: Pa
     import torch
 
     args = tuple(torch.from_numpy(inputs[s.name]) for s in model.inputs)
-    dims: dict[str, Any] = {}
-    dynamic_shapes = tuple(
-        {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in s.dynamic_axes.items()} or None
-        for s in model.inputs
-    )
+    dynamic_shapes = export_dynamic_shapes(model.inputs)
     try:
         with _quiet_exporter():
             torch.onnx.export(
@@ -242,7 +182,7 @@ def _export_dynamo(model: TorchArtifact, inputs: dict[str, np.ndarray], path: Pa
                 str(path),
                 input_names=[s.name for s in model.inputs],
                 output_names=_output_names(model, inputs),
-                dynamic_shapes=None if model.program is not None or not any(dynamic_shapes) else dynamic_shapes,
+                dynamic_shapes=None if model.program is not None else dynamic_shapes,
                 opset_version=max(config.opset, 18),  # the dynamo exporter emits opset 18 and up
                 external_data=False,
                 optimize=True,

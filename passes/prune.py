@@ -22,6 +22,7 @@ from edgeport.artifacts import StepRecord, TorchArtifact
 from edgeport.errors import ExportError, InternalError, UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.torch_stats import count_macs, count_params
+from edgeport.passes.trace_sizes import traceable_sizes
 from edgeport.specs import example_array
 
 
@@ -96,7 +97,9 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
 
     started = time.perf_counter()
     module = copy.deepcopy(model.module).eval()
-    example = tuple(torch.from_numpy(a) for a in _example_inputs(model, ctx.seed))
+    rng = np.random.default_rng(ctx.seed)
+    sizes = traceable_sizes(model, rng)
+    example = tuple(torch.from_numpy(example_array(s, rng, sizes)) for s in model.inputs)
     ignored = [m for _, m in _select_layers(module, config.ignore, (nn.Module,))] if config.ignore else []
     ignored += _output_layers(module, example)
     heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -136,11 +139,6 @@ def verify_pruned(module: Any, original: TorchArtifact, ctx: PassContext) -> dic
     except ExportError as exc:
         raise InternalError(f"the pruned model failed its consistency check: {exc.problem}", fix="report it; try another --ratio or magnitude pruning") from exc
     return check_ctx.records[-1].metrics["parity_vs_torch"]
-
-
-def _example_inputs(model: TorchArtifact, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [example_array(s, rng, {d: 2 if i == 0 else 8 for i, d in enumerate(s.shape) if isinstance(d, str)}) for s in model.inputs]
 
 
 def _output_layers(module: Any, example: tuple) -> list[Any]:

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeport.artifacts import TorchArtifact
+from edgeport.passes.trace_sizes import traceable_sizes
 from edgeport.specs import TensorSpec, example_array
 
 
@@ -14,7 +16,8 @@ def count_params(module: Any) -> int:
 
 
 def count_macs(module: Any, inputs: tuple[TensorSpec, ...], sizes: dict[str, int] | None = None) -> int:
-    """MACs of one forward at batch 1 (Conv, Linear, recurrent and attention projections)."""
+    """MACs of one forward at batch 1 (Conv, Linear, recurrent layers); other dynamic dims at
+    ``sizes``, by default the sizes the export traces at."""
     import torch
     from torch import nn
 
@@ -44,8 +47,10 @@ def count_macs(module: Any, inputs: tuple[TensorSpec, ...], sizes: dict[str, int
         elif isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):
             hooks.append(m.register_forward_hook(recurrent))
     rng = np.random.default_rng(0)
-    sizes = {**{d: 1 for s in inputs for d in s.shape[:1] if isinstance(d, str)}, **(sizes or {})}
-    feed = [torch.from_numpy(example_array(s, rng, {d: sizes.get(d, 8) for d in s.shape if isinstance(d, str)})) for s in inputs]
+    if sizes is None:  # the sizes export traces at, with the batch at 1
+        sizes = traceable_sizes(TorchArtifact(module, inputs, "count_macs"), rng)
+        sizes.update({s.shape[0]: 1 for s in inputs if s.rank and isinstance(s.shape[0], str)})
+    feed = [torch.from_numpy(example_array(s, rng, sizes)) for s in inputs]
     try:
         with torch.no_grad():
             module(*feed)

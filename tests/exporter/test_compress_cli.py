@@ -71,6 +71,7 @@ def test_torchrun_trains_with_two_processes(tmp_path):
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no rank left a staging or checkpoint folder
     report = json.loads((out / "report.json").read_text())
     metrics = report["steps"][0]["metrics"]
     assert metrics["world_size"] == 2

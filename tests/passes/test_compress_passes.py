@@ -163,3 +163,24 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     for a, b in zip(full["history"], resumed["history"]):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+
+
+class _AudioNet(torch.nn.Module):
+    """Raw samples through a strided conv frontend: the forward needs at least 400 samples."""
+
+    def __init__(self):
+        super().__init__()
+        self.frontend = torch.nn.Conv1d(1, 32, kernel_size=400, stride=160)
+        self.body = torch.nn.Conv1d(32, 32, 3)
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, samples):
+        return self.head(self.body(self.frontend(samples.unsqueeze(1))).mean(-1))
+
+
+def test_pruning_and_mac_counting_use_sizes_the_model_accepts(tmp_path):
+    ctx = PassContext(work_dir=tmp_path)
+    specs = (parse_input_spec("samples:batchxsamples"),)
+    pruned = channel_prune(_artifact(_AudioNet(), specs), ChannelPruneConfig(ratio=0.5), ctx=ctx).module
+    assert pruned.frontend.out_channels == 16
+    assert 0 < ctx.records[-1].metrics["macs_ratio"] < 0.6
