@@ -58,15 +58,32 @@ class DataSource:
     ) -> Iterator[Batch]:
         return _batch_items(self, specs, batch_size, max_samples)
 
-    def fingerprint(self, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> str:
-        """sha256 over exactly the batches a consumer will see: a stable key for caches."""
+    def scan(self, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> "DataScan":
+        """One pass over exactly the batches a consumer will see: it validates them against the
+        specs, hashes them (a stable key for caches), and counts batches, samples and shapes."""
         digest = hashlib.sha256()
+        scan = DataScan("", 0, 0, set())
         for batch in self.batches(specs, batch_size, max_samples):
             for name in sorted(batch.inputs):
                 array = np.ascontiguousarray(batch.inputs[name])
                 digest.update(f"{name}{array.dtype}{array.shape}".encode())
                 digest.update(array.tobytes())
-        return digest.hexdigest()
+            scan.batches += 1
+            scan.samples += batch.size
+            scan.shapes.add(tuple(sorted((n, a.shape) for n, a in batch.inputs.items())))
+        scan.fingerprint = digest.hexdigest()
+        return scan
+
+    def fingerprint(self, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> str:
+        return self.scan(specs, batch_size, max_samples).fingerprint
+
+
+@dataclass
+class DataScan:
+    fingerprint: str
+    batches: int
+    samples: int
+    shapes: set[tuple]  # the distinct sets of input shapes among the batches
 
 
 class NpzSource(DataSource):

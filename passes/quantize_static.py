@@ -102,16 +102,8 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
     specs = model.inputs
-    shapes: set[tuple] = set()
-    digest = hashlib.sha256()
-    batches = samples = 0
-    for batch in ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples):
-        shapes.add(tuple(sorted((n, a.shape) for n, a in batch.inputs.items())))
-        for name in sorted(batch.inputs):
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(batch.inputs[name]).tobytes())
-        batches += 1
-        samples += batch.size
+    scan = ctx.calibration.scan(specs, config.calibration_batch_size, config.calibration_samples)
+    batches, samples, shapes = scan.batches, scan.samples, scan.shapes
     if batches == 0:
         raise DataError(f"calibration data '{ctx.calibration.description}' yields no samples", fix="give at least one sample")
 
@@ -122,7 +114,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
 
     key_material = json.dumps(
-        {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": digest.hexdigest(), "method": method,
+        {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": scan.fingerprint, "method": method,
          "percentile": config.percentile, "op_types": sorted(op_types)},
         sort_keys=True,
     )
