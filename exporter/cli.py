@@ -168,28 +168,17 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
     """
 
     def action() -> int:
-        from edgeport.outputs import OutputFolder, write_atomic
         from edgeport.progress import TerminalProgress
         from edgeport.validation import validate
-        from edgeport.validation_report import render_junit, render_markdown, summary_lines
+        from edgeport.validation_report import summary_lines
 
         quiet = opts["quiet"] or opts["as_json"]
         dims = dict(_parse_dim(d) for d in opts["dims"])
-        output = OutputFolder(opts["out_dir"]) if opts["out_dir"] else None
-        try:
-            result = validate(
-                model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
-                time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
-            )
-            if output is not None:
-                output.write_json("report.json", result.report)
-                output.stage("report.md").write_text(render_markdown(result.report))
-                output.commit(["report.json", "report.md"])
-        finally:
-            if output is not None:
-                output.discard()
-        if opts["junit"]:
-            write_atomic(opts["junit"], render_junit(result.report))
+        result = validate(
+            model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
+            time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
+            out_dir=opts["out_dir"], junit=opts["junit"],
+        )
         if opts["as_json"]:
             click.echo(json.dumps(result.report, indent=2, default=str))
         elif not quiet:

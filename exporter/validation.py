@@ -18,12 +18,14 @@ from edgeport.artifacts import OnnxArtifact, file_sha256
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
+from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.runtimes import benchmark, coverage, estimate
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
+from edgeport.validation_report import render_junit, render_markdown
 from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
 from edgeport.versions import runtime_versions
 
@@ -75,10 +77,30 @@ def validate(
     max_eval_samples: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    out_dir: str | Path | None = None,
+    junit: str | Path | None = None,
 ) -> ValidationResult:
-    """Validate ``model`` against one profile or several (a matrix in one report)."""
+    """Validate ``model`` against one profile or several (a matrix in one report). With
+    ``out_dir``, writes report.json and report.md there; with ``junit``, JUnit XML to that file."""
     if runs < 1:
         raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
+    output = OutputFolder(out_dir) if out_dir is not None else None  # an unwritable folder fails before measuring
+    try:
+        result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress)
+        if output is not None:
+            output.write_json("report.json", result.report)
+            output.stage("report.md").write_text(render_markdown(result.report))
+            output.commit(["report.json", "report.md"])
+    except BaseException:
+        if output is not None:
+            output.discard()
+        raise
+    if junit is not None:
+        write_atomic(junit, render_junit(result.report))
+    return result
+
+
+def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress) -> ValidationResult:
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])]
     if not profiles:
         raise UsageError("no profile given", fix="pass --profile NAME (see 'edgeport profiles list')")
