@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
-from edgeport.errors import EXIT_OK, QuantizationError, UsageError
+from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, QuantizationError, UsageError
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
@@ -19,11 +19,13 @@ from edgeport.passes.export_onnx import OnnxExportConfig
 from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.optimize import GraphOptimizeConfig
+from edgeport.passes.fidelity import FidelityTarget
+from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.passes import run_pass
 from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.pipeline import Pipeline
-from edgeport.profile_defaults import quant_config_for, quant_target
+from edgeport.profile_defaults import fidelity_target, quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.validation import validate
@@ -58,7 +60,11 @@ def export(
     trust_pickle: bool = False,
     export_config: OnnxExportConfig | None = None,
     optimize_config: GraphOptimizeConfig | None = None,
-    quant_config: StaticInt8Config | None = None,
+    quant_config: StaticInt8Config | AccuracyAwareInt8Config | None = None,
+    search: bool = True,
+    fidelity: FidelityTarget | None = None,
+    max_fallback: float = 0.25,
+    search_budget: str | float | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -80,6 +86,12 @@ def export(
     configs) run on the torch model before export; a distillation step learns from ``teacher``
     (default: the model as loaded) on ``train_data``. ONNX steps whose input, config, data and
     versions are unchanged come from the step cache unless ``use_cache`` is False.
+
+    int8 is accuracy-aware unless ``search`` is False: every op is quantized, then the groups that
+    cost the most fidelity revert to float until ``fidelity`` (default: from the profiles' parity
+    budgets, else cosine >= 0.99 per sample) is met on held-out evaluation data, with at most
+    ``max_fallback`` of the MACs in float and within ``search_budget`` ("300s" or "80t"). If no
+    mix meets it, the best candidate is written and ``exit_code`` is 1.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     precision = precision if quantize else "fp32"
@@ -117,8 +129,7 @@ def export(
             raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
-        if quant_config is None:
-            quant_config = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
+        quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
         precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
         int8_pipeline = Pipeline([precision_step] if precision_step else [], use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
@@ -140,6 +151,9 @@ def export(
             warnings=data_warnings + [n for r in ctx.records for n in r.notes],
         )
         exit_code = EXIT_OK
+        search_record = next((r for r in ctx.records if r.name == "quantize_search"), None)
+        if search_record is not None and not search_record.metrics["fidelity"]["met"]:
+            exit_code = EXIT_BUDGET_FAILED  # the best candidate is still written, with the blockers named
         if profiles:
             validation = validate(
                 output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if reduced else None,
@@ -150,7 +164,7 @@ def export(
             if validation.report["reference"]:
                 validation.report["reference"] = str(output.path / "model.fp32.onnx")
             report["validation"] = {k: v for k, v in validation.report.items() if k in ("verdict", "profiles")}
-            exit_code = validation.exit_code
+            exit_code = max(exit_code, validation.exit_code)
         output.write_json("report.json", report)
         markdown = render_markdown(report)
         if profiles:  # the validation section, as `edgeport validate` writes it
@@ -162,6 +176,38 @@ def export(
         output.discard()
         raise
     return ExportResult(output.path, report, exit_code)
+
+
+def _int8_config(given: StaticInt8Config | AccuracyAwareInt8Config | None, profiles: list[Profile], search: bool,
+                 fidelity: FidelityTarget | None, max_fallback: float, search_budget: str | float | None) -> Any:
+    if isinstance(given, AccuracyAwareInt8Config):
+        return given
+    base = given or (quant_config_for(profiles[0]) if profiles else StaticInt8Config())
+    if not search:
+        return base
+    seconds, trials = parse_search_budget(search_budget)
+    return AccuracyAwareInt8Config(quant=base, target=fidelity or fidelity_target(profiles), max_fallback=max_fallback,
+                                   search_budget_s=seconds, max_trials=trials)
+
+
+def parse_search_budget(budget: str | float | None) -> tuple[float, int]:
+    """"300" or "300s": seconds; "80t": trials. Returns (seconds, trials), the other unbounded-ish."""
+    defaults = AccuracyAwareInt8Config()
+    if budget is None:
+        return defaults.search_budget_s, defaults.max_trials
+    text = str(budget).strip().lower()
+    try:
+        if text.endswith("t"):
+            trials = int(text[:-1])
+            if trials >= 1:
+                return 1e9, trials
+        else:
+            seconds = float(text[:-1] if text.endswith("s") else text)
+            if seconds > 0:
+                return seconds, 10**9
+    except ValueError:
+        pass
+    raise UsageError(f"search budget '{budget}' is not seconds or trials", fix="write e.g. --search-budget 300s or --search-budget 80t")
 
 
 def _stage_artifacts(output: OutputFolder, fp32: OnnxArtifact, int8: OnnxArtifact | None) -> list[str]:

@@ -73,6 +73,15 @@ def cli() -> None:
 @click.option("--op-types", metavar="A,B", help="Op types to quantize; default: chosen from the model family.")
 @click.option("--exclude-op-types", metavar="A,B", help="Op types to keep in float.")
 @click.option("--exclude-nodes", metavar="A,B", help="Node names to keep in float.")
+@click.option("--no-search", is_flag=True, help="int8 in one pass with the given settings, without the accuracy-aware search.")
+@click.option("--min-cosine", type=float, help="Fidelity target: cosine to fp32 of every evaluation sample (default 0.99).")
+@click.option("--min-top1-agreement", type=float, help="Fidelity target: top-1 agreement with fp32 on class scores (default 0.99).")
+@click.option("--max-accuracy-drop", type=float, help="Fidelity target: accuracy drop on labelled evaluation data, as a fraction.")
+@click.option("--min-sqnr", type=float, help="Fidelity target: signal-to-quantization-noise ratio in dB.")
+@click.option("--metric", metavar="MODULE:FN", help="Fidelity target: fn(reference_outputs, candidate_outputs, labels) -> float, higher is better.")
+@click.option("--metric-min", type=float, help="The lowest acceptable --metric value.")
+@click.option("--max-fallback", type=float, default=0.25, show_default=True, help="Share of MACs the search may leave in float.")
+@click.option("--search-budget", metavar="Ns|Nt", help="Bound on the int8 search: seconds (300s) or trials (80t). Default 600s.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", metavar="DIR", help="Where calibration ranges and unchanged steps are cached (default ~/.cache/edgeport).")
 @click.option("--no-cache", is_flag=True, help="Recompute every step instead of taking unchanged ones from the cache.")
@@ -90,11 +99,12 @@ def export_command(model: str, **opts: Any) -> None:
         from edgeport.api import export
         from edgeport.device_profiles import load_profile
         from edgeport.passes.export_onnx import OnnxExportConfig
-        from edgeport.profile_defaults import quant_config_for
+        from edgeport.errors import UsageError
+        from edgeport.profile_defaults import fidelity_target, quant_config_for
         from edgeport.validation_report import summary_lines
         from edgeport.passes.quantize_static import StaticInt8Config
         from edgeport.progress import TerminalProgress
-        from edgeport.reports import format_table, summary_rows
+        from edgeport.reports import fidelity_lines, format_table, summary_rows
 
         quiet = opts["quiet"] or opts["as_json"]
         profiles = [load_profile(p) for p in opts["profiles"]]
@@ -113,6 +123,12 @@ def export_command(model: str, **opts: Any) -> None:
             calibration_samples=opts["calib_samples"],
             **{k: v for k, v in explicit.items() if v is not None},
         )
+        flags = {"min_cosine": opts["min_cosine"], "min_top1_agreement": opts["min_top1_agreement"],
+                 "max_accuracy_drop": opts["max_accuracy_drop"], "min_sqnr_db": opts["min_sqnr"],
+                 "metric": opts["metric"], "metric_min": opts["metric_min"]}
+        if opts["no_search"] and any(v is not None for v in flags.values()):
+            raise UsageError("fidelity targets need the int8 search, which --no-search turns off", fix="drop --no-search or the target flags")
+        target = fidelity_target(profiles, flags) if any(v is not None for v in flags.values()) else None
         result = export(
             model,
             out_dir=opts["out_dir"],
@@ -125,6 +141,10 @@ def export_command(model: str, **opts: Any) -> None:
             trust_pickle=opts["trust_pickle"],
             export_config=OnnxExportConfig(opset=opts["opset"], exporter=opts["exporter"]),
             quant_config=quant_config,
+            search=not opts["no_search"],
+            fidelity=target,
+            max_fallback=opts["max_fallback"],
+            search_budget=opts["search_budget"],
             seed=opts["seed"],
             cache_dir=opts["cache_dir"],
             progress=TerminalProgress(enabled=False if quiet else None),
@@ -141,6 +161,8 @@ def export_command(model: str, **opts: Any) -> None:
                 click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
             for warning in result.report["warnings"]:
                 click.echo(f"warning: {warning}", err=True)
+            for line in fidelity_lines(result.report):
+                click.echo(line)
             if "validation" in result.report:
                 click.echo("\n".join(summary_lines(result.report["validation"])))
             click.echo(f"wrote {result.out_dir}")

@@ -17,6 +17,7 @@ STEP_LABELS = {
     "OnnxExportConfig": "exporting to ONNX",
     "GraphOptimizeConfig": "optimizing graph",
     "StaticInt8Config": "quantizing to int8",
+    "AccuracyAwareInt8Config": "quantizing to int8 (accuracy-aware search)",
     "DynamicInt8Config": "quantizing weights to int8 (dynamic)",
     "Fp16Config": "converting to fp16",
     "OrtFormatConfig": "saving ORT format",

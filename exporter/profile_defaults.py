@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from edgeport.device_profiles import Profile
 from edgeport.passes.context import QuantTarget
+from edgeport.passes.fidelity import FidelityTarget
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.runtimes.hostcpu import VNNI_FLAGS
 
@@ -28,3 +30,33 @@ def quant_config_for(profile: Profile, base: StaticInt8Config | None = None) -> 
         per_channel=q.per_channel,
         reduce_range=q.reduce_range,
     )
+
+
+def fidelity_target(profiles: list[Profile], overrides: dict[str, Any] | None = None) -> FidelityTarget:
+    """The int8 fidelity target: the strictest parity and accuracy budgets of the profiles, with
+    each criterion given as a flag in ``overrides`` taking precedence. Without profiles, flags
+    replace the default target as a whole; with neither, the default (cosine >= 0.99 per sample,
+    top-1 agreement >= 99% for class scores) holds."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not profiles:
+        if not overrides:
+            return FidelityTarget()
+        criteria = {"min_cosine": None, "min_top1_agreement": None, **overrides}
+        return FidelityTarget(**criteria, source="flags")
+    budgets = [p.budgets for p in profiles]
+
+    def strictest(values: list[float | None], pick) -> float | None:
+        given = [v for v in values if v is not None]
+        return pick(given) if given else None
+
+    criteria = {
+        "min_cosine": strictest([b.parity.cosine_min for b in budgets], max),
+        "min_top1_agreement": strictest([b.parity.top1_agreement_min for b in budgets], max),
+        "max_accuracy_drop": strictest([b.accuracy_drop_max for b in budgets], min),
+        "min_sqnr_db": strictest([b.parity.sqnr_db_min for b in budgets], max),
+    }
+    names = ", ".join(p.name for p in profiles)
+    if not any(v is not None for v in criteria.values()) and not overrides:
+        return FidelityTarget(source=f"default (profile {names} sets no parity budget)")
+    source = f"profile {names}" + (f", flags {', '.join(sorted(overrides))}" if overrides else "")
+    return FidelityTarget(**{**criteria, **overrides}, source=source)

@@ -6,7 +6,7 @@ import datetime as _dt
 from typing import Any
 
 REPORT_SCHEMA_VERSION = "1.0"
-PRECISION_STEPS = {"quantize_static": "int8", "quantize_dynamic": "dynamic-int8", "fp16": "fp16"}
+PRECISION_STEPS = {"quantize_static": "int8", "quantize_search": "int8", "quantize_dynamic": "dynamic-int8", "fp16": "fp16"}
 
 
 def build_export_report(
@@ -61,19 +61,38 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             result = f"ORT mobile format; vs .onnx cos {p['cosine_min']}"
         elif step["name"] in PRECISION_STEPS:
             p = metrics["parity_vs_fp32"]
-            parts = [f"cos {p['cosine_mean']}"]
+            parts = [f"cos {p['cosine_mean']}" if "fidelity" not in metrics else f"held-out cos min {p['cosine_min'] if p['cosine_min'] is None else round(p['cosine_min'], 5)}"]
             if p.get("top1_agreement") is not None:
                 parts.append(f"top-1 agree {p['top1_agreement']:.2%}")
             if p.get("candidate_accuracy") is not None:
                 parts.append(f"acc {p['reference_accuracy']:.2%} -> {p['candidate_accuracy']:.2%}")
             if "calibration_cache" in metrics:
                 parts.append(f"cache {metrics['calibration_cache']}")
+            if "fidelity" in metrics:
+                parts.append(f"target {'met' if metrics['fidelity']['met'] else 'NOT met'}, {metrics['float_mac_share']:.1%} of MACs float")
             result = "; ".join(parts)
         else:
             result = ""
         size = _mb(step["output_bytes"]) if step.get("output_bytes") else ""
         rows.append((step["name"], "cached" if step.get("cached") else f"{step['wall_s']:.2f}s", size, result))
     return rows
+
+
+def fidelity_lines(report: dict[str, Any]) -> list[str]:
+    """What the int8 search concluded, for the terminal: the target, the verdict on held-out data,
+    what stayed float, and what blocked the target when it was not met."""
+    step = next((s for s in report["steps"] if s["name"] == "quantize_search"), None)
+    if step is None:
+        return []
+    m, f = step["metrics"], step["metrics"]["fidelity"]
+    lines = [f"int8 fidelity target ({f['target_source']}): {f['target']}",
+             f"  {'met' if f['met'] else 'NOT met'} on held-out data ({f['data']}); {len(m['reverted'])} of {m['groups']} "
+             f"quantized groups kept float, {m['float_mac_share']:.1%} of MACs (budget {m['max_fallback']:.0%})"]
+    if not f["met"]:
+        lines.append(f"  {f['reason']}")
+        for b in f["blockers"]:
+            lines.append(f"  blocking: {b['op_type']} {b['node']} (adds noise {b['added_noise']})")
+    return lines
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:

@@ -17,10 +17,11 @@ from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.optimize import GraphOptimizeConfig
 from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.ort_format import OrtFormatConfig
+from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.versions import runtime_versions
 
-CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
+CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, AccuracyAwareInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
 _FINGERPRINT_SAMPLES = 1000
 
 
@@ -28,6 +29,8 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
     """None when the step cannot be cached (a torch input, whose code is not hashable)."""
     if not isinstance(artifact, OnnxArtifact) or not isinstance(config, CACHEABLE):
         return None
+    if isinstance(config, AccuracyAwareInt8Config) and config.target.metric is not None:
+        return None  # a user metric is Python code: its result cannot be keyed by a hash
     versions = runtime_versions()
     material = {
         "input": artifact.sha256(),

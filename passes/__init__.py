@@ -18,6 +18,7 @@ from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
 from edgeport.passes.ort_format import OrtFormatConfig, to_ort_format
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
 from edgeport.passes.quantize_dynamic import DynamicInt8Config, quantize_dynamic_int8
+from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
 from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_int8
 
 def _distill_step(artifact: Any, config: DistillConfig, *, ctx: PassContext) -> Any:
@@ -34,6 +35,7 @@ PASS_REGISTRY: dict[type, Callable[..., Any]] = {
     OnnxExportConfig: export_onnx,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
+    AccuracyAwareInt8Config: quantize_accuracy_aware,
     DynamicInt8Config: quantize_dynamic_int8,
     Fp16Config: convert_fp16,
     OrtFormatConfig: to_ort_format,
@@ -48,6 +50,8 @@ def run_pass(artifact: Any, config: Any, ctx: PassContext) -> Any:
 
 
 __all__ = [
+    "AccuracyAwareInt8Config",
+    "quantize_accuracy_aware",
     "PASS_REGISTRY",
     "ChannelPruneConfig",
     "DynamicInt8Config",

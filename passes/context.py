@@ -83,7 +83,10 @@ def config_to_dict(config: Any) -> dict[str, Any]:
         value = getattr(config, f.name)
         if value is None:
             continue
-        out[f.name] = list(value) if isinstance(value, tuple) else value
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
@@ -99,5 +102,12 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
         near = difflib.get_close_matches(unknown[0], list(names), n=1)
         hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(names)}"
         raise UsageError(f"{cls.__name__} has no option '{unknown[0]}'", fix=hint)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints.get(key)):
+            value = config_from_dict(hints[key], value)  # a nested config, e.g. the int8 settings of a search
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)

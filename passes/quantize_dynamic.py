@@ -11,7 +11,7 @@ from edgeport.errors import QuantizationError, UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.quant_defaults import choose_reduce_range
-from edgeport.passes.quantize_static import _host_target, _quiet_ort
+from edgeport.passes.quantize_static import host_quant_target, quiet_ort
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,10 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     started = time.perf_counter()
-    range_choice = choose_reduce_range(ctx.quant_target or _host_target()) if config.reduce_range is None else None
+    range_choice = choose_reduce_range(ctx.quant_target or host_quant_target()) if config.reduce_range is None else None
     reduce_range = range_choice.value if range_choice else config.reduce_range
     out_path = ctx.work_dir / "model.dynamic-int8.onnx"
-    with _quiet_ort():
+    with quiet_ort():
         try:
             quantize_dynamic(
                 str(model.path), str(out_path), op_types_to_quantize=list(config.op_types) if config.op_types else None,

@@ -72,9 +72,6 @@ def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 
 def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: PassContext) -> OnnxArtifact:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator
-
     _require_cacheable_ort()
 
     if ctx.calibration is None:
@@ -87,23 +84,23 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     work = ctx.work_dir / "quantize"
     work.mkdir(parents=True, exist_ok=True)
 
-    source_path = _preprocess(model.path, work, notes) if config.preprocess else model.path
+    source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
     proto = onnx.load(str(source_path), load_external_data=False)
 
     op_choice = choose_op_types(proto) if config.op_types is None else None
-    op_types = list(config.op_types) if config.op_types is not None else (list(op_choice.value) if op_choice.value else _all_quantizable())
+    op_types = list(config.op_types) if config.op_types is not None else (list(op_choice.value) if op_choice.value else all_quantizable_op_types())
     op_types = [t for t in op_types if t not in set(config.exclude_op_types)]
     if not op_types:
         raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
-    target = ctx.quant_target or _host_target()
+    target = ctx.quant_target or host_quant_target()
     range_choice = choose_reduce_range(target) if config.reduce_range is None else None
     reduce_range = range_choice.value if range_choice else config.reduce_range
-    _check_exclusions(proto, config)
+    check_exclusions(proto, config)
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
     specs = model.inputs
     scan = ctx.calibration.scan(specs, config.calibration_batch_size, config.calibration_samples)
-    batches, samples, shapes = scan.batches, scan.samples, scan.shapes
+    batches, shapes = scan.batches, scan.shapes
     if batches == 0:
         raise DataError(f"calibration data '{ctx.calibration.description}' yields no samples", fix="give at least one sample")
 
@@ -111,57 +108,9 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     if method != "minmax" and len(shapes) > 1:
         notes.append(f"{method} calibration needs one input shape but the data has {len(shapes)}; used minmax instead (pad samples to one shape to use {method})")
         method = "minmax"
-    ort_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
-
-    key_material = json.dumps(
-        {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": scan.fingerprint, "method": method,
-         "percentile": config.percentile, "op_types": sorted(op_types)},
-        sort_keys=True,
-    )
-    cache_path = ctx.cache_dir / "calibration" / f"{hashlib.sha256(key_material.encode()).hexdigest()[:32]}.json"
-    cache_hit = config.use_cache and cache_path.is_file()
-    ranges_path = cache_path if config.use_cache else work / "ranges.json"
-
-    if not cache_hit:
-        calib_options = {"percentile": config.percentile} if method == "percentile" else {}
-        calibrator = create_calibrator(
-            Path(source_path),
-            op_types,
-            augmented_model_path=str(work / "augmented.onnx"),
-            calibrate_method=ort_method,
-            providers=["CPUExecutionProvider"],
-            extra_options=calib_options,
-        )
-        ctx.progress.start("calibrating", total=samples)
-        stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
-        for chunk in _chunks(stream, ctx):
-            calibrator.collect_data(_ListReader(chunk))
-        ctx.progress.finish()
-        ranges = calibrator.compute_data()
-        _save_ranges(ranges, ranges_path)
-        del calibrator
-
+    ranges_path, cache_hit = calibrate(source_path, specs, op_types, method, config, ctx, scan, work)
     out_path = ctx.work_dir / "model.int8.onnx"
-    extra_options = {"ActivationSymmetric": config.activation_type == "int8"}
-    with _quiet_ort():
-        try:
-            quantize_static(
-                str(source_path),
-                str(out_path),
-                calibration_data_reader=None,
-                quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
-                op_types_to_quantize=op_types,
-                per_channel=config.per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
-                nodes_to_exclude=list(config.exclude_nodes),
-                calibrate_method=ort_method,
-                extra_options=extra_options,
-                calibration_cache_path=str(ranges_path),
-            )
-        except Exception as exc:
-            raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
+    quantize_from_ranges(source_path, out_path, ranges_path, method, op_types, config, reduce_range, config.exclude_nodes)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_static"))
     if artifact.size_bytes > model.size_bytes:
         notes.append(
@@ -197,6 +146,74 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     return artifact
 
 
+def calibrate(source_path: Path, specs, op_types: list[str], method: str, config: StaticInt8Config, ctx: PassContext,
+              scan, work: Path) -> tuple[Path, bool]:
+    """Tensor ranges for ``op_types`` by ``method``, from the cache when model, data and settings are
+    unchanged. Returns the ranges file and whether it was a cache hit."""
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    key_material = json.dumps(
+        {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": scan.fingerprint, "method": method,
+         "percentile": config.percentile, "op_types": sorted(op_types)},
+        sort_keys=True,
+    )
+    cache_path = ctx.cache_dir / "calibration" / f"{hashlib.sha256(key_material.encode()).hexdigest()[:32]}.json"
+    if config.use_cache and cache_path.is_file():
+        return cache_path, True
+    ranges_path = cache_path if config.use_cache else work / f"ranges.{method}.json"
+    calibrator = create_calibrator(
+        Path(source_path),
+        op_types,
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=_ort_method(method),
+        providers=["CPUExecutionProvider"],
+        extra_options={"percentile": config.percentile} if method == "percentile" else {},
+    )
+    ctx.progress.start(f"calibrating ({method})", total=scan.samples)
+    stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
+    with quiet_ort():
+        for chunk in _chunks(stream, ctx):
+            calibrator.collect_data(_ListReader(chunk))
+    ctx.progress.finish()
+    with quiet_ort():
+        ranges = calibrator.compute_data()
+    _save_ranges(ranges, ranges_path)
+    return ranges_path, False
+
+
+def _ort_method(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+
+
+def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, method: str, op_types: list[str],
+                         config: StaticInt8Config, reduce_range: bool, exclude_nodes: tuple[str, ...] | list[str]) -> None:
+    """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    extra_options = {"ActivationSymmetric": config.activation_type == "int8"}
+    with quiet_ort():
+        try:
+            quantize_static(
+                str(source_path),
+                str(out_path),
+                calibration_data_reader=None,
+                quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=config.per_channel,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
+                nodes_to_exclude=list(exclude_nodes),
+                calibrate_method=_ort_method(method),
+                extra_options=extra_options,
+                calibration_cache_path=str(ranges_path),
+            )
+        except Exception as exc:
+            raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
+
+
 def _require_cacheable_ort() -> None:
     import inspect
 
@@ -210,18 +227,18 @@ def _require_cacheable_ort() -> None:
         )
 
 
-def _host_target() -> QuantTarget:
+def host_quant_target() -> QuantTarget:
     cpu = host_cpu()
     return QuantTarget(arch=cpu.arch, has_vnni=cpu.has_vnni, source=f"this host ({cpu.model_name})")
 
 
-def _all_quantizable() -> list[str]:
+def all_quantizable_op_types() -> list[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def _preprocess(path: Path, work: Path, notes: list[str]) -> Path:
+def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Path:
     """ORT's quant_pre_process (shape inference for quantization); symbolic inference fails on some
     transformer graphs, so retry without it before giving up on preprocessing altogether."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -229,7 +246,7 @@ def _preprocess(path: Path, work: Path, notes: list[str]) -> Path:
     out = work / "preprocessed.onnx"
     for skip_symbolic in (False, True):
         try:
-            with _quiet_ort():
+            with quiet_ort():
                 quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
             if skip_symbolic:
                 notes.append("symbolic shape inference failed in quant_pre_process; preprocessed without it")
@@ -240,7 +257,7 @@ def _preprocess(path: Path, work: Path, notes: list[str]) -> Path:
     return path
 
 
-def _check_exclusions(proto: onnx.ModelProto, config: StaticInt8Config) -> None:
+def check_exclusions(proto: onnx.ModelProto, config: StaticInt8Config) -> None:
     names = {n.name for n in proto.graph.node}
     for node in config.exclude_nodes:
         if node not in names:
@@ -278,14 +295,21 @@ def _save_ranges(ranges, path: Path) -> None:
     save_tensors_data(ranges, path)  # writes to a temp name and renames: a crash leaves no half cache
 
 
-class _quiet_ort:
-    """ORT's quantizer logs advice at WARNING through the root logger; keep it out of the user's terminal."""
+class quiet_ort:
+    """ORT's quantizer logs advice at WARNING through the root logger, and its histogram calibrators
+    print to stdout; keep both out of the user's terminal (and out of --json output)."""
 
     def __enter__(self):
+        import contextlib
+        import io
+
         self._level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
+        self._stdout = contextlib.redirect_stdout(io.StringIO())
+        self._stdout.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._stdout.__exit__(*exc)
         logging.getLogger().setLevel(self._level)
         return False

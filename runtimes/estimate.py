@@ -75,7 +75,7 @@ def graph_cost(model_path: str, inputs: list[TensorSpec]) -> GraphCost:
             continue
         cost.activation_bytes += sum(_count(shapes[o]) * itemsize[o] for o in node.output if o in shapes)
         cost.activation_bytes += sum(_count(shapes[i]) * itemsize[i] for i in node.input if i in shapes and i not in initializers)
-        macs = _macs(node, shapes, out)
+        macs = node_macs(node, shapes, out)
         if macs is None:
             cost.other_ops += _count(out)
             continue
@@ -104,15 +104,15 @@ def estimate_latency_ms(cost: GraphCost, peak_gops_fp32: float, peak_gops_int8: 
     }
 
 
-def _macs(node: onnx.NodeProto, shapes: dict, out: tuple[int, ...]) -> int | None:
+def node_macs(node: onnx.NodeProto, shapes: dict, out: tuple[int, ...]) -> int | None:
+    """Multiply-accumulates of one node at known shapes; None for ops that are not MAC-bound."""
     op = node.op_type
     if op in ("Conv", "QLinearConv", "ConvInteger", "ConvTranspose"):
         weight = shapes.get(node.input[3] if op == "QLinearConv" else node.input[1])
         if weight is None:
             return None
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if op == "ConvTranspose":
-            return _count(shapes.get(node.input[0], out)) * int(np.prod(weight[1:])) // max(group, 1)
+        if op == "ConvTranspose":  # weight is (C_in, C_out / group, k...): each input element meets prod(weight[1:])
+            return _count(shapes.get(node.input[0], out)) * int(np.prod(weight[1:]))
         return _count(out) * int(np.prod(weight[1:]))
     if op in ("Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"):
         a = shapes.get(node.input[0])

@@ -22,18 +22,19 @@ def test_export_digits_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", out)
     assert result.exit_code == 0, result.output
-    assert "quantize_static" in result.stdout and "top-1 agree" in result.stdout
+    assert "quantize_search" in result.stdout and "top-1 agree" in result.stdout and "target met" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == "1.0"
-    assert [s["name"] for s in report["steps"]] == ["export", "optimize", "quantize_static"]
+    assert [s["name"] for s in report["steps"]] == ["export", "optimize", "quantize_search"]
     parity = report["summary"]["parity_int8_vs_fp32"]
     assert parity["top1_agreement"] >= 0.99 and parity["accuracy_drop"] <= 0.01
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["artifacts"].items():
         assert entry["sha256"] == file_sha256(out / name)
     assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"]
-    assert manifest["recipe"]["steps"][-1]["config"]["per_channel"] is True
+    assert manifest["recipe"]["steps"][-1]["config"]["quant"]["per_channel"] is True
+    assert manifest["recipe"]["steps"][-1]["config"]["target"]["min_cosine"] == 0.99
     assert not list(tmp_path.glob(".out.edgeport-*"))  # staging folder gone
 
 
@@ -117,12 +118,12 @@ def test_unchanged_steps_come_from_the_step_cache(tmp_path):
     second = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / "b", "--json")
     fresh = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / "c", "--json", "--no-cache")
     cached = {s["name"]: s["cached"] for s in json.loads(second.stdout)["steps"]}
-    assert cached == {"export": False, "optimize": True, "quantize_static": True}  # torch export is never cached
+    assert cached == {"export": False, "optimize": True, "quantize_search": True}  # torch export is never cached
     assert not any(s["cached"] for s in json.loads(fresh.stdout)["steps"])
     assert file_sha256(tmp_path / "a" / "model.onnx") == file_sha256(tmp_path / "b" / "model.onnx")
     # Other calibration data is another key: the quantize step runs again.
     other = tmp_path / "calib2.npz"
     np.savez(other, image=np.load(P["calib"])["image"][:64])
     third = _run(*DIGITS_ARGS, "--calib", other, "--eval", P["test"], "-o", tmp_path / "d", "--json")
-    assert {s["name"]: s["cached"] for s in json.loads(third.stdout)["steps"]}["quantize_static"] is False
+    assert {s["name"]: s["cached"] for s in json.loads(third.stdout)["steps"]}["quantize_search"] is False
     assert first.exit_code == 0

@@ -31,7 +31,8 @@ def test_distill_writes_a_program_that_export_takes(tmp_path):
     ref, res = report["comparison"]["reference"], report["comparison"]["result"]
     assert res["macs"] <= ref["macs"] / 4 and res["params"] < ref["params"]
     assert res["onnx_latency_ms_p50_1thread"] > 0 and res["accuracy"] is not None and ref["accuracy"] >= 0.99
-    exported = _cli("export", out / "model.pt2", "--calib", P["calib"], "-o", tmp_path / "onnx", "--quiet")
+    # a 3-epoch student has a few low-margin samples: a looser cosine target than the default 0.99
+    exported = _cli("export", out / "model.pt2", "--calib", P["calib"], "--eval", P["test"], "--min-cosine", "0.98", "-o", tmp_path / "onnx", "--quiet")
     assert exported.exit_code == 0, exported.output
     assert (tmp_path / "onnx" / "model.onnx").is_file()
 
@@ -59,7 +60,7 @@ def test_export_api_runs_torch_steps_ahead_of_export(tmp_path):
         torch_steps=[ChannelPruneConfig(ratio=0.5), DistillConfig(epochs=3)], train_data=P["train"], out_dir=tmp_path / "o",
     )
     names = [s["name"] for s in result.report["steps"]]
-    assert names == ["prune_channels", "distill", "export", "optimize", "quantize_static"]
+    assert names == ["prune_channels", "distill", "export", "optimize", "quantize_search"]
 
 
 def test_torchrun_trains_with_two_processes(tmp_path):

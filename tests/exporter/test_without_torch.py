@@ -28,7 +28,7 @@ def test_export_of_onnx_model_runs_without_torch(tmp_path, digits_onnx):
     done = subprocess.run([sys.executable, "-c", BLOCK_TORCH, *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert [s["name"] for s in report["steps"]] == ["optimize", "quantize_static"]
+    assert [s["name"] for s in report["steps"]] == ["optimize", "quantize_search"]
     assert "torch" not in report["versions"]
     assert report["summary"]["parity_int8_vs_fp32"]["top1_agreement"] >= 0.99
 

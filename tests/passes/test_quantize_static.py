@@ -84,6 +84,7 @@ def test_histogram_method_falls_back_on_varying_shapes(tmp_path):
         inputs=["frames:batchxtimex40"],
         calib=tmp_path,
         quant_config=StaticInt8Config(calibration_method="entropy"),
+        search=False,
         out_dir=tmp_path / "out",
     )
     step = result.report["steps"][-1]

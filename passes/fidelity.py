@@ -1,0 +1,203 @@
+"""A fidelity target for int8 and how a candidate's outputs are scored against it.
+
+A target is met when every criterion holds on evaluation data kept apart from calibration. The
+score of a candidate is its worst normalized margin over the criteria (>= 0: met), so two
+candidates that both fail can still be ranked by how far they fall short.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeport.errors import UsageError
+
+Outputs = list[np.ndarray]  # one model run's outputs, in the model's output order
+MetricFn = Callable[[list[Outputs], list[Outputs], list[Any]], float]
+
+
+@dataclass(frozen=True)
+class FidelityTarget:
+    """What int8 must keep of fp32. None switches a criterion off.
+
+    ``min_cosine`` holds for every evaluation sample and every float output (the minimum, not the
+    mean); ``min_top1_agreement`` applies only to class-score outputs (rank 2, float, more than one
+    column); ``max_accuracy_drop`` needs labels; ``metric`` is ``module:fn`` with
+    ``fn(reference_outputs, candidate_outputs, labels) -> float``, higher is better, judged
+    against ``metric_min``.
+    """
+
+    min_cosine: float | None = 0.99
+    min_top1_agreement: float | None = 0.99
+    max_accuracy_drop: float | None = None
+    min_sqnr_db: float | None = None
+    metric: str | None = None
+    metric_min: float | None = None
+    source: str = "default: cosine >= 0.99 per sample, top-1 agreement >= 99% for class scores"
+
+    def __post_init__(self) -> None:
+        for name in ("min_cosine", "min_top1_agreement"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise UsageError(f"{name} {value} is not within [-1, 1]", fix=f"give {name} as a fraction, e.g. 0.99")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop <= 1.0:
+            raise UsageError(f"max_accuracy_drop {self.max_accuracy_drop} is not within [0, 1]", fix="give it as a fraction, e.g. 0.01 for one point")
+        if (self.metric is None) != (self.metric_min is None):
+            raise UsageError("a user metric needs both --metric module:fn and --metric-min", fix="give both, or neither")
+        if not any(v is not None for v in (self.min_cosine, self.min_top1_agreement, self.max_accuracy_drop, self.min_sqnr_db, self.metric)):
+            raise UsageError("the fidelity target has no criterion", fix="set at least one of min_cosine, min_top1_agreement, max_accuracy_drop, min_sqnr_db, metric")
+
+    def describe(self) -> str:
+        parts = []
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g} per sample")
+        if self.min_top1_agreement is not None:
+            parts.append(f"top-1 agreement >= {self.min_top1_agreement:.2%} (class scores)")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop:.2%} (labelled data)")
+        if self.min_sqnr_db is not None:
+            parts.append(f"SQNR >= {self.min_sqnr_db:g} dB")
+        if self.metric is not None:
+            parts.append(f"{self.metric} >= {self.metric_min:g}")
+        return ", ".join(parts)
+
+
+@dataclass
+class FidelityScore:
+    """Measured values, the margin of each criterion (normalized, >= 0 is met) and the worst one."""
+
+    values: dict[str, float | None]
+    margins: dict[str, float]
+    samples: int
+
+    @property
+    def margin(self) -> float:
+        return min(self.margins.values()) if self.margins else math.inf
+
+    @property
+    def met(self) -> bool:
+        return self.margin >= 0.0
+
+    def key(self) -> tuple[float, float]:
+        """Order for ranking candidates: the worst margin, then SQNR (continuous where top-1 is not)."""
+        sqnr = self.values.get("sqnr_db")
+        return (self.margin, -math.inf if sqnr is None else sqnr)
+
+    def failing(self) -> list[str]:
+        return [name for name, m in self.margins.items() if m < 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"met": self.met, "samples": self.samples, "values": {k: _finite(v) for k, v in self.values.items()},
+                "margins": {k: _finite(round(v, 6)) for k, v in self.margins.items()}}
+
+
+def load_metric(target: str | None) -> MetricFn | None:
+    if target is None:
+        return None
+    from edgeport.data import import_object
+
+    fn = import_object(target, what="metric function", error=UsageError)
+    if not callable(fn):
+        raise UsageError(f"metric '{target}' is not callable", fix="point --metric at fn(reference_outputs, candidate_outputs, labels) -> float")
+    return fn
+
+
+def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outputs], labels: list[Any],
+          metric_fn: MetricFn | None = None) -> FidelityScore:
+    """Score candidate outputs against reference outputs, one list entry per model run (a batch)."""
+    cosines: list[float] = []
+    signal = noise = 0.0
+    agree = total = correct_ref = correct_cand = labelled = 0
+    for ref_run, cand_run, batch_labels in zip(reference, candidate, labels):
+        for ref, cand in zip(ref_run, cand_run):
+            if np.asarray(ref).dtype.kind != "f":
+                continue  # integer outputs (ids, masks): compared by the user's metric, if any
+            rows = ref.shape[0] if ref.ndim else 1
+            r, c = np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)
+            cosines.extend(_row_cosines(r, c))
+            signal += float(np.sum(r * r))
+            noise += float(np.sum((r - c) ** 2)) if np.all(np.isfinite(c)) else math.inf
+            if is_class_scores(ref):
+                ref_top, cand_top = ref.argmax(-1), np.nan_to_num(cand, nan=-np.inf).argmax(-1)
+                agree += int(np.sum(ref_top == cand_top))
+                total += ref_top.size
+                if batch_labels is not None and np.asarray(batch_labels).size == ref_top.size:
+                    flat = np.asarray(batch_labels).reshape(ref_top.shape)
+                    labelled += flat.size
+                    correct_ref += int(np.sum(ref_top == flat))
+                    correct_cand += int(np.sum(cand_top == flat))
+    values: dict[str, float | None] = {
+        "cosine_min": min(cosines) if cosines else None,
+        "cosine_mean": float(np.mean(cosines)) if cosines else None,
+        "sqnr_db": _sqnr(signal, noise) if cosines else None,
+        "top1_agreement": agree / total if total else None,
+        "accuracy_drop": (correct_ref - correct_cand) / labelled if labelled else None,
+    }
+    margins: dict[str, float] = {}
+    if target.min_cosine is not None and values["cosine_min"] is not None:
+        margins["cosine_min"] = (values["cosine_min"] - target.min_cosine) / max(1.0 - target.min_cosine, 1e-6)
+    if target.min_top1_agreement is not None and values["top1_agreement"] is not None:
+        margins["top1_agreement"] = (values["top1_agreement"] - target.min_top1_agreement) / max(1.0 - target.min_top1_agreement, 1e-3)
+    if target.max_accuracy_drop is not None and values["accuracy_drop"] is not None:
+        margins["accuracy_drop"] = (target.max_accuracy_drop - values["accuracy_drop"]) / max(target.max_accuracy_drop, 1e-3)
+    if target.min_sqnr_db is not None and values["sqnr_db"] is not None:
+        margins["sqnr_db"] = (values["sqnr_db"] - target.min_sqnr_db) / 10.0
+    if metric_fn is not None and target.metric_min is not None:
+        value = float(metric_fn(reference, candidate, labels))
+        values["metric"] = value
+        margins["metric"] = (value - target.metric_min) / max(abs(target.metric_min), 1e-6) if math.isfinite(value) else -math.inf
+    for name in list(margins):
+        if not math.isfinite(margins[name]):
+            margins[name] = -math.inf if math.isnan(margins[name]) or margins[name] < 0 else math.inf
+    return FidelityScore(values, margins, samples=sum(_rows(run) for run in reference))
+
+
+def per_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:
+    """The worst cosine over float outputs for each sample of one run (rows along axis 0)."""
+    worst: np.ndarray | None = None
+    for ref, cand in zip(reference, candidate):
+        if np.asarray(ref).dtype.kind != "f":
+            continue
+        rows = ref.shape[0] if ref.ndim else 1
+        cos = np.array(_row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
+        worst = cos if worst is None or worst.shape != cos.shape else np.minimum(worst, cos)
+    return worst if worst is not None else np.ones(1)
+
+
+def is_class_scores(output: np.ndarray) -> bool:
+    """A batch of score vectors: rank 2, float, more than one class."""
+    return output.ndim == 2 and output.shape[-1] > 1 and output.dtype.kind == "f"
+
+
+def _row_cosines(ref: np.ndarray, cand: np.ndarray) -> list[float]:
+    if not np.all(np.isfinite(cand)):
+        bad = ~np.all(np.isfinite(cand), axis=1)
+        cand = np.where(np.isfinite(cand), cand, 0.0)
+    else:
+        bad = np.zeros(ref.shape[0], dtype=bool)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    dots = np.sum(ref * cand, axis=1)
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
+    cos = np.where(both_zero, 1.0, dots / np.where(norms == 0, 1.0, norms))
+    cos = np.where(norms == 0, np.where(both_zero, 1.0, 0.0), cos)
+    return np.where(bad, -1.0, cos).tolist()  # NaN or Inf in a candidate is a failure, never skipped
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise == 0:
+        return 200.0  # identical outputs: a finite stand-in that keeps JSON strict
+    if math.isinf(noise):
+        return -math.inf
+    return 10 * math.log10(max(signal, 1e-30) / noise)
+
+
+def _rows(run: Outputs) -> int:
+    first = run[0] if run else None
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value

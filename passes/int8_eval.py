@@ -1,0 +1,129 @@
+"""Evaluation data held in memory for an int8 search, fp32 reference outputs, and scoring of candidates.
+
+The search runs many candidates over the same few hundred samples, so samples are read once, one
+sample per run (an even/odd split then gives the search split and the held-out split), and
+candidate sessions are built from in-memory models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from edgeport.data import DataSource
+from edgeport.errors import DataError
+from edgeport.passes.fidelity import FidelityScore, FidelityTarget, MetricFn, Outputs, per_sample_cosine, score
+from edgeport.specs import TensorSpec
+
+
+@dataclass
+class EvalSplit:
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    labels: list[Any] = field(default_factory=list)
+    reference: list[Outputs] = field(default_factory=list)
+
+    def subset(self, indices: list[int]) -> "EvalSplit":
+        return EvalSplit([self.feeds[i] for i in indices], [self.labels[i] for i in indices], [self.reference[i] for i in indices])
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+
+def session_for(model: onnx.ModelProto | str, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session as the artifact will run (all graph optimizations, so QDQ fuses to int8 kernels)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def load_splits(data: DataSource, specs: tuple[TensorSpec, ...], max_samples: int) -> tuple[EvalSplit, EvalSplit]:
+    """Samples alternate between the search split (even) and the held-out split (odd)."""
+    search, held_out = EvalSplit(), EvalSplit()
+    for index, batch in enumerate(data.batches(specs, batch_size=1, max_samples=max_samples)):
+        split = search if index % 2 == 0 else held_out
+        split.feeds.append(batch.inputs)
+        split.labels.append(batch.labels)
+    if len(held_out) == 0:
+        raise DataError(
+            f"evaluation data '{data.description}' yields {len(search)} sample(s); the int8 search needs at least 2 "
+            "(one to search on, one held out to report on)", fix="give more evaluation samples (--eval)")
+    return search, held_out
+
+
+def add_reference(split: EvalSplit, session: ort.InferenceSession) -> None:
+    split.reference = [run(session, feed) for feed in split.feeds]
+
+
+def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Outputs:
+    names = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feed.items() if k in names})
+
+
+@dataclass
+class Scorer:
+    """Scores candidate models on a split against the fp32 reference."""
+
+    target: FidelityTarget
+    metric_fn: MetricFn | None = None
+    runs: int = 0  # candidate model runs so far, for the report
+
+    def outputs(self, session: ort.InferenceSession, split: EvalSplit) -> list[Outputs]:
+        self.runs += len(split)
+        return [run(session, feed) for feed in split.feeds]
+
+    def score(self, session: ort.InferenceSession, split: EvalSplit) -> FidelityScore:
+        return score(self.target, split.reference, self.outputs(session, split), split.labels, self.metric_fn)
+
+    def worst_samples(self, session: ort.InferenceSession, split: EvalSplit, count: int) -> list[int]:
+        """Indices of the samples on which the candidate deviates most (lowest cosine)."""
+        outputs = self.outputs(session, split)
+        worst = [float(per_sample_cosine(ref, cand).min()) for ref, cand in zip(split.reference, outputs)]
+        return sorted(range(len(worst)), key=lambda i: worst[i])[:count]
+
+
+def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Run ``model`` with extra graph outputs; names whose type is unknown or not a tensor are skipped."""
+    existing = {o.name for o in model.graph.output}
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
+    types = _tensor_types(model)
+    extra = [n for n in names if n in produced and n not in existing and n in types]
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    for name in extra:
+        exposed.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
+    session = session_for(exposed)
+    out_names = [o.name for o in session.get_outputs()]
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(out_names, run(session, feed)):
+            if name in values:
+                values[name].append(np.asarray(value))
+    return {k: v for k, v in values.items() if v}
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor ONNX's type inference can tell (weights left out, so it is cheap)."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensor in skeleton.graph.initializer:
+        skeleton.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    del skeleton.graph.initializer[:]
+    try:
+        skeleton = onnx.shape_inference.infer_shapes(skeleton)
+    except Exception:
+        pass  # types of model inputs/outputs and stored value_info still help
+    graph = skeleton.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output) if v.type.HasField("tensor_type")}
+    # Q/DQ outputs and node outputs inference could not type: DequantizeLinear gives float
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear":
+            types.setdefault(node.output[0], onnx.TensorProto.FLOAT)
+    return {k: v for k, v in types.items() if v}

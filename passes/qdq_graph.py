@@ -1,0 +1,149 @@
+"""A QDQ model beside its float source: which nodes are quantized, and variants with some read float.
+
+A *group* is one quantized node: reverting it makes it read its float inputs (the activation
+before its QuantizeLinear, the float weight) while the shared Q/DQ pairs stay for other consumers.
+That is what ``quantize_static(nodes_to_exclude=...)`` produces, built here in memory in
+milliseconds so a search can try many mixes; the final artifact still comes from ORT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import helper
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+@dataclass(frozen=True)
+class QuantGroup:
+    node: str  # node name, the same in the float source and in the QDQ model
+    op_type: str
+    macs: int = 0  # per sample, from the shapes seen on evaluation data
+
+
+class QdqModel:
+    """A QDQ model and its float source, indexed for reverting groups to float."""
+
+    def __init__(self, qdq: onnx.ModelProto, source: onnx.ModelProto):
+        self.qdq, self.source = qdq, source
+        self._source_nodes = {n.name: n for n in source.graph.node if n.name}
+        self._source_init = {t.name: t for t in source.graph.initializer}
+        self._produced = {o for n in qdq.graph.node for o in n.output}
+        # ORT drops a Relu/Clip after a quantized Conv and gives the Conv the Relu's output name:
+        # that tensor is then pre-activation in the QDQ model and must not be read as the float one.
+        source_outputs = {n.name: set(n.output) for n in source.graph.node if n.name}
+        renamed = {o for n in qdq.graph.node if n.name in source_outputs for o in n.output if o not in source_outputs[n.name]}
+        self._available = (self._produced - renamed) | {i.name for i in qdq.graph.input} | {t.name for t in qdq.graph.initializer}
+        # ...but the float tensor can be rebuilt by re-applying the dropped activation to it.
+        source_producer = {o: n for n in source.graph.node for o in n.output}
+        qdq_producer = {o: n for n in qdq.graph.node for o in n.output}
+        # ORT quantizes a graph output made by a quantized node: X -> 'y_QuantizeLinear_Input' -> Q -> DQ -> 'y'.
+        self._output_qdq: dict[str, str] = {}  # pre-Q tensor -> graph output name
+        self._output_qdq_mid: dict[str, str] = {}  # pre-Q tensor -> the Q's output
+        self._output_producer: dict[str, str] = {}
+        graph_outputs = {o.name for o in qdq.graph.output}
+        for dq in qdq.graph.node:
+            q = qdq_producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" and dq.output[0] in graph_outputs else None
+            readers = [n for n in qdq.graph.node if q is not None and q.input[0] in n.input]
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in qdq_producer and readers == [q]:
+                self._output_qdq[q.input[0]] = dq.output[0]
+                self._output_qdq_mid[q.input[0]] = q.output[0]
+                self._output_producer[q.input[0]] = qdq_producer[q.input[0]].name
+        self._restorable: dict[str, onnx.NodeProto] = {}
+        for name in renamed:
+            activation, producer = source_producer.get(name), qdq_producer.get(name)
+            if activation is not None and producer is not None and activation.input and activation.input[0] in source_outputs.get(producer.name, ()):
+                self._restorable[name] = activation
+        dq_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
+        self.quantized: list[str] = [
+            n.name for n in qdq.graph.node
+            if n.op_type not in QDQ_OPS and n.name in self._source_nodes and any(i in dq_outputs for i in n.input)
+        ]
+
+    def with_float(self, reverted: set[str] | frozenset[str]) -> onnx.ModelProto:
+        """A copy of the QDQ model in which the ``reverted`` nodes read their float inputs."""
+        graph = self.qdq.graph
+        nodes, needed_init, restored = [], {}, {}
+        outputs = {o.name for o in graph.output}
+        unquantized_outputs = {q: g for q, g in self._output_qdq.items() if self._output_producer.get(q) in reverted}
+        skipped = {*unquantized_outputs.values(), *(self._output_qdq_mid[q] for q in unquantized_outputs)}
+        for node in graph.node:
+            if node.op_type in QDQ_OPS and node.output[0] in skipped:
+                continue  # the Q/DQ pair on a graph output belongs to the node that makes it
+            if node.name in reverted and node.name in self._source_nodes:
+                node, floats = _rewired(node, self._source_nodes[node.name], self._available, self._produced, self._source_init)
+                needed_init.update(floats)
+                for index, name in enumerate(node.output):
+                    if name in unquantized_outputs:
+                        node.output[index] = unquantized_outputs[name]
+                for index, name in enumerate(node.input):
+                    if name in self._restorable:
+                        restored.setdefault(name, _reapplied(self._restorable[name], name))
+                        node.input[index] = restored[name].output[0]
+                        needed_init.update({i: i for i in restored[name].input[1:] if i in self._source_init and i not in self._available})
+            nodes.append(node)
+        if restored:  # each re-applied activation goes right after the node that makes its input
+            by_input = {n.input[0]: n for n in restored.values()}
+            nodes = [m for n in nodes for m in (n, *(by_input[o] for o in n.output if o in by_input))]
+        nodes = _live_nodes(nodes, outputs)
+        used = {i for n in nodes for i in n.input} | outputs
+        initializers = [t for t in graph.initializer if t.name in used]
+        initializers += [_renamed(self._source_init[source], name) for name, source in needed_init.items()]
+        new_graph = helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers, value_info=[])
+        model = helper.make_model(new_graph, opset_imports=list(self.qdq.opset_import), ir_version=self.qdq.ir_version)
+        model.producer_name, model.producer_version = self.qdq.producer_name, self.qdq.producer_version
+        model.metadata_props.extend(self.qdq.metadata_props)
+        return model
+
+
+def _rewired(node: onnx.NodeProto, source: onnx.NodeProto, available: set[str], produced: set[str], source_init: dict
+             ) -> tuple[onnx.NodeProto, dict[str, str]]:
+    """The node with each input replaced by the float tensor its source node reads: the source's
+    initializer (renamed where ORT's DQ output took its name, as for biases) or the activation
+    before its QuantizeLinear. Returns the node and {new initializer name: source initializer}."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    floats: dict[str, str] = {}
+    for index, name in enumerate(source.input):
+        if index >= len(copy.input) or not name:
+            continue
+        if name in source_init and (name in produced or name not in available):
+            new_name = f"{name}__float" if name in produced else name
+            copy.input[index] = new_name
+            floats[new_name] = name
+        elif name in available or name in produced:
+            copy.input[index] = name
+    return copy, floats
+
+
+def _reapplied(activation: onnx.NodeProto, pre_activation: str) -> onnx.NodeProto:
+    """The float model's activation (Relu, Clip...) applied to the tensor ORT left before it."""
+    copy = onnx.NodeProto()
+    copy.CopyFrom(activation)
+    copy.name = f"{activation.name}__float"
+    copy.input[0] = pre_activation
+    del copy.output[:]
+    copy.output.append(f"{pre_activation}__float")
+    return copy
+
+
+def _live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """Drop nodes whose outputs nothing reads (Q/DQ pairs only reverted nodes used)."""
+    live = list(nodes)
+    while True:
+        read = {i for n in live for i in n.input} | outputs
+        kept = [n for n in live if any(o in read for o in n.output)]
+        if len(kept) == len(live):
+            return kept
+        live = kept
+
+
+def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    if tensor.name == name:
+        return tensor
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy

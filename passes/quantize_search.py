@@ -1,0 +1,400 @@
+"""Accuracy-aware int8: quantize every op, make int8 as good as it gets, then revert to float the
+groups that cost the most fidelity until the target is met, within a budget of MACs in float.
+
+Search and verdict use different data: the evaluation samples alternate between a search split
+(ranking, trials, stopping) and a held-out split the verdict is reported on, so the result is not
+fitted to the samples that judge it. When no mix meets the target the best candidate is still
+returned and the record names the groups that stood in the way; the caller turns that into exit 1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.data import SampleSubset
+from edgeport.errors import DataError, QuantizationError, UsageError, first_line
+from edgeport.passes.bias_correction import correct_biases
+from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
+from edgeport.passes.int8_eval import EvalSplit, Scorer, add_reference, load_splits, session_for
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, model_family
+from edgeport.passes.quantize_static import (
+    StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, host_quant_target,
+    preprocess_for_quantization, quantize_from_ranges,
+)
+from edgeport.passes.sensitivity import GroupRank, node_mac_counts, rank_groups
+
+CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
+_MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
+_MAX_RERANKS = 4
+
+
+@dataclass(frozen=True)
+class AccuracyAwareInt8Config:
+    """Static int8 (``quant``: format, types, per-channel...) searched to meet ``target``.
+
+    ``max_fallback`` is the share of MACs allowed to stay float; ``search_budget_s`` and
+    ``max_trials`` bound the work (each trial runs one candidate on the ranking subset or the
+    search split); ``ranking_trials`` is how many of the proxy's top groups are confirmed by trials.
+    """
+
+    quant: StaticInt8Config = field(default_factory=StaticInt8Config)
+    target: FidelityTarget = field(default_factory=FidelityTarget)
+    max_fallback: float = 0.25
+    search_budget_s: float = 600.0
+    max_trials: int = 300
+    ranking_trials: int = 8
+    ranking_samples: int = 16
+    eval_samples: int = 256
+    bias_correction: bool = True
+    calibration_methods: tuple[str, ...] = ("minmax", "percentile")
+    guard_band: float = 0.3  # the search split must beat the target by this normalized margin, so held-out data meets it too
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_fallback <= 1.0:
+            raise UsageError(f"max_fallback {self.max_fallback} is not within [0, 1]", fix="give the share of MACs allowed in float, e.g. 0.25")
+        if self.search_budget_s <= 0 or self.max_trials < 1:
+            raise UsageError("the search budget must allow at least one trial", fix="give --search-budget as seconds > 0 or trials >= 1")
+        for name in ("ranking_trials", "ranking_samples", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} {getattr(self, name)} is below 1", fix=f"set {name} to 1 or more")
+        unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
+        if unknown or not self.calibration_methods:
+            raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
+
+
+@dataclass
+class _Budget:
+    deadline: float
+    trials_left: int
+
+    def spend(self) -> None:
+        self.trials_left -= 1
+
+    def ok(self) -> bool:
+        return self.trials_left > 0 and time.perf_counter() < self.deadline
+
+
+@dataclass
+class _Candidate:
+    """One way to make the all-int8 model: calibration method and whether biases are corrected."""
+
+    label: str
+    source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
+    qdq: onnx.ModelProto
+    ranges: Path
+    method: str
+    score: FidelityScore
+    correction: Any = None
+
+
+def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
+    started = time.perf_counter()
+    budget = _Budget(started + config.search_budget_s, config.max_trials)
+    quant = config.quant
+    if quant.format not in ("qdq", "qoperator"):
+        raise UsageError(f"format '{quant.format}' is unknown", fix="use qdq or qoperator")
+    if ctx.calibration is None:
+        raise QuantizationError("static int8 quantization needs calibration data",
+                                fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8")
+    notes: list[str] = []
+    work = ctx.work_dir / "int8-search"
+    work.mkdir(parents=True, exist_ok=True)
+    calibration, evaluation, data_note = _calibration_and_evaluation(ctx)
+    if data_note:
+        notes.append(data_note)
+
+    source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
+    source = onnx.load(str(source_path))
+    _name_nodes(source)
+    onnx.save(source, str(work / "source.onnx"))
+    source_path = work / "source.onnx"
+    check_exclusions(source, quant)
+    op_types = list(quant.op_types) if quant.op_types is not None else all_quantizable_op_types()
+    op_types = [t for t in op_types if t not in set(quant.exclude_op_types)]
+    if not op_types:
+        raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
+    target_cpu = ctx.quant_target or host_quant_target()
+    range_choice = choose_reduce_range(target_cpu) if quant.reduce_range is None else None
+    reduce_range = range_choice.value if range_choice else quant.reduce_range
+
+    search, held_out = load_splits(evaluation, model.inputs, config.eval_samples)
+    reference = session_for(str(model.path))
+    add_reference(search, reference)
+    add_reference(held_out, reference)
+    scorer = Scorer(config.target, load_metric(config.target.metric))
+
+    ctx.progress.note("int8 search: making the all-int8 model as good as it can be")
+    scan = calibration.scan(model.inputs, quant.calibration_batch_size, quant.calibration_samples)
+    if scan.batches == 0:
+        raise DataError(f"calibration data '{calibration.description}' yields no samples", fix="give at least one sample")
+    unbounded = _nodes_reading_unbounded_tensors(source_path, model.inputs, op_types, quant, calib_ctx := PassContext(
+        work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir), scan, work)
+    if unbounded:
+        notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
+                     "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
+        quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
+    methods = [m for m in config.calibration_methods if m == "minmax" or len(scan.shapes) == 1]
+    if len(methods) < len(config.calibration_methods):
+        notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
+    candidates: list[_Candidate] = []
+    for method in methods:
+        try:
+            ranges, _ = calibrate(source_path, model.inputs, op_types, method, quant, calib_ctx, scan, work)
+        except Exception as exc:  # histograms fail on tensors with inf (attention masks) or NaN
+            if method == methods[0]:
+                raise
+            notes.append(f"{method} calibration failed ({first_line(exc)}); kept {methods[0]}")
+            continue
+        qdq = _quantize(source_path, work / f"all.{method}.onnx", ranges, method, op_types, quant, reduce_range, quant.exclude_nodes)
+        candidates.append(_Candidate(method, source, qdq, ranges, method, scorer.score(session_for(qdq), search)))
+        budget.spend()
+    best = max(candidates, key=lambda c: c.score.key())
+    improvements: dict[str, Any] = {"calibration": {c.method: c.score.to_dict() for c in candidates}, "calibration_chosen": best.method}
+    if config.bias_correction:
+        feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
+        correction = correct_biases(source, best.qdq, feeds)
+        if correction.original:
+            corrected_path = work / "source.bias-corrected.onnx"
+            onnx.save(correction.model, str(corrected_path))
+            qdq = _quantize(corrected_path, work / "all.bias-corrected.onnx", best.ranges, best.method, op_types, quant, reduce_range, quant.exclude_nodes)
+            corrected = _Candidate(f"{best.method}+bias-correction", correction.model, qdq, best.ranges, best.method,
+                                   scorer.score(session_for(qdq), search), correction)
+            budget.spend()
+            kept = corrected.score.key() > best.score.key()
+            improvements["bias_correction"] = {"layers": len(correction.original), "kept": kept, "before": best.score.to_dict(), "after": corrected.score.to_dict()}
+            best = corrected if kept else best
+    start_score = best.score
+
+    qdq_model = QdqModel(best.qdq, source)  # reverted nodes read the original float weights and biases
+    macs = node_mac_counts(source, search.feeds[0])
+    total_macs = sum(macs.values()) or 1
+    groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
+    float_from_start = sum(m for n, m in macs.items() if n not in set(groups))
+    op_of = {n.name: n.op_type for n in source.graph.node}
+
+    ranking_subset = search.subset(scorer.worst_samples(session_for(best.qdq), search, config.ranking_samples))
+    search_state = _greedy(qdq_model, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config, budget, op_of, ctx)
+
+    reverted = search_state["reverted"]
+    out_path = ctx.work_dir / "model.int8.onnx"
+    if quant.format == "qdq":
+        # The mix the search measured, exactly: reverted nodes read their float inputs, every other
+        # Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted node's input quantized when its
+        # producer is quantized, which is a different model.)
+        onnx.save(qdq_model.with_float(reverted), str(out_path))
+    else:
+        final_source = best.correction.restored(reverted) if best.correction is not None else source
+        final_source_path = work / "final-source.onnx"
+        onnx.save(final_source, str(final_source_path))
+        quantize_from_ranges(final_source_path, out_path, best.ranges, best.method, op_types, quant, reduce_range,
+                             (*quant.exclude_nodes, *sorted(reverted)))
+        if reverted:
+            notes.append("QOperator output: the reverted nodes were excluded through ONNX Runtime, whose float/int8 boundaries "
+                         "differ from the QDQ mix the search measured; the verdict below is measured on the QOperator file")
+    final_qdq = str(out_path)
+    final_session = session_for(final_qdq)
+    search_score = scorer.score(final_session, search)
+    held_out_score = scorer.score(final_session, held_out)
+    artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
+    float_share = (float_from_start + sum(macs.get(g, 0) for g in reverted)) / total_macs
+    met = search_score.met and held_out_score.met
+    verdict = _verdict(config, met, search_score, held_out_score, float_share, search_state)
+    if artifact.size_bytes > model.size_bytes:
+        notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): weights shared by several nodes are quantized once per node")
+    family = model_family(source)
+    family_rule = choose_op_types(source).rule
+    ctx.record(StepRecord(
+        name="quantize_search",
+        config=config_to_dict(config),
+        wall_s=time.perf_counter() - started,
+        input_bytes=model.size_bytes,
+        output_bytes=artifact.size_bytes,
+        metrics={
+            "fidelity": {
+                "target": config.target.describe(),
+                "target_source": config.target.source,
+                "met": met,
+                "held_out": held_out_score.to_dict(),
+                "search_split": search_score.to_dict(),
+                "before_search": start_score.to_dict(),
+                "data": f"{evaluation.description}: {len(search)} samples searched on, {len(held_out)} held out for this verdict",
+                "blockers": verdict["blockers"],
+                "reason": verdict["reason"],
+            },
+            "float_mac_share": round(float_share, 4),
+            "max_fallback": config.max_fallback,
+            "reverted": [{"node": g, "op_type": op_of.get(g, "?"), "mac_share": round(macs.get(g, 0) / total_macs, 4)} for g in sorted(reverted)],
+            "groups": len(groups),
+            "improvements": improvements,
+            "calibration_method": best.method,
+            "ranking": [r.to_dict() for r in search_state["ranking"][:20]],
+            "steps": search_state["steps"],
+            "trials": config.max_trials - budget.trials_left,
+            "candidate_runs": scorer.runs,
+            "op_types_quantized": sorted(op_types),
+            "reduce_range": reduce_range,
+            "decisions": {
+                "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' was not applied)"
+                if quant.op_types is None else "given in the config",
+                "reduce_range": range_choice.rule if range_choice else "given in the config",
+                "calibration_method": f"{best.method}: the best of {', '.join(methods)} on the search split",
+            },
+            "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
+            "parity_vs_fp32": {**_parity_view(held_out_score), "data": "held-out evaluation split"},
+        },
+        notes=notes,
+    ))
+    return artifact
+
+
+def _greedy(qdq: QdqModel, groups: list[str], macs: dict[str, int], total: int, float_from_start: int, search: EvalSplit,
+            subset: EvalSplit, scorer: Scorer, config: AccuracyAwareInt8Config, budget: _Budget, op_of: dict[str, str],
+            ctx: PassContext) -> dict[str, Any]:
+    """Revert the worst group, re-measure, re-rank when a step did not help; then give back to int8
+    any reverted group the target no longer needs (fewest float MACs among candidates that pass)."""
+    reverted: set[str] = set()
+    rejected: set[str] = set()
+    steps: list[dict[str, Any]] = []
+    current = scorer.score(session_for(qdq.with_float(reverted)), search)
+    budget.spend()
+    guard = config.guard_band
+
+    def done(score: FidelityScore) -> bool:
+        return score.margin >= guard  # the minimum over samples drops on new samples: aim above the target
+
+    ranking: list[GroupRank] = []
+    fallback_budget = config.max_fallback * total - float_from_start
+
+    def share(nodes: set[str]) -> float:
+        return (float_from_start + sum(macs.get(n, 0) for n in nodes)) / total
+
+    def rerank() -> list[GroupRank]:
+        remaining = [g for g in groups if g not in reverted and g not in rejected]
+        ctx.progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
+        return rank_groups(qdq, reverted, remaining, subset, scorer, min(config.ranking_trials, budget.trials_left), op_of, budget.ok)
+
+    if not done(current):
+        ranking = rerank()
+        budget.spend()
+    full_ranking = list(ranking)
+    misses = reranks = 0
+    while not done(current) and budget.ok():
+        affordable = [r for r in ranking if r.node not in reverted and r.node not in rejected
+                      and sum(macs.get(n, 0) for n in reverted | {r.node}) <= fallback_budget + 1e-9]
+        if not affordable:
+            break
+        pick = affordable[0]
+        trial = scorer.score(session_for(qdq.with_float(reverted | {pick.node})), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        steps.append({"reverted": pick.node, "op_type": pick.op_type, "mac_share": round(macs.get(pick.node, 0) / total, 4),
+                      "kept": helped, "margin": _round(trial.margin), "values": trial.to_dict()["values"],
+                      "float_mac_share": round(share(reverted | {pick.node}), 4)})
+        if helped:
+            reverted.add(pick.node)
+            current = trial
+            misses = 0
+        else:
+            rejected.add(pick.node)
+            misses += 1
+            if misses == _MISSES_BEFORE_RERANK and reranks < _MAX_RERANKS:  # the ranking has gone stale
+                ranking, misses, reranks = rerank(), 0, reranks + 1
+    if done(current):  # give back what the target no longer needs, largest first
+        for node in sorted(reverted, key=lambda n: -macs.get(n, 0)):
+            if not budget.ok() or len(reverted) == 1:
+                break
+            trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
+            budget.spend()
+            if done(trial):
+                reverted.discard(node)
+                current = trial
+                steps.append({"requantized": node, "op_type": op_of.get(node, "?"), "margin": _round(trial.margin),
+                              "float_mac_share": round(share(reverted), 4)})
+    return {"reverted": reverted, "steps": steps, "ranking": full_ranking or ranking, "score": current, "rejected": rejected,
+            "budget_left": budget.ok(), "fallback_spent": share(reverted) >= config.max_fallback - 1e-9}
+
+
+def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore, float_share: float,
+             state: dict[str, Any]) -> dict[str, Any]:
+    if met:
+        return {"reason": None, "blockers": []}
+    judged = held_out if held_out.failing() else search
+    split = "held-out" if judged is held_out else "search split"
+    short = ", ".join(f"{name} {_round(judged.values.get(name))} on the {split} (margin {_round(judged.margins[name])})" for name in judged.failing())
+    if search.met:
+        reason = f"the target was met on the search split but not on held-out data: {short}; give more evaluation data"
+    elif not state["budget_left"]:
+        reason = f"the search budget ran out with {short}; raise --search-budget"
+    else:
+        reason = f"no mix within {config.max_fallback:.0%} of MACs in float meets the target: {short}; raise --max-fallback or relax the target"
+    blockers = [
+        {"node": r.node, "op_type": r.op_type, "added_noise": r.to_dict()["added_noise"],
+         **({"margin_when_reverted_alone": _round(r.trial[0])} if r.trial else {})}
+        for r in state["ranking"] if r.node not in state["reverted"]
+    ][:5]
+    return {"reason": reason, "blockers": blockers}
+
+
+def _nodes_reading_unbounded_tensors(source_path: Path, specs, op_types: list[str], quant: StaticInt8Config, ctx: PassContext,
+                                     scan, work: Path) -> set[str]:
+    """Nodes that read a tensor whose minmax range is infinite: every consumer of such a tensor
+    must stay float together, and no single revert can fix it, so they never enter the search."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    ranges, _ = calibrate(source_path, specs, op_types, "minmax", quant, ctx, scan, work)
+    data = load_tensors_data(ranges)
+    bad = {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
+    graph = onnx.load(str(source_path), load_external_data=False).graph
+    return {n.name for n in graph.node if bad & set(n.input)}
+
+
+def _calibration_and_evaluation(ctx: PassContext) -> tuple[Any, Any, str | None]:
+    """Evaluation data apart from calibration: given, or every fourth calibration sample set aside."""
+    if ctx.evaluation is not None:
+        return ctx.calibration, ctx.evaluation, None
+    source = ctx.calibration
+    calibration = SampleSubset(source, lambda i: i % 4 != 3, f"{source.description} (3 of every 4 samples)")
+    evaluation = SampleSubset(source, lambda i: i % 4 == 3, f"{source.description} (every 4th sample, held apart from calibration)")
+    return calibration, evaluation, ("no evaluation data was given: every 4th calibration sample was held apart to judge fidelity on "
+                                     "(pass --eval for a verdict on data of your own)")
+
+
+def _quantize(source_path: Path, out: Path, ranges: Path, method: str, op_types: list[str], quant: StaticInt8Config,
+              reduce_range: bool, exclude: tuple[str, ...]) -> onnx.ModelProto:
+    """Search candidates are QDQ whatever the final format: their float bypasses are built on Q/DQ pairs."""
+    qdq_config = replace(quant, format="qdq")
+    quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
+    return onnx.load(str(out))
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    """Every node needs a name: groups are reverted by name (ORT's nodes_to_exclude)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _parity_view(score: FidelityScore) -> dict[str, Any]:
+    values = score.to_dict()["values"]
+    return {"samples": score.samples, "cosine_mean": values.get("cosine_mean"), "cosine_min": values.get("cosine_min"),
+            "sqnr_db": values.get("sqnr_db"), "top1_agreement": values.get("top1_agreement"), "accuracy_drop": values.get("accuracy_drop")}
+
+
+def _round(value: float | None) -> float | None:
+    import math
+
+    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")

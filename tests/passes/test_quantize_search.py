@@ -1,0 +1,233 @@
+"""Accuracy-aware int8: the ranking finds a planted bad layer, the search meets targets on real
+models, an impossible target is reported as such, a user metric drives it, bias correction helps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgeport.artifacts import OnnxArtifact
+from edgeport.data import open_data
+from edgeport.errors import UsageError
+from edgeport.passes import PassContext, StaticInt8Config
+from edgeport.passes.context import config_from_dict, config_to_dict
+from edgeport.passes.fidelity import FidelityTarget
+from edgeport.passes.int8_eval import session_for
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
+from tests.conftest import npz_file
+
+
+def _export(module, tmp_path, inputs, name="model"):
+    import edgeport
+
+    out = tmp_path / f"{name}-fp32"
+    edgeport.export(module, inputs=inputs, quantize=False, out_dir=out)
+    return OnnxArtifact.from_file(out / "model.onnx")
+
+
+def _outlier_mlp():
+    """fc2's weights carry one input column 300x larger, balanced by fc1's row 300x smaller: the
+    float function is ordinary, but per-channel int8 of fc2 rounds every other column to ~0."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+    with torch.no_grad():
+        model[0].weight[3] /= 300.0
+        model[0].bias[3] /= 300.0
+        model[2].weight[:, 3] *= 300.0
+    return model.eval()
+
+
+def _search(artifact, tmp_path, config, calib, evaluation=None):
+    ctx = PassContext(work_dir=tmp_path / "work", calibration=open_data(calib, role="calibration"),
+                      evaluation=open_data(evaluation, role="evaluation") if evaluation else None)
+    result = quantize_accuracy_aware(artifact, config, ctx=ctx)
+    return result, ctx.records[-1].metrics
+
+
+@pytest.fixture()
+def outlier_case(tmp_path):
+    artifact = _export(_outlier_mlp(), tmp_path, ["x:batchx16"])
+    rng = np.random.default_rng(0)
+    calib = npz_file(tmp_path, "calib.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    evaluation = npz_file(tmp_path, "eval.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
+    fc2 = next(n.name for n in onnx.load(str(artifact.path)).graph.node if n.op_type == "Gemm" and "2" in n.name)
+    return artifact, calib, evaluation, fc2
+
+
+def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(tmp_path, outlier_case):
+    artifact, calib, evaluation, fc2 = outlier_case
+    config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.995, min_top1_agreement=None), max_fallback=0.6, bias_correction=False)
+    result, metrics = _search(artifact, tmp_path, config, calib, evaluation)
+    assert not metrics["fidelity"]["before_search"]["met"]  # all-int8 misses the target because of fc2
+    assert metrics["ranking"][0]["node"] == fc2
+    assert [r["node"] for r in metrics["reverted"]] == [fc2]
+    assert metrics["fidelity"]["met"] and metrics["fidelity"]["held_out"]["values"]["cosine_min"] >= 0.995
+    # the artifact ORT wrote keeps fc2 float: its weight is no longer behind a DequantizeLinear
+    graph = onnx.load(str(result.path)).graph
+    dq_outputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    node = next(n for n in graph.node if n.name == fc2)
+    assert node.input[1] not in dq_outputs
+
+
+def test_reverting_every_group_gives_back_the_float_model(tmp_path, outlier_case):
+    artifact, calib, _, _ = outlier_case
+    from onnxruntime.quantization import quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter([{"x": a[None]} for a in np.load(calib)["x"]])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
+    qdq = QdqModel(onnx.load(str(qdq_path)), onnx.load(str(artifact.path)))
+    feed = {"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)}
+    reference = session_for(str(artifact.path)).run(None, feed)[0]
+    all_float = session_for(qdq.with_float(set(qdq.quantized))).run(None, feed)[0]
+    all_int8 = session_for(qdq.with_float(set())).run(None, feed)[0]
+    assert len(qdq.quantized) >= 3
+    assert np.abs(all_float - reference).max() < 0.05 * np.abs(all_int8 - reference).max()
+
+
+def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
+    from examples.models import tiny_transformer
+
+    import torch
+
+    model = tiny_transformer()
+    with torch.no_grad():  # an outlier feature in one FFN, as real transformers grow them (LLM.int8, SmoothQuant)
+        ffn = model.encoder.layers[1]
+        ffn.linear1.weight[5] /= 300.0
+        ffn.linear1.bias[5] /= 300.0
+        ffn.linear2.weight[:, 5] *= 300.0
+    artifact = _export(model, tmp_path, ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"])
+    rng = np.random.default_rng(0)
+
+    def tokens(n):
+        return {"input_ids": rng.integers(0, 1000, (n, 16)).astype(np.int64), "attention_mask": np.ones((n, 16), np.int64)}
+
+    calib = npz_file(tmp_path, "calib.npz", **tokens(32))
+    evaluation = npz_file(tmp_path, "eval.npz", **tokens(32))
+    # Random weights give near-flat logits, where top-1 flips on noise: the target is cosine alone.
+    target = FidelityTarget(min_cosine=0.99, min_top1_agreement=None)
+    result, metrics = _search(artifact, tmp_path, AccuracyAwareInt8Config(target=target), calib, evaluation)
+    assert not metrics["fidelity"]["before_search"]["met"]
+    assert metrics["fidelity"]["met"], json.dumps({k: metrics[k] for k in ("fidelity", "steps", "float_mac_share")})
+    assert metrics["fidelity"]["held_out"]["values"]["cosine_min"] >= 0.99
+    assert any("linear_" in r["node"] or "MatMul" in r["node"] or "Gemm" in r["node"] for r in metrics["reverted"])
+    assert metrics["float_mac_share"] <= 0.25
+    assert result.size_bytes < 0.6 * artifact.size_bytes
+
+
+def test_impossible_target_exits_1_with_the_best_candidate_and_the_blockers(tmp_path, outlier_case):
+    from edgeport.cli import cli
+
+    artifact, calib, evaluation, _ = outlier_case
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["export", str(artifact.path), "--calib", str(calib), "--eval", str(evaluation),
+                                      "--min-cosine", "0.9999999", "--max-fallback", "0.05", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "NOT met" in result.output and "blocking:" in result.output
+    report = json.loads((out / "report.json").read_text())
+    fidelity = next(s for s in report["steps"] if s["name"] == "quantize_search")["metrics"]["fidelity"]
+    assert not fidelity["met"] and fidelity["blockers"] and "max-fallback" in fidelity["reason"]
+    assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+
+
+def test_a_user_metric_drives_the_search(tmp_path, outlier_case, monkeypatch):
+    artifact, calib, evaluation, fc2 = outlier_case
+    module = tmp_path / "my_metric.py"
+    module.write_text(
+        "import numpy as np\n"
+        "def worst_rel_error(reference, candidate, labels):\n"
+        "    errs = [np.abs(r[0] - c[0]).max() / (np.abs(r[0]).max() + 1e-9) for r, c in zip(reference, candidate)]\n"
+        "    return -float(max(errs))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = FidelityTarget(min_cosine=None, min_top1_agreement=None, metric="my_metric:worst_rel_error", metric_min=-0.2)
+    _, metrics = _search(artifact, tmp_path, AccuracyAwareInt8Config(target=target, max_fallback=0.6, bias_correction=False), calib, evaluation)
+    assert metrics["fidelity"]["before_search"]["values"]["metric"] < -0.2
+    assert metrics["fidelity"]["met"], json.dumps({k: metrics[k] for k in ("fidelity", "steps", "ranking")})
+    assert metrics["fidelity"]["held_out"]["values"]["metric"] >= -0.2
+    assert fc2 in [r["node"] for r in metrics["reverted"]]
+
+
+def _depthwise_net():
+    """Depthwise convs with channel scales spread over 100x: per-tensor int8 weights round the
+    small channels coarsely, and the rounding shifts their mean output."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    with torch.no_grad():
+        for conv in (model[2], model[4]):
+            conv.weight.mul_(torch.logspace(-1, 1, 16).view(16, 1, 1, 1))
+            conv.weight.add_(0.1)  # a common offset makes each kernel's rounding error add up instead of cancel
+    return model.eval()
+
+
+def test_bias_correction_improves_a_per_tensor_depthwise_model(tmp_path):
+    artifact = _export(_depthwise_net(), tmp_path, ["image:batchx3x16x16"])
+    rng = np.random.default_rng(0)
+    calib = npz_file(tmp_path, "calib.npz", image=(rng.standard_normal((32, 3, 16, 16)) + 0.5).astype(np.float32))
+    evaluation = npz_file(tmp_path, "eval.npz", image=(rng.standard_normal((32, 3, 16, 16)) + 0.5).astype(np.float32))
+    config = AccuracyAwareInt8Config(quant=StaticInt8Config(per_channel=False), target=FidelityTarget(min_cosine=0.5, min_top1_agreement=None),
+                                     calibration_methods=("minmax",))
+    _, metrics = _search(artifact, tmp_path, config, calib, evaluation)
+    correction = metrics["improvements"]["bias_correction"]
+    assert correction["layers"] >= 3 and correction["kept"]
+    assert correction["after"]["values"]["sqnr_db"] > correction["before"]["values"]["sqnr_db"] + 1.0
+
+
+def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp_path, outlier_case):
+    artifact, calib, _, _ = outlier_case
+    config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.9, min_top1_agreement=None), bias_correction=False)
+    _, metrics = _search(artifact, tmp_path, config, calib)
+    assert "every 4th sample" in metrics["fidelity"]["data"]
+    assert metrics["fidelity"]["held_out"]["samples"] == 8  # 64 samples: 16 held apart, half of them held out
+
+
+def test_fidelity_target_comes_from_the_profile_and_flags_override_it():
+    from edgeport.device_profiles import load_profile
+    from edgeport.profile_defaults import fidelity_target
+
+    profile = load_profile("ci-x86-avx2")
+    target = fidelity_target([profile])
+    assert (target.min_cosine, target.min_top1_agreement, target.max_accuracy_drop) == (0.99, 0.98, 0.01)
+    assert "ci-x86-avx2" in target.source
+    assert fidelity_target([profile], {"min_cosine": 0.999}).min_cosine == 0.999
+    only_flag = fidelity_target([], {"min_sqnr_db": 30.0})
+    assert only_flag.min_sqnr_db == 30.0 and only_flag.min_cosine is None
+    assert fidelity_target([]).min_cosine == 0.99
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    config = AccuracyAwareInt8Config(quant=StaticInt8Config(per_channel=False), target=FidelityTarget(min_sqnr_db=25.0), max_fallback=0.1)
+    assert config_from_dict(AccuracyAwareInt8Config, config_to_dict(config)) == config
+    with pytest.raises(UsageError, match="max_fallback"):
+        AccuracyAwareInt8Config(max_fallback=1.5)
+    with pytest.raises(UsageError, match="metric"):
+        FidelityTarget(metric="m:f")
+    with pytest.raises(UsageError, match="calibration method"):
+        AccuracyAwareInt8Config(calibration_methods=("kl",))
+
+
+def test_search_budget_parses_seconds_and_trials():
+    from edgeport.api import parse_search_budget
+
+    assert parse_search_budget("120s")[0] == 120.0
+    assert parse_search_budget("40t")[1] == 40
+    with pytest.raises(UsageError, match="search budget"):
+        parse_search_budget("soon")
