@@ -136,8 +136,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     scan = calibration.scan(model.inputs, quant.calibration_batch_size, quant.calibration_samples)
     if scan.batches == 0:
         raise DataError(f"calibration data '{calibration.description}' yields no samples", fix="give at least one sample")
-    unbounded = _nodes_reading_unbounded_tensors(source_path, model.inputs, op_types, quant, calib_ctx := PassContext(
-        work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir), scan, work)
+    calib_ctx = PassContext(work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir)
+    unbounded = _nodes_reading_unbounded_tensors(source_path, model.inputs, op_types, quant, calib_ctx, scan, work)
     if unbounded:
         notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
                      "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
@@ -320,7 +320,7 @@ def _greedy(qdq: QdqModel, groups: list[str], macs: dict[str, int], total: int, 
                 steps.append({"requantized": node, "op_type": op_of.get(node, "?"), "margin": _round(trial.margin),
                               "float_mac_share": round(share(reverted), 4)})
     return {"reverted": reverted, "steps": steps, "ranking": full_ranking or ranking, "score": current, "rejected": rejected,
-            "budget_left": budget.ok(), "fallback_spent": share(reverted) >= config.max_fallback - 1e-9}
+            "budget_left": budget.ok()}
 
 
 def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore, float_share: float,
