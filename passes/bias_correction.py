@@ -23,7 +23,6 @@ CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
 class BiasCorrection:
     model: onnx.ModelProto  # the float source with corrected biases
     original: dict[str, tuple[str, np.ndarray | None]] = field(default_factory=dict)  # node -> (bias name, bias before)
-    max_shift: float = 0.0  # largest |shift| relative to the layer's output scale, for the report
 
     def restored(self, nodes: set[str]) -> onnx.ModelProto:
         """The corrected model with the original bias back on ``nodes`` (kept in float: their
@@ -72,16 +71,14 @@ def correct_biases(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[di
             while len(node.input) < 3:
                 node.input.append("")
             node.input[2] = bias_name
-            new_inits[bias_name] = numpy_helper.from_array(np.zeros(shift.size, np.float32), bias_name)
-            model.graph.initializer.append(new_inits[bias_name])
+            model.graph.initializer.append(numpy_helper.from_array(np.zeros(shift.size, np.float32), bias_name))
+            new_inits[bias_name] = model.graph.initializer[-1]  # append copies: edit the one in the graph
             result.original[layer.name] = (bias_name, None)
         else:
             result.original[layer.name] = (bias_name, numpy_helper.to_array(new_inits[bias_name]).copy())
         bias = numpy_helper.to_array(new_inits[bias_name]).astype(np.float64)
         corrected = (bias.reshape(-1) - shift).reshape(bias.shape).astype(np.float32)
         new_inits[bias_name].CopyFrom(numpy_helper.from_array(corrected, bias_name))
-        scale = float(np.abs(weight).max() * np.abs(mean).max()) or 1.0
-        result.max_shift = max(result.max_shift, float(np.abs(shift).max()) / scale)
     return result
 
 

@@ -162,15 +162,15 @@ def test_a_user_metric_drives_the_search(tmp_path, outlier_case, monkeypatch):
     assert fc2 in [r["node"] for r in metrics["reverted"]]
 
 
-def _depthwise_net():
+def _depthwise_net(bias: bool = True):
     """Depthwise convs with channel scales spread over 100x: per-tensor int8 weights round the
     small channels coarsely, and the rounding shifts their mean output."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
-                          nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=bias), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=bias), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
     with torch.no_grad():
         for conv in (model[2], model[4]):
             conv.weight.mul_(torch.logspace(-1, 1, 16).view(16, 1, 1, 1))
@@ -189,6 +189,30 @@ def test_bias_correction_improves_a_per_tensor_depthwise_model(tmp_path):
     correction = metrics["improvements"]["bias_correction"]
     assert correction["layers"] >= 3 and correction["kept"]
     assert correction["after"]["values"]["sqnr_db"] > correction["before"]["values"]["sqnr_db"] + 1.0
+
+
+def test_bias_correction_gives_a_bias_to_layers_that_have_none(tmp_path):
+    from onnxruntime.quantization import quantize_static
+
+    from edgeport.passes.bias_correction import correct_biases
+
+    artifact = _export(_depthwise_net(bias=False), tmp_path, ["image:batchx3x16x16"])
+    feeds = [{"image": (np.random.default_rng(i).standard_normal((1, 3, 16, 16)) + 0.5).astype(np.float32)} for i in range(8)]
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(artifact.path), str(tmp_path / "qdq.onnx"), Reader(), per_channel=False)
+    source = onnx.load(str(artifact.path))
+    correction = correct_biases(source, onnx.load(str(tmp_path / "qdq.onnx")), feeds)
+    added = [name for name, before in correction.original.values() if before is None]
+    assert len(added) == 2
+    biases = {t.name: onnx.numpy_helper.to_array(t) for t in correction.model.graph.initializer}
+    assert all(np.abs(biases[name]).max() > 0 for name in added)  # the shift reached the graph
 
 
 def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp_path, outlier_case):
@@ -216,6 +240,8 @@ def test_fidelity_target_comes_from_the_profile_and_flags_override_it():
 def test_config_round_trips_and_rejects_bad_values():
     config = AccuracyAwareInt8Config(quant=StaticInt8Config(per_channel=False), target=FidelityTarget(min_sqnr_db=25.0), max_fallback=0.1)
     assert config_from_dict(AccuracyAwareInt8Config, config_to_dict(config)) == config
+    assert config_from_dict(AccuracyAwareInt8Config, config_to_dict(AccuracyAwareInt8Config())) == AccuracyAwareInt8Config()
+    assert config_from_dict(AccuracyAwareInt8Config, config_to_dict(config)).target.min_cosine is None  # an off criterion stays off
     with pytest.raises(UsageError, match="max_fallback"):
         AccuracyAwareInt8Config(max_fallback=1.5)
     with pytest.raises(UsageError, match="metric"):
