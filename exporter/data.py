@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -177,43 +177,6 @@ class RandomSource(DataSource):
         rng = np.random.default_rng(self.seed)
         for _ in range(self.num_samples):
             yield _Item({s.name: example_array(s, rng)[0] if s.rank else example_array(s, rng) for s in self.specs}, None, "random")
-
-
-class SampleSubset(DataSource):
-    """Every sample of ``parent`` whose index ``keep`` accepts: splits one data set in two (e.g.
-    calibration and held-out evaluation) without copying it. Ready-made batches count as one sample."""
-
-    def __init__(self, parent: DataSource, keep: Callable[[int], bool], description: str):
-        self.parent, self.keep = parent, keep
-        self.role, self.warning = parent.role, parent.warning
-        self.description = description
-
-    def batches(self, specs: tuple[TensorSpec, ...], batch_size: int = 8, max_samples: int | None = None) -> Iterator[Batch]:
-        pending: list[Batch] = []
-        emitted = 0
-        for index, single in enumerate(self.parent.batches(specs, 1, None)):
-            if not self.keep(index):
-                continue
-            if pending and any(pending[0].inputs[n].shape[1:] != a.shape[1:] for n, a in single.inputs.items()):
-                yield _joined(pending)
-                pending = []
-            pending.append(single)
-            emitted += single.size
-            if sum(b.size for b in pending) >= batch_size:
-                yield _joined(pending)
-                pending = []
-            if max_samples is not None and emitted >= max_samples:
-                break
-        if pending:
-            yield _joined(pending)
-
-
-def _joined(parts: list[Batch]) -> Batch:
-    if len(parts) == 1:
-        return parts[0]
-    inputs = {n: np.concatenate([p.inputs[n] for p in parts]) for n in parts[0].inputs}
-    labelled = all(p.labels is not None for p in parts)
-    return Batch(inputs, np.concatenate([np.asarray(p.labels) for p in parts]) if labelled else None)
 
 
 def open_data(text: str | Path | DataSource | None, *, role: str, seed: int = 0) -> DataSource | None:

@@ -39,10 +39,7 @@ def fidelity_target(profiles: list[Profile], overrides: dict[str, Any] | None = 
     top-1 agreement >= 99% for class scores) holds."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if not profiles:
-        if not overrides:
-            return FidelityTarget()
-        criteria = {"min_cosine": None, "min_top1_agreement": None, **overrides}
-        return FidelityTarget(**criteria, source="flags")
+        return FidelityTarget(**overrides, source="flags") if overrides else FidelityTarget.default()
     budgets = [p.budgets for p in profiles]
 
     def strictest(values: list[float | None], pick) -> float | None:
@@ -57,6 +54,6 @@ def fidelity_target(profiles: list[Profile], overrides: dict[str, Any] | None = 
     }
     names = ", ".join(p.name for p in profiles)
     if not any(v is not None for v in criteria.values()) and not overrides:
-        return FidelityTarget(source=f"default (profile {names} sets no parity budget)")
+        return FidelityTarget.default(source=f"default (profile {names} sets no parity budget)")
     source = f"profile {names}" + (f", flags {', '.join(sorted(overrides))}" if overrides else "")
     return FidelityTarget(**{**criteria, **overrides}, source=source)

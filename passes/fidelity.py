@@ -21,7 +21,8 @@ MetricFn = Callable[[list[Outputs], list[Outputs], list[Any]], float]
 
 @dataclass(frozen=True)
 class FidelityTarget:
-    """What int8 must keep of fp32. None switches a criterion off.
+    """What int8 must keep of fp32. None switches a criterion off; ``FidelityTarget.default()`` is
+    the target used when neither a profile nor a flag sets one.
 
     ``min_cosine`` holds for every evaluation sample and every float output (the minimum, not the
     mean); ``min_top1_agreement`` applies only to class-score outputs (rank 2, float, more than one
@@ -30,13 +31,19 @@ class FidelityTarget:
     against ``metric_min``.
     """
 
-    min_cosine: float | None = 0.99
-    min_top1_agreement: float | None = 0.99
+    # Every criterion defaults to None (off), so a config written without a key (TOML has no null)
+    # reads back as the same target.
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
     min_sqnr_db: float | None = None
     metric: str | None = None
     metric_min: float | None = None
-    source: str = "default: cosine >= 0.99 per sample, top-1 agreement >= 99% for class scores"
+    source: str = "given"
+
+    @classmethod
+    def default(cls, source: str = "default: cosine >= 0.99 per sample, top-1 agreement >= 99% for class scores") -> "FidelityTarget":
+        return cls(min_cosine=0.99, min_top1_agreement=0.99, source=source)
 
     def __post_init__(self) -> None:
         for name in ("min_cosine", "min_top1_agreement"):
@@ -173,17 +180,15 @@ def is_class_scores(output: np.ndarray) -> bool:
 
 
 def _row_cosines(ref: np.ndarray, cand: np.ndarray) -> list[float]:
-    if not np.all(np.isfinite(cand)):
-        bad = ~np.all(np.isfinite(cand), axis=1)
-        cand = np.where(np.isfinite(cand), cand, 0.0)
-    else:
-        bad = np.zeros(ref.shape[0], dtype=bool)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
-    dots = np.sum(ref * cand, axis=1)
-    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(cand, axis=1) == 0)
-    cos = np.where(both_zero, 1.0, dots / np.where(norms == 0, 1.0, norms))
-    cos = np.where(norms == 0, np.where(both_zero, 1.0, 0.0), cos)
-    return np.where(bad, -1.0, cos).tolist()  # NaN or Inf in a candidate is a failure, never skipped
+    """Cosine per row; a candidate row holding NaN or Inf scores -1 (a failure, never skipped), two
+    all-zero rows agree (1) and one zero row against a non-zero one scores 0."""
+    bad = ~np.all(np.isfinite(cand), axis=1)
+    cand = np.where(np.isfinite(cand), cand, 0.0)
+    ref_norm, cand_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(cand, axis=1)
+    norms = ref_norm * cand_norm
+    cos = np.sum(ref * cand, axis=1) / np.where(norms == 0, 1.0, norms)
+    cos = np.where(norms == 0, np.where((ref_norm == 0) & (cand_norm == 0), 1.0, 0.0), cos)
+    return np.where(bad, -1.0, cos).tolist()
 
 
 def _sqnr(signal: float, noise: float) -> float:

@@ -1,4 +1,5 @@
-"""Evaluation data held in memory for an int8 search, fp32 reference outputs, and scoring of candidates.
+"""Evaluation data for an int8 search (held apart from calibration, held in memory), fp32 reference
+outputs, and scoring of candidates.
 
 The search runs many candidates over the same few hundred samples, so samples are read once, one
 sample per run (an even/odd split then gives the search split and the held-out split), and
@@ -8,14 +9,14 @@ candidate sessions are built from in-memory models.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from edgeport.data import DataSource
+from edgeport.data import Batch, DataSource
 from edgeport.errors import DataError
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, MetricFn, Outputs, per_sample_cosine, score
 from edgeport.specs import TensorSpec
@@ -32,6 +33,43 @@ class EvalSplit:
 
     def __len__(self) -> int:
         return len(self.feeds)
+
+
+class SampleSubset(DataSource):
+    """Every sample of ``parent`` whose index ``keep`` accepts: splits one data set in two (e.g.
+    calibration and held-out evaluation) without copying it. Ready-made batches count as one sample."""
+
+    def __init__(self, parent: DataSource, keep: Callable[[int], bool], description: str):
+        self.parent, self.keep = parent, keep
+        self.role, self.warning = parent.role, parent.warning
+        self.description = description
+
+    def batches(self, specs: tuple[TensorSpec, ...], batch_size: int = 8, max_samples: int | None = None) -> Iterator[Batch]:
+        pending: list[Batch] = []
+        emitted = 0
+        for index, single in enumerate(self.parent.batches(specs, 1, None)):
+            if not self.keep(index):
+                continue
+            if pending and any(pending[0].inputs[n].shape[1:] != a.shape[1:] for n, a in single.inputs.items()):
+                yield _joined(pending)
+                pending = []
+            pending.append(single)
+            emitted += single.size
+            if sum(b.size for b in pending) >= batch_size:
+                yield _joined(pending)
+                pending = []
+            if max_samples is not None and emitted >= max_samples:
+                break
+        if pending:
+            yield _joined(pending)
+
+
+def _joined(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    inputs = {n: np.concatenate([p.inputs[n] for p in parts]) for n in parts[0].inputs}
+    labelled = all(p.labels is not None for p in parts)
+    return Batch(inputs, np.concatenate([np.asarray(p.labels) for p in parts]) if labelled else None)
 
 
 def session_for(model: onnx.ModelProto | str, threads: int | None = None) -> ort.InferenceSession:
@@ -80,13 +118,18 @@ class Scorer:
         return [run(session, feed) for feed in split.feeds]
 
     def score(self, session: ort.InferenceSession, split: EvalSplit) -> FidelityScore:
-        return score(self.target, split.reference, self.outputs(session, split), split.labels, self.metric_fn)
+        return self.evaluate(session, split)[0]
 
-    def worst_samples(self, session: ort.InferenceSession, split: EvalSplit, count: int) -> list[int]:
-        """Indices of the samples on which the candidate deviates most (lowest cosine)."""
+    def evaluate(self, session: ort.InferenceSession, split: EvalSplit) -> tuple[FidelityScore, list[Outputs]]:
+        """The candidate's score on the split, and its outputs for further use."""
         outputs = self.outputs(session, split)
-        worst = [float(per_sample_cosine(ref, cand).min()) for ref, cand in zip(split.reference, outputs)]
-        return sorted(range(len(worst)), key=lambda i: worst[i])[:count]
+        return score(self.target, split.reference, outputs, split.labels, self.metric_fn), outputs
+
+
+def worst_samples(split: EvalSplit, outputs: list[Outputs], count: int) -> list[int]:
+    """Indices of the samples on which a candidate's ``outputs`` deviate most (lowest cosine)."""
+    worst = [float(per_sample_cosine(ref, cand).min()) for ref, cand in zip(split.reference, outputs)]
+    return sorted(range(len(worst)), key=lambda i: worst[i])[:count]
 
 
 def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:

@@ -10,8 +10,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
-from edgeport.passes.quant_defaults import choose_reduce_range
-from edgeport.passes.quantize_static import host_quant_target, quiet_ort
+from edgeport.passes.quantize_static import quiet_ort, resolve_reduce_range
 
 
 @dataclass(frozen=True)
@@ -34,8 +33,7 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     started = time.perf_counter()
-    range_choice = choose_reduce_range(ctx.quant_target or host_quant_target()) if config.reduce_range is None else None
-    reduce_range = range_choice.value if range_choice else config.reduce_range
+    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx)
     out_path = ctx.work_dir / "model.dynamic-int8.onnx"
     with quiet_ort():
         try:
@@ -54,7 +52,7 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
         input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
         metrics={
             "reduce_range": reduce_range,
-            "decisions": {"reduce_range": range_choice.rule if range_choice else "given in the config"},
+            "decisions": {"reduce_range": range_rule},
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
             "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples),
         },

@@ -12,23 +12,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
-from edgeport.data import SampleSubset
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
-from edgeport.passes.int8_eval import EvalSplit, Scorer, add_reference, load_splits, session_for
+from edgeport.passes.int8_eval import EvalSplit, SampleSubset, Scorer, add_reference, load_splits, session_for, worst_samples
 from edgeport.passes.qdq_graph import QdqModel
-from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, model_family
+from edgeport.passes.quant_defaults import choose_op_types, model_family
 from edgeport.passes.quantize_static import (
-    StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, host_quant_target,
-    preprocess_for_quantization, quantize_from_ranges,
+    StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
+    preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.sensitivity import GroupRank, node_mac_counts, rank_groups
 
@@ -47,7 +46,7 @@ class AccuracyAwareInt8Config:
     """
 
     quant: StaticInt8Config = field(default_factory=StaticInt8Config)
-    target: FidelityTarget = field(default_factory=FidelityTarget)
+    target: FidelityTarget = field(default_factory=FidelityTarget.default)
     max_fallback: float = 0.25
     search_budget_s: float = 600.0
     max_trials: int = 300
@@ -87,12 +86,12 @@ class _Budget:
 class _Candidate:
     """One way to make the all-int8 model: calibration method and whether biases are corrected."""
 
-    label: str
     source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
     qdq: onnx.ModelProto
     ranges: Path
     method: str
     score: FidelityScore
+    outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
     correction: Any = None
 
 
@@ -118,13 +117,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
-    op_types = list(quant.op_types) if quant.op_types is not None else all_quantizable_op_types()
-    op_types = [t for t in op_types if t not in set(quant.exclude_op_types)]
-    if not op_types:
-        raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
-    target_cpu = ctx.quant_target or host_quant_target()
-    range_choice = choose_reduce_range(target_cpu) if quant.reduce_range is None else None
-    reduce_range = range_choice.value if range_choice else quant.reduce_range
+    op_types = op_types_to_quantize(quant, all_quantizable_op_types())
+    reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx)
 
     search, held_out = load_splits(evaluation, model.inputs, config.eval_samples)
     reference = session_for(str(model.path))
@@ -137,25 +131,26 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     if scan.batches == 0:
         raise DataError(f"calibration data '{calibration.description}' yields no samples", fix="give at least one sample")
     calib_ctx = PassContext(work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir)
-    unbounded = _nodes_reading_unbounded_tensors(source_path, model.inputs, op_types, quant, calib_ctx, scan, work)
-    if unbounded:
-        notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
-                     "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
-        quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
     methods = [m for m in config.calibration_methods if m == "minmax" or len(scan.shapes) == 1]
     if len(methods) < len(config.calibration_methods):
         notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
-    candidates: list[_Candidate] = []
+    ranges: dict[str, Path] = {}
     for method in methods:
         try:
-            ranges, _ = calibrate(source_path, model.inputs, op_types, method, quant, calib_ctx, scan, work)
+            ranges[method], _ = calibrate(source_path, model.inputs, op_types, method, quant, calib_ctx, scan, work)
         except Exception as exc:  # histograms fail on tensors with inf (attention masks) or NaN
             if method == methods[0]:
                 raise
             notes.append(f"{method} calibration failed ({first_line(exc)}); kept {methods[0]}")
-            continue
-        qdq = _quantize(source_path, work / f"all.{method}.onnx", ranges, method, op_types, quant, reduce_range, quant.exclude_nodes)
-        candidates.append(_Candidate(method, source, qdq, ranges, method, scorer.score(session_for(qdq), search)))
+    unbounded = _nodes_reading_unbounded_tensors(source, ranges.values())
+    if unbounded:
+        notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
+                     "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
+        quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
+    candidates: list[_Candidate] = []
+    for method, path in ranges.items():
+        qdq = _quantize(source_path, work / f"all.{method}.onnx", path, method, op_types, quant, reduce_range, quant.exclude_nodes)
+        candidates.append(_Candidate(source, qdq, path, method, *scorer.evaluate(session_for(qdq), search)))
         budget.spend()
     best = max(candidates, key=lambda c: c.score.key())
     improvements: dict[str, Any] = {"calibration": {c.method: c.score.to_dict() for c in candidates}, "calibration_chosen": best.method}
@@ -166,8 +161,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             corrected_path = work / "source.bias-corrected.onnx"
             onnx.save(correction.model, str(corrected_path))
             qdq = _quantize(corrected_path, work / "all.bias-corrected.onnx", best.ranges, best.method, op_types, quant, reduce_range, quant.exclude_nodes)
-            corrected = _Candidate(f"{best.method}+bias-correction", correction.model, qdq, best.ranges, best.method,
-                                   scorer.score(session_for(qdq), search), correction)
+            corrected = _Candidate(correction.model, qdq, best.ranges, best.method, *scorer.evaluate(session_for(qdq), search), correction)
             budget.spend()
             kept = corrected.score.key() > best.score.key()
             improvements["bias_correction"] = {"layers": len(correction.original), "kept": kept, "before": best.score.to_dict(), "after": corrected.score.to_dict()}
@@ -178,10 +172,10 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     macs = node_mac_counts(source, search.feeds[0])
     total_macs = sum(macs.values()) or 1
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
-    float_from_start = sum(m for n, m in macs.items() if n not in set(groups))
+    float_from_start = sum(m for n, m in macs.items() if n not in groups)
     op_of = {n.name: n.op_type for n in source.graph.node}
 
-    ranking_subset = search.subset(scorer.worst_samples(session_for(best.qdq), search, config.ranking_samples))
+    ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     search_state = _greedy(qdq_model, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config, budget, op_of, ctx)
 
     reverted = search_state["reverted"]
@@ -245,7 +239,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             "decisions": {
                 "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' was not applied)"
                 if quant.op_types is None else "given in the config",
-                "reduce_range": range_choice.rule if range_choice else "given in the config",
+                "reduce_range": range_rule,
                 "calibration_method": f"{best.method}: the best of {', '.join(methods)} on the search split",
             },
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
@@ -344,17 +338,16 @@ def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, 
     return {"reason": reason, "blockers": blockers}
 
 
-def _nodes_reading_unbounded_tensors(source_path: Path, specs, op_types: list[str], quant: StaticInt8Config, ctx: PassContext,
-                                     scan, work: Path) -> set[str]:
-    """Nodes that read a tensor whose minmax range is infinite: every consumer of such a tensor
+def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Iterable[Path]) -> set[str]:
+    """Nodes that read a tensor whose calibrated range is infinite: every consumer of such a tensor
     must stay float together, and no single revert can fix it, so they never enter the search."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    ranges, _ = calibrate(source_path, specs, op_types, "minmax", quant, ctx, scan, work)
-    data = load_tensors_data(ranges)
-    bad = {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
-    graph = onnx.load(str(source_path), load_external_data=False).graph
-    return {n.name for n in graph.node if bad & set(n.input)}
+    bad: set[str] = set()
+    for path in ranges:
+        data = load_tensors_data(path)
+        bad |= {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
+    return {n.name for n in source.graph.node if bad & set(n.input)}
 
 
 def _calibration_and_evaluation(ctx: PassContext) -> tuple[Any, Any, str | None]:

@@ -88,13 +88,8 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     proto = onnx.load(str(source_path), load_external_data=False)
 
     op_choice = choose_op_types(proto) if config.op_types is None else None
-    op_types = list(config.op_types) if config.op_types is not None else (list(op_choice.value) if op_choice.value else all_quantizable_op_types())
-    op_types = [t for t in op_types if t not in set(config.exclude_op_types)]
-    if not op_types:
-        raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
-    target = ctx.quant_target or host_quant_target()
-    range_choice = choose_reduce_range(target) if config.reduce_range is None else None
-    reduce_range = range_choice.value if range_choice else config.reduce_range
+    op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else all_quantizable_op_types())
+    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx)
     check_exclusions(proto, config)
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
@@ -121,7 +116,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
     decisions = {
         "op_types": op_choice.rule if op_choice else "given in the config",
-        "reduce_range": range_choice.rule if range_choice else "given in the config",
+        "reduce_range": range_rule,
     }
     ctx.record(
         StepRecord(
@@ -225,6 +220,23 @@ def _require_cacheable_ort() -> None:
             f"onnxruntime {onnxruntime.__version__} cannot quantize from stored calibration ranges",
             fix="pip install 'onnxruntime>=1.32' (edgeport[torch] pins it)",
         )
+
+
+def op_types_to_quantize(config: StaticInt8Config, default: list[str]) -> list[str]:
+    """The config's op types (``default`` when it names none) less its excluded ones; never empty."""
+    op_types = list(config.op_types) if config.op_types is not None else default
+    op_types = [t for t in op_types if t not in set(config.exclude_op_types)]
+    if not op_types:
+        raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
+    return op_types
+
+
+def resolve_reduce_range(given: bool | None, ctx: PassContext) -> tuple[bool, str]:
+    """reduce_range as given, or chosen from the target CPU (the profile's, else this host's), with its rule."""
+    if given is not None:
+        return given, "given in the config"
+    choice = choose_reduce_range(ctx.quant_target or host_quant_target())
+    return choice.value, choice.rule
 
 
 def host_quant_target() -> QuantTarget:
