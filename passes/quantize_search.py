@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -134,38 +134,44 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     methods = [m for m in config.calibration_methods if m == "minmax" or len(scan.shapes) == 1]
     if len(methods) < len(config.calibration_methods):
         notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
-    ranges: dict[str, Path] = {}
-    for method in methods:
-        try:
-            ranges[method], _ = calibrate(source_path, model.inputs, op_types, method, quant, calib_ctx, scan, work)
-        except Exception as exc:  # histograms fail on tensors with inf (attention masks) or NaN
-            if method == methods[0]:
-                raise
-            notes.append(f"{method} calibration failed ({first_line(exc)}); kept {methods[0]}")
-    unbounded = _nodes_reading_unbounded_tensors(source, ranges.values())
+    # minmax first; each further technique only while the target is not met with the guard band
+    ranges, _ = calibrate(source_path, model.inputs, op_types, methods[0], quant, calib_ctx, scan, work)
+    unbounded = _nodes_reading_unbounded_tensors(source, ranges)
     if unbounded:
         notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
                      "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
-    candidates: list[_Candidate] = []
-    for method, path in ranges.items():
-        qdq = _quantize(source_path, work / f"all.{method}.onnx", path, method, op_types, quant, reduce_range, quant.exclude_nodes)
-        candidates.append(_Candidate(source, qdq, path, method, *scorer.evaluate(session_for(qdq), search)))
+
+    def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None) -> _Candidate:
+        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, reduce_range, quant.exclude_nodes)
         budget.spend()
-    best = max(candidates, key=lambda c: c.score.key())
-    improvements: dict[str, Any] = {"calibration": {c.method: c.score.to_dict() for c in candidates}, "calibration_chosen": best.method}
-    if config.bias_correction:
-        feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
-        correction = correct_biases(source, best.qdq, feeds)
-        if correction.original:
-            corrected_path = work / "source.bias-corrected.onnx"
-            onnx.save(correction.model, str(corrected_path))
-            qdq = _quantize(corrected_path, work / "all.bias-corrected.onnx", best.ranges, best.method, op_types, quant, reduce_range, quant.exclude_nodes)
-            corrected = _Candidate(correction.model, qdq, best.ranges, best.method, *scorer.evaluate(session_for(qdq), search), correction)
-            budget.spend()
-            kept = corrected.score.key() > best.score.key()
-            improvements["bias_correction"] = {"layers": len(correction.original), "kept": kept, "before": best.score.to_dict(), "after": corrected.score.to_dict()}
-            best = corrected if kept else best
+        return _Candidate(correction.model if correction else source, qdq, ranges, method, *scorer.evaluate(session_for(qdq), search), correction)
+
+    best = candidate(source_path, ranges, methods[0], methods[0])
+    improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
+    # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
+    # (a histogram pass each), each taken only when the target is not yet met with the guard band.
+    corrected = _bias_corrected(best, config, calibration, model, work, candidate)
+    if corrected is not None:
+        improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.key() > best.score.key(),
+                                           "before": best.score.to_dict(), "after": corrected.score.to_dict()}
+        best = corrected if improvements["bias_correction"]["kept"] else best
+    elif config.bias_correction:
+        improvements["bias_correction"] = "not tried: the target is met without it"
+    for method in methods[1:]:
+        if best.score.margin >= config.guard_band:
+            improvements["calibration"][method] = "not tried: the target is met without it"
+            continue
+        try:
+            other = candidate(source_path, calibrate(source_path, model.inputs, op_types, method, quant, calib_ctx, scan, work)[0], method, method)
+        except Exception as exc:  # histograms fail on tensors with inf (attention masks) or NaN
+            notes.append(f"{method} calibration failed ({first_line(exc)}); kept {best.method}")
+            continue
+        if best.correction is not None:  # compare like with like: correct this one's biases too
+            other = _bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+        improvements["calibration"][method] = other.score.to_dict()
+        best = other if other.score.key() > best.score.key() else best
+    improvements["calibration_chosen"] = best.method
     start_score = best.score
 
     qdq_model = QdqModel(best.qdq, source)  # reverted nodes read the original float weights and biases
@@ -176,7 +182,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     op_of = {n.name: n.op_type for n in source.graph.node}
 
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
-    search_state = _greedy(qdq_model, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config, budget, op_of, ctx)
+    search_state = _greedy(qdq_model, best.score, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config, budget, op_of, ctx)
 
     reverted = search_state["reverted"]
     out_path = ctx.work_dir / "model.int8.onnx"
@@ -196,7 +202,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                          "differ from the QDQ mix the search measured; the verdict below is measured on the QOperator file")
     final_qdq = str(out_path)
     final_session = session_for(final_qdq)
-    search_score = scorer.score(final_session, search)
+    # a QDQ artifact is the very mix the search scored last; a QOperator one is a new model
+    search_score = search_state["score"] if quant.format == "qdq" else scorer.score(final_session, search)
     held_out_score = scorer.score(final_session, held_out)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
     float_share = (float_from_start + sum(macs.get(g, 0) for g in reverted)) / total_macs
@@ -240,7 +247,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' was not applied)"
                 if quant.op_types is None else "given in the config",
                 "reduce_range": range_rule,
-                "calibration_method": f"{best.method}: the best of {', '.join(methods)} on the search split",
+                "calibration_method": f"{best.method}: the best on the search split of those tried ({', '.join(m for m in improvements['calibration'] if isinstance(improvements['calibration'][m], dict))})",
             },
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
             "parity_vs_fp32": {**_parity_view(held_out_score), "data": "held-out evaluation split"},
@@ -250,7 +257,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     return artifact
 
 
-def _greedy(qdq: QdqModel, groups: list[str], macs: dict[str, int], total: int, float_from_start: int, search: EvalSplit,
+def _greedy(qdq: QdqModel, start: FidelityScore, groups: list[str], macs: dict[str, int], total: int, float_from_start: int, search: EvalSplit,
             subset: EvalSplit, scorer: Scorer, config: AccuracyAwareInt8Config, budget: _Budget, op_of: dict[str, str],
             ctx: PassContext) -> dict[str, Any]:
     """Revert the worst group, re-measure, re-rank when a step did not help; then give back to int8
@@ -258,8 +265,7 @@ def _greedy(qdq: QdqModel, groups: list[str], macs: dict[str, int], total: int, 
     reverted: set[str] = set()
     rejected: set[str] = set()
     steps: list[dict[str, Any]] = []
-    current = scorer.score(session_for(qdq.with_float(reverted)), search)
-    budget.spend()
+    current = start  # the all-int8 candidate, scored on the search split already
     guard = config.guard_band
 
     def done(score: FidelityScore) -> bool:
@@ -338,15 +344,28 @@ def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, 
     return {"reason": reason, "blockers": blockers}
 
 
-def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Iterable[Path]) -> set[str]:
+def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, work: Path,
+                    candidate: Any, always: bool = False) -> _Candidate | None:
+    """``base`` with biases corrected for its weight rounding; None when not tried (switched off,
+    the target already met, or no layer to correct)."""
+    if not config.bias_correction or (base.score.margin >= config.guard_band and not always):
+        return None
+    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
+    correction = correct_biases(base.source, base.qdq, feeds)
+    if not correction.original:
+        return None
+    corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
+    onnx.save(correction.model, str(corrected_path))
+    return candidate(corrected_path, base.ranges, base.method, f"{base.method}.bias-corrected", correction)
+
+
+def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:
     """Nodes that read a tensor whose calibrated range is infinite: every consumer of such a tensor
     must stay float together, and no single revert can fix it, so they never enter the search."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    bad: set[str] = set()
-    for path in ranges:
-        data = load_tensors_data(path)
-        bad |= {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
+    data = load_tensors_data(ranges)
+    bad = {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
     return {n.name for n in source.graph.node if bad & set(n.input)}
 
 

@@ -255,6 +255,8 @@ def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Pat
     transformer graphs, so retry without it before giving up on preprocessing altogether."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if _shapes_known(path):
+        return path  # the optimize step inferred every shape already; quant_pre_process would add nothing
     out = work / "preprocessed.onnx"
     for skip_symbolic in (False, True):
         try:
@@ -267,6 +269,13 @@ def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Pat
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     notes.append(f"quant_pre_process failed ({reason}); quantized the model as it is")
     return path
+
+
+def _shapes_known(path: Path) -> bool:
+    """Every node output carries a shape (static or symbolic) in the file."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    typed = {v.name for v in (*graph.value_info, *graph.output) if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+    return all(o in typed for n in graph.node for o in n.output if o)
 
 
 def check_exclusions(proto: onnx.ModelProto, config: StaticInt8Config) -> None:
