@@ -113,13 +113,14 @@ def load_metric(target: str | None) -> MetricFn | None:
 
 
 def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outputs], labels: list[Any],
-          metric_fn: MetricFn | None = None) -> FidelityScore:
-    """Score candidate outputs against reference outputs, one list entry per model run (a batch)."""
+          metric_fn: MetricFn | None = None, class_outputs: frozenset[int] | None = None) -> FidelityScore:
+    """Score candidate outputs against reference outputs, one list entry per model run (a batch).
+    Top-1 agreement is judged on the outputs in ``class_outputs`` (None: every rank-2 score output)."""
     cosines: list[float] = []
     signal = noise = 0.0
     agree = total = correct_ref = correct_cand = labelled = 0
     for ref_run, cand_run, batch_labels in zip(reference, candidate, labels):
-        for ref, cand in zip(ref_run, cand_run):
+        for index, (ref, cand) in enumerate(zip(ref_run, cand_run)):
             if np.asarray(ref).dtype.kind != "f":
                 continue  # integer outputs (ids, masks): compared by the user's metric, if any
             rows = ref.shape[0] if ref.ndim else 1
@@ -127,7 +128,7 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
             cosines.extend(_row_cosines(r, c))
             signal += float(np.sum(r * r))
             noise += float(np.sum((r - c) ** 2)) if np.all(np.isfinite(c)) else math.inf
-            if is_class_scores(ref):
+            if is_class_scores(ref) and (class_outputs is None or index in class_outputs):
                 ref_top, cand_top = ref.argmax(-1), np.nan_to_num(cand, nan=-np.inf).argmax(-1)
                 agree += int(np.sum(ref_top == cand_top))
                 total += ref_top.size

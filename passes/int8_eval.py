@@ -105,12 +105,31 @@ def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Outputs:
     return session.run(None, {k: v for k, v in feed.items() if k in names})
 
 
+CLASSIFIER_HEADS = ("Gemm", "MatMul", "Softmax", "LogSoftmax")
+
+
+def class_score_outputs(model: onnx.ModelProto) -> frozenset[int]:
+    """Indices of the outputs a classifier head makes (Gemm, MatMul [+ bias Add], Softmax): the
+    ones top-1 agreement is judged on. An embedding normalized at the end, a sigmoid's independent
+    probabilities or a feature map has the same rank-2 shape but no top-1 to agree on."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    heads = set()
+    for index, output in enumerate(model.graph.output):
+        node = producer.get(output.name)
+        if node is not None and node.op_type == "Add":  # MatMul + bias
+            node = next((producer[i] for i in node.input if i in producer and producer[i].op_type == "MatMul"), node)
+        if node is not None and node.op_type in CLASSIFIER_HEADS:
+            heads.add(index)
+    return frozenset(heads)
+
+
 @dataclass
 class Scorer:
     """Scores candidate models on a split against the fp32 reference."""
 
     target: FidelityTarget
     metric_fn: MetricFn | None = None
+    class_outputs: frozenset[int] | None = None  # outputs that are class scores (None: judged by shape)
     runs: int = 0  # candidate model runs so far, for the report
 
     def outputs(self, session: ort.InferenceSession, split: EvalSplit) -> list[Outputs]:
@@ -123,7 +142,7 @@ class Scorer:
     def evaluate(self, session: ort.InferenceSession, split: EvalSplit) -> tuple[FidelityScore, list[Outputs]]:
         """The candidate's score on the split, and its outputs for further use."""
         outputs = self.outputs(session, split)
-        return score(self.target, split.reference, outputs, split.labels, self.metric_fn), outputs
+        return score(self.target, split.reference, outputs, split.labels, self.metric_fn, self.class_outputs), outputs
 
 
 def worst_samples(split: EvalSplit, outputs: list[Outputs], count: int) -> list[int]:

@@ -22,7 +22,9 @@ from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
-from edgeport.passes.int8_eval import EvalSplit, SampleSubset, Scorer, add_reference, load_splits, session_for, worst_samples
+from edgeport.passes.int8_eval import (
+    EvalSplit, SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
+)
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quant_defaults import choose_op_types, model_family
 from edgeport.passes.quantize_static import (
@@ -124,7 +126,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     reference = session_for(str(model.path))
     add_reference(search, reference)
     add_reference(held_out, reference)
-    scorer = Scorer(config.target, load_metric(config.target.metric))
+    scorer = Scorer(config.target, load_metric(config.target.metric), class_score_outputs(onnx.load(str(model.path), load_external_data=False)))
 
     ctx.progress.note("int8 search: making the all-int8 model as good as it can be")
     scan = calibration.scan(model.inputs, quant.calibration_batch_size, quant.calibration_samples)
@@ -182,7 +184,10 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     op_of = {n.name: n.op_type for n in source.graph.node}
 
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
-    search_state = _greedy(qdq_model, best.score, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config, budget, op_of, ctx)
+    family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
+    first_types = tuple(sorted({op_of[g] for g in groups if op_of.get(g) not in family_types})) if family_types else ()
+    search_state = _greedy(qdq_model, best.score, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config,
+                           budget, op_of, ctx, first_types)
 
     reverted = search_state["reverted"]
     out_path = ctx.work_dir / "model.int8.onnx"
@@ -244,7 +249,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             "op_types_quantized": sorted(op_types),
             "reduce_range": reduce_range,
             "decisions": {
-                "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' was not applied)"
+                "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' "
+                            "only set the order in which op types without MACs were tried in float)"
                 if quant.op_types is None else "given in the config",
                 "reduce_range": range_rule,
                 "calibration_method": f"{best.method}: the best on the search split of those tried ({', '.join(m for m in improvements['calibration'] if isinstance(improvements['calibration'][m], dict))})",
@@ -259,9 +265,11 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
 
 def _greedy(qdq: QdqModel, start: FidelityScore, groups: list[str], macs: dict[str, int], total: int, float_from_start: int, search: EvalSplit,
             subset: EvalSplit, scorer: Scorer, config: AccuracyAwareInt8Config, budget: _Budget, op_of: dict[str, str],
-            ctx: PassContext) -> dict[str, Any]:
-    """Revert the worst group, re-measure, re-rank when a step did not help; then give back to int8
-    any reverted group the target no longer needs (fewest float MACs among candidates that pass)."""
+            ctx: PassContext, first_types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """First revert whole op types that carry no MACs (LayerNorm, Softmax, Add...: float costs
+    nothing in the budget), ``first_types`` first; then revert the worst single group, re-measure,
+    re-rank when a step did not help; then give back to int8 any MAC-bearing group the target no
+    longer needs (fewest float MACs among candidates that pass)."""
     reverted: set[str] = set()
     rejected: set[str] = set()
     steps: list[dict[str, Any]] = []
@@ -282,6 +290,19 @@ def _greedy(qdq: QdqModel, start: FidelityScore, groups: list[str], macs: dict[s
         ctx.progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
         return rank_groups(qdq, reverted, remaining, subset, scorer, min(config.ranking_trials, budget.trials_left), op_of, budget.ok)
 
+    free_types = sorted({op_of.get(g, "?") for g in groups if not macs.get(g, 0)}, key=lambda t: (t not in first_types, t))
+    for op_type in free_types:
+        if done(current) or not budget.ok():
+            break
+        nodes = {g for g in groups if op_of.get(g) == op_type and not macs.get(g, 0)}
+        trial = scorer.score(session_for(qdq.with_float(reverted | nodes)), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        steps.append({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": _round(trial.margin),
+                      "values": trial.to_dict()["values"]})
+        if helped:
+            reverted |= nodes
+            current = trial
     if not done(current):
         ranking = rerank()
         budget.spend()
@@ -309,8 +330,8 @@ def _greedy(qdq: QdqModel, start: FidelityScore, groups: list[str], macs: dict[s
             if misses == _MISSES_BEFORE_RERANK and reranks < _MAX_RERANKS:  # the ranking has gone stale
                 ranking, misses, reranks = rerank(), 0, reranks + 1
     if done(current):  # give back what the target no longer needs, largest first
-        for node in sorted(reverted, key=lambda n: -macs.get(n, 0)):
-            if not budget.ok() or len(reverted) == 1:
+        for node in sorted((n for n in reverted if macs.get(n, 0)), key=lambda n: -macs.get(n, 0)):
+            if not budget.ok():
                 break
             trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
             budget.spend()

@@ -224,6 +224,25 @@ def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp
     assert metrics["fidelity"]["held_out"]["samples"] == 8  # 64 samples: 16 held apart, half of them held out
 
 
+def test_top1_is_judged_on_classifier_heads_not_on_normalized_embeddings(tmp_path):
+    from torch import nn
+
+    from edgeport.passes.int8_eval import class_score_outputs
+
+    class Embedder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 32)
+
+        def forward(self, x):
+            return nn.functional.normalize(self.proj(x), dim=-1)
+
+    classifier = _export(_outlier_mlp(), tmp_path, ["x:batchx16"], name="classifier")
+    embedder = _export(Embedder().eval(), tmp_path, ["x:batchx16"], name="embedder")
+    assert class_score_outputs(onnx.load(str(classifier.path))) == {0}
+    assert class_score_outputs(onnx.load(str(embedder.path))) == frozenset()
+
+
 def test_fidelity_target_comes_from_the_profile_and_flags_override_it():
     from edgeport.device_profiles import load_profile
     from edgeport.profile_defaults import fidelity_target
