@@ -31,6 +31,7 @@ from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
     preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
+from edgeport.passes.smooth_quant import smooth_activations
 from edgeport.passes.sensitivity import GroupRank, node_mac_counts, rank_groups
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
@@ -57,6 +58,8 @@ class AccuracyAwareInt8Config:
     eval_samples: int = 256
     bias_correction: bool = True
     calibration_methods: tuple[str, ...] = ("minmax", "percentile")
+    smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
+    smooth_alpha: float = 0.5
     guard_band: float = 0.3  # the search split must beat the target by this normalized margin, so held-out data meets it too
 
     def __post_init__(self) -> None:
@@ -67,6 +70,8 @@ class AccuracyAwareInt8Config:
         for name in ("ranking_trials", "ranking_samples", "eval_samples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} {getattr(self, name)} is below 1", fix=f"set {name} to 1 or more")
+        if not 0.0 < self.smooth_alpha < 1.0:
+            raise UsageError(f"smooth_alpha {self.smooth_alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")
         unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
         if unknown or not self.calibration_methods:
             raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
@@ -86,9 +91,10 @@ class _Budget:
 
 @dataclass
 class _Candidate:
-    """One way to make the all-int8 model: calibration method and whether biases are corrected."""
+    """One way to make the all-int8 model: calibration method, smoothing, corrected biases."""
 
     source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
+    float_source: onnx.ModelProto  # the exact float model it derives from (the original or a smoothed one): reverts read it
     qdq: onnx.ModelProto
     ranges: Path
     method: str
@@ -144,10 +150,11 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                      "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
 
-    def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None) -> _Candidate:
+    def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source) -> _Candidate:
         qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, reduce_range, quant.exclude_nodes)
         budget.spend()
-        return _Candidate(correction.model if correction else source, qdq, ranges, method, *scorer.evaluate(session_for(qdq), search), correction)
+        return _Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
+                          *scorer.evaluate(session_for(qdq), search), correction)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
@@ -174,14 +181,22 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         improvements["calibration"][method] = other.score.to_dict()
         best = other if other.score.key() > best.score.key() else best
     improvements["calibration_chosen"] = best.method
+    if config.smooth_quant and best.score.margin < config.guard_band:
+        smoothed = _smoothed(best, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
+        if smoothed is not None:
+            improvements["smooth_quant"] = {"activations": smoothed[1], "kept": smoothed[0].score.key() > best.score.key(),
+                                            "before": best.score.to_dict(), "after": smoothed[0].score.to_dict()}
+            best = smoothed[0] if improvements["smooth_quant"]["kept"] else best
+    elif config.smooth_quant:
+        improvements["smooth_quant"] = "not tried: the target is met without it"
     start_score = best.score
 
-    qdq_model = QdqModel(best.qdq, source)  # reverted nodes read the original float weights and biases
-    macs = node_mac_counts(source, search.feeds[0])
+    qdq_model = QdqModel(best.qdq, best.float_source)  # reverted nodes read exact float weights and biases
+    macs = node_mac_counts(best.float_source, search.feeds[0])
     total_macs = sum(macs.values()) or 1
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
     float_from_start = sum(m for n, m in macs.items() if n not in groups)
-    op_of = {n.name: n.op_type for n in source.graph.node}
+    op_of = {n.name: n.op_type for n in best.float_source.graph.node}
 
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
@@ -197,7 +212,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         # producer is quantized, which is a different model.)
         onnx.save(qdq_model.with_float(reverted), str(out_path))
     else:
-        final_source = best.correction.restored(reverted) if best.correction is not None else source
+        final_source = best.correction.restored(reverted) if best.correction is not None else best.float_source
         final_source_path = work / "final-source.onnx"
         onnx.save(final_source, str(final_source_path))
         quantize_from_ranges(final_source_path, out_path, best.ranges, best.method, op_types, quant, reduce_range,
@@ -377,7 +392,24 @@ def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibrati
         return None
     corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
     onnx.save(correction.model, str(corrected_path))
-    return candidate(corrected_path, base.ranges, base.method, f"{base.method}.bias-corrected", correction)
+    return candidate(corrected_path, base.ranges, base.method, f"{base.method}.bias-corrected", correction, base.float_source)
+
+
+def _smoothed(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, op_types: list[str],
+              quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path, candidate: Any) -> tuple[_Candidate, int] | None:
+    """``base`` rebuilt on a SmoothQuant-migrated float model (new ranges, biases corrected again if
+    ``base``'s were); None when no MatMul reads an activation it can smooth."""
+    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
+    smoothed, count = smooth_activations(base.float_source, feeds, config.smooth_alpha)
+    if not count:
+        return None
+    path = work / "source.smoothed.onnx"
+    onnx.save(smoothed, str(path))
+    ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
+    result = candidate(path, ranges, base.method, f"{base.method}.smoothed", float_source=smoothed)
+    if base.correction is not None:
+        result = _bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
+    return result, count
 
 
 def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:

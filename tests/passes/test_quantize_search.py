@@ -216,6 +216,54 @@ def test_bias_correction_gives_a_bias_to_layers_that_have_none(tmp_path):
     assert all(np.abs(biases[name]).max() > 0 for name in added)  # the shift reached the graph
 
 
+def _outlier_encoder():
+    """A LayerNorm whose output has two channels 50x the rest (as transformer activations grow
+    them), read by Linear layers: per-tensor activation int8 flattens the other 62 channels."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.LayerNorm(64), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight[3] = 50.0
+        model[1].weight[7] = -40.0
+    return model.eval()
+
+
+def _sqnr(reference, candidate):
+    return 10 * np.log10(np.sum(reference**2) / np.sum((reference - candidate) ** 2))
+
+
+def test_smoothing_keeps_the_float_function_and_helps_int8_on_outlier_channels(tmp_path):
+    from onnxruntime.quantization import quantize_static
+
+    from edgeport.passes.smooth_quant import smooth_activations
+
+    artifact = _export(_outlier_encoder(), tmp_path, ["x:batchx16"])
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1, 16)).astype(np.float32)} for _ in range(32)]
+    source = onnx.load(str(artifact.path))
+    smoothed, count = smooth_activations(source, feeds)
+    assert count >= 1
+    onnx.save(smoothed, str(tmp_path / "smoothed.onnx"))
+    test = {"x": rng.standard_normal((64, 16)).astype(np.float32)}
+    reference = session_for(str(artifact.path)).run(None, test)[0]
+    assert np.allclose(session_for(smoothed).run(None, test)[0], reference, atol=1e-4 * np.abs(reference).max())
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    results = {}
+    for name in ("model-fp32/model.onnx", "smoothed.onnx"):
+        quantize_static(str(tmp_path / name), str(tmp_path / f"{name.replace('/', '-')}.int8.onnx"), Reader(), per_channel=True)
+        results[name] = session_for(str(tmp_path / f"{name.replace('/', '-')}.int8.onnx")).run(None, test)[0]
+    assert _sqnr(reference, results["smoothed.onnx"]) > _sqnr(reference, results["model-fp32/model.onnx"]) + 3.0
+
+
 def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp_path, outlier_case):
     artifact, calib, _, _ = outlier_case
     config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.9, min_top1_agreement=None), bias_correction=False)
