@@ -31,6 +31,7 @@ from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
     preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
+from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import smooth_activations
 from edgeport.passes.sensitivity import GroupRank, node_mac_counts, rank_groups
 
@@ -58,6 +59,7 @@ class AccuracyAwareInt8Config:
     eval_samples: int = 256
     bias_correction: bool = True
     calibration_methods: tuple[str, ...] = ("minmax", "percentile")
+    equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
     smooth_alpha: float = 0.5
     guard_band: float = 0.3  # the search split must beat the target by this normalized margin, so held-out data meets it too
@@ -181,14 +183,19 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         improvements["calibration"][method] = other.score.to_dict()
         best = other if other.score.key() > best.score.key() else best
     improvements["calibration_chosen"] = best.method
-    if config.smooth_quant and best.score.margin < config.guard_band:
-        smoothed = _smoothed(best, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
-        if smoothed is not None:
-            improvements["smooth_quant"] = {"activations": smoothed[1], "kept": smoothed[0].score.key() > best.score.key(),
-                                            "before": best.score.to_dict(), "after": smoothed[0].score.to_dict()}
-            best = smoothed[0] if improvements["smooth_quant"]["kept"] else best
-    elif config.smooth_quant:
-        improvements["smooth_quant"] = "not tried: the target is met without it"
+    transforms = [("cross_layer_equalization", config.equalization, lambda m, feeds: equalize_pairs(m)),
+                  ("smooth_quant", config.smooth_quant, lambda m, feeds: smooth_activations(m, feeds, config.smooth_alpha))]
+    for name, enabled, transform in transforms:
+        if not enabled:
+            continue
+        if best.score.margin >= config.guard_band:
+            improvements[name] = "not tried: the target is met without it"
+            continue
+        result = _transformed(best, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
+        if result is not None:
+            improvements[name] = {"changed": result[1], "kept": result[0].score.key() > best.score.key(),
+                                  "before": best.score.to_dict(), "after": result[0].score.to_dict()}
+            best = result[0] if improvements[name]["kept"] else best
     start_score = best.score
 
     qdq_model = QdqModel(best.qdq, best.float_source)  # reverted nodes read exact float weights and biases
@@ -395,21 +402,22 @@ def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibrati
     return candidate(corrected_path, base.ranges, base.method, f"{base.method}.bias-corrected", correction, base.float_source)
 
 
-def _smoothed(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, op_types: list[str],
-              quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path, candidate: Any) -> tuple[_Candidate, int] | None:
-    """``base`` rebuilt on a SmoothQuant-migrated float model (new ranges, biases corrected again if
-    ``base``'s were); None when no MatMul reads an activation it can smooth."""
+def _transformed(base: _Candidate, transform: Any, label: str, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact,
+                 op_types: list[str], quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path,
+                 candidate: Any) -> tuple[_Candidate, int] | None:
+    """``base`` rebuilt on a function-preserving rewrite of its float model (equalized or smoothed):
+    fresh ranges, biases corrected again if ``base``'s were. None when the rewrite changed nothing."""
     feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
-    smoothed, count = smooth_activations(base.float_source, feeds, config.smooth_alpha)
-    if not count:
+    rewritten, changed = transform(base.float_source, feeds)
+    if not changed:
         return None
-    path = work / "source.smoothed.onnx"
-    onnx.save(smoothed, str(path))
+    path = work / f"source.{label}.onnx"
+    onnx.save(rewritten, str(path))
     ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
-    result = candidate(path, ranges, base.method, f"{base.method}.smoothed", float_source=smoothed)
+    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten)
     if base.correction is not None:
         result = _bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
-    return result, count
+    return result, changed
 
 
 def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:

@@ -264,6 +264,36 @@ def test_smoothing_keeps_the_float_function_and_helps_int8_on_outlier_channels(t
     assert _sqnr(reference, results["smoothed.onnx"]) > _sqnr(reference, results["model-fp32/model.onnx"]) + 3.0
 
 
+def test_equalization_keeps_the_float_function_and_helps_per_tensor_depthwise_int8(tmp_path):
+    from onnxruntime.quantization import quantize_static
+
+    from edgeport.passes.equalization import equalize_pairs
+
+    artifact = _export(_depthwise_net(), tmp_path, ["image:batchx3x16x16"])
+    equalized, pairs = equalize_pairs(onnx.load(str(artifact.path)))
+    assert pairs == 2  # conv -> relu -> depthwise, depthwise -> relu -> depthwise
+    onnx.save(equalized, str(tmp_path / "equalized.onnx"))
+    rng = np.random.default_rng(0)
+    test = {"image": (rng.standard_normal((16, 3, 16, 16)) + 0.5).astype(np.float32)}
+    reference = session_for(str(artifact.path)).run(None, test)[0]
+    assert np.allclose(session_for(equalized).run(None, test)[0], reference, atol=1e-4 * np.abs(reference).max())
+    feeds = [{"image": (rng.standard_normal((1, 3, 16, 16)) + 0.5).astype(np.float32)} for _ in range(16)]
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    results = {}
+    for name in ("model-fp32/model.onnx", "equalized.onnx"):
+        out = tmp_path / f"{name.replace('/', '-')}.int8.onnx"
+        quantize_static(str(tmp_path / name), str(out), Reader(), per_channel=False)
+        results[name] = session_for(str(out)).run(None, test)[0]
+    assert _sqnr(reference, results["equalized.onnx"]) > _sqnr(reference, results["model-fp32/model.onnx"]) + 3.0
+
+
 def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp_path, outlier_case):
     artifact, calib, _, _ = outlier_case
     config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.9, min_top1_agreement=None), bias_correction=False)

