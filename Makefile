@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/validate.py
 	$(BIN)/python bench/compress.py
+	$(BIN)/python bench/accuracy.py  # builds bench/.venv-accuracy (with NNCF) on first run
 
 clean:
 	rm -rf $(VENV) $(OV_VENV) out .pytest_cache
