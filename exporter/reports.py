@@ -122,10 +122,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"- {key}: {value}")
         for key, rule in summary["decisions"].items():
             out.append(f"- {key}: {rule}")
+    out += _search_markdown(report)
     if report["warnings"]:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     out += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in report["versions"].items()]
     return "\n".join(out) + "\n"
+
+
+def _search_markdown(report: dict[str, Any]) -> list[str]:
+    """The int8 search: verdict, what stayed float, the steps and the sensitivity ranking."""
+    step = next((s for s in report["steps"] if s["name"] == "quantize_search"), None)
+    if step is None:
+        return []
+    m = step["metrics"]
+    out = ["", "## int8 fidelity search", ""] + [f"- {line.strip()}" for line in fidelity_lines(report)]
+    if m["reverted"]:
+        out += ["", "Kept in float:", "", "| node | op | MAC share |", "|---|---|---|"]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['mac_share']:.2%} |" for r in m["reverted"]]
+    if m["steps"]:
+        out += ["", "Steps (on the search split):", "", "| step | kept | margin | float MACs |", "|---|---|---|---|"]
+        for s in m["steps"]:
+            what = s.get("reverted") or (f"all {s['reverted_op_type']} ({s['nodes']})" if "reverted_op_type" in s else f"back to int8: {s.get('requantized')}")
+            out.append(f"| `{what}` | {'yes' if s.get('kept', True) else 'no'} | {s['margin']} | {s.get('float_mac_share', '')} |")
+    if m["ranking"]:
+        out += ["", "Sensitivity ranking (noise each node adds; margin with it alone in float):", "",
+                "| node | op | added noise | margin alone |", "|---|---|---|---|"]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {r.get('trial_margin', '')} |" for r in m["ranking"][:10]]
+    return out
 
 
 def _mb(count: int | None) -> str:

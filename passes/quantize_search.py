@@ -23,7 +23,7 @@ from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
-    EvalSplit, SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
+    SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
 )
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quant_defaults import choose_op_types, model_family
@@ -33,11 +33,10 @@ from edgeport.passes.quantize_static import (
 )
 from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import smooth_activations
-from edgeport.passes.sensitivity import GroupRank, node_mac_counts, rank_groups
+from edgeport.passes.fallback_search import SearchBudget, SearchResult, SearchSpace, search_fallback, significant, weight_bytes
+from edgeport.passes.sensitivity import node_mac_counts
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
-_MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
-_MAX_RERANKS = 4
 
 
 @dataclass(frozen=True)
@@ -80,18 +79,6 @@ class AccuracyAwareInt8Config:
 
 
 @dataclass
-class _Budget:
-    deadline: float
-    trials_left: int
-
-    def spend(self) -> None:
-        self.trials_left -= 1
-
-    def ok(self) -> bool:
-        return self.trials_left > 0 and time.perf_counter() < self.deadline
-
-
-@dataclass
 class _Candidate:
     """One way to make the all-int8 model: calibration method, smoothing, corrected biases."""
 
@@ -107,7 +94,7 @@ class _Candidate:
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
     started = time.perf_counter()
-    budget = _Budget(started + config.search_budget_s, config.max_trials)
+    budget = SearchBudget(started + config.search_budget_s, config.max_trials)
     quant = config.quant
     if quant.format not in ("qdq", "qoperator"):
         raise UsageError(f"format '{quant.format}' is unknown", fix="use qdq or qoperator")
@@ -199,19 +186,17 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     start_score = best.score
 
     qdq_model = QdqModel(best.qdq, best.float_source)  # reverted nodes read exact float weights and biases
-    macs = node_mac_counts(best.float_source, search.feeds[0])
-    total_macs = sum(macs.values()) or 1
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
-    float_from_start = sum(m for n, m in macs.items() if n not in groups)
-    op_of = {n.name: n.op_type for n in best.float_source.graph.node}
-
+    space = SearchSpace(qdq_model, groups, node_mac_counts(best.float_source, search.feeds[0]),
+                        {n.name: n.op_type for n in best.float_source.graph.node},
+                        weight_bytes(best.float_source, groups), best.qdq.ByteSize())
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
-    first_types = tuple(sorted({op_of[g] for g in groups if op_of.get(g) not in family_types})) if family_types else ()
-    search_state = _greedy(qdq_model, best.score, groups, macs, total_macs, float_from_start, search, ranking_subset, scorer, config,
-                           budget, op_of, ctx, first_types)
+    first_types = tuple(sorted({space.op_of[g] for g in groups if space.op_of.get(g) not in family_types})) if family_types else ()
+    result = search_fallback(space, best.score, search, ranking_subset, scorer, budget, ctx.progress, guard=config.guard_band,
+                             max_fallback=config.max_fallback, ranking_trials=config.ranking_trials, first_types=first_types)
 
-    reverted = search_state["reverted"]
+    reverted = result.reverted
     out_path = ctx.work_dir / "model.int8.onnx"
     if quant.format == "qdq":
         # The mix the search measured, exactly: reverted nodes read their float inputs, every other
@@ -230,12 +215,12 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     final_qdq = str(out_path)
     final_session = session_for(final_qdq)
     # a QDQ artifact is the very mix the search scored last; a QOperator one is a new model
-    search_score = search_state["score"] if quant.format == "qdq" else scorer.score(final_session, search)
+    search_score = result.score if quant.format == "qdq" else scorer.score(final_session, search)
     held_out_score = scorer.score(final_session, held_out)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
-    float_share = (float_from_start + sum(macs.get(g, 0) for g in reverted)) / total_macs
+    float_share = space.share(reverted)
     met = search_score.met and held_out_score.met
-    verdict = _verdict(config, met, search_score, held_out_score, float_share, search_state)
+    verdict = _verdict(config, met, search_score, held_out_score, result)
     if artifact.size_bytes > model.size_bytes:
         notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): weights shared by several nodes are quantized once per node")
     family = model_family(source)
@@ -260,12 +245,12 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             },
             "float_mac_share": round(float_share, 4),
             "max_fallback": config.max_fallback,
-            "reverted": [{"node": g, "op_type": op_of.get(g, "?"), "mac_share": round(macs.get(g, 0) / total_macs, 4)} for g in sorted(reverted)],
+            "reverted": [space.describe(g) for g in sorted(reverted)],
             "groups": len(groups),
             "improvements": improvements,
             "calibration_method": best.method,
-            "ranking": [r.to_dict() for r in search_state["ranking"][:20]],
-            "steps": search_state["steps"],
+            "ranking": [r.to_dict() for r in result.ranking[:20]],
+            "steps": result.steps,
             "trials": config.max_trials - budget.trials_left,
             "candidate_runs": scorer.runs,
             "op_types_quantized": sorted(op_types),
@@ -285,104 +270,23 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     return artifact
 
 
-def _greedy(qdq: QdqModel, start: FidelityScore, groups: list[str], macs: dict[str, int], total: int, float_from_start: int, search: EvalSplit,
-            subset: EvalSplit, scorer: Scorer, config: AccuracyAwareInt8Config, budget: _Budget, op_of: dict[str, str],
-            ctx: PassContext, first_types: tuple[str, ...] = ()) -> dict[str, Any]:
-    """First revert whole op types that carry no MACs (LayerNorm, Softmax, Add...: float costs
-    nothing in the budget), ``first_types`` first; then revert the worst single group, re-measure,
-    re-rank when a step did not help; then give back to int8 any MAC-bearing group the target no
-    longer needs (fewest float MACs among candidates that pass)."""
-    reverted: set[str] = set()
-    rejected: set[str] = set()
-    steps: list[dict[str, Any]] = []
-    current = start  # the all-int8 candidate, scored on the search split already
-    guard = config.guard_band
-
-    def done(score: FidelityScore) -> bool:
-        return score.margin >= guard  # the minimum over samples drops on new samples: aim above the target
-
-    ranking: list[GroupRank] = []
-    fallback_budget = config.max_fallback * total - float_from_start
-
-    def share(nodes: set[str]) -> float:
-        return (float_from_start + sum(macs.get(n, 0) for n in nodes)) / total
-
-    def rerank() -> list[GroupRank]:
-        remaining = [g for g in groups if g not in reverted and g not in rejected]
-        ctx.progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
-        return rank_groups(qdq, reverted, remaining, subset, scorer, min(config.ranking_trials, budget.trials_left), op_of, budget.ok)
-
-    free_types = sorted({op_of.get(g, "?") for g in groups if not macs.get(g, 0)}, key=lambda t: (t not in first_types, t))
-    for op_type in free_types:
-        if done(current) or not budget.ok():
-            break
-        nodes = {g for g in groups if op_of.get(g) == op_type and not macs.get(g, 0)}
-        trial = scorer.score(session_for(qdq.with_float(reverted | nodes)), search)
-        budget.spend()
-        helped = trial.key() > current.key()
-        steps.append({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": _round(trial.margin),
-                      "values": trial.to_dict()["values"]})
-        if helped:
-            reverted |= nodes
-            current = trial
-    if not done(current):
-        ranking = rerank()
-        budget.spend()
-    full_ranking = list(ranking)
-    misses = reranks = 0
-    while not done(current) and budget.ok():
-        affordable = [r for r in ranking if r.node not in reverted and r.node not in rejected
-                      and sum(macs.get(n, 0) for n in reverted | {r.node}) <= fallback_budget + 1e-9]
-        if not affordable:
-            break
-        pick = affordable[0]
-        trial = scorer.score(session_for(qdq.with_float(reverted | {pick.node})), search)
-        budget.spend()
-        helped = trial.key() > current.key()
-        steps.append({"reverted": pick.node, "op_type": pick.op_type, "mac_share": round(macs.get(pick.node, 0) / total, 4),
-                      "kept": helped, "margin": _round(trial.margin), "values": trial.to_dict()["values"],
-                      "float_mac_share": round(share(reverted | {pick.node}), 4)})
-        if helped:
-            reverted.add(pick.node)
-            current = trial
-            misses = 0
-        else:
-            rejected.add(pick.node)
-            misses += 1
-            if misses == _MISSES_BEFORE_RERANK and reranks < _MAX_RERANKS:  # the ranking has gone stale
-                ranking, misses, reranks = rerank(), 0, reranks + 1
-    if done(current):  # give back what the target no longer needs, largest first
-        for node in sorted((n for n in reverted if macs.get(n, 0)), key=lambda n: -macs.get(n, 0)):
-            if not budget.ok():
-                break
-            trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
-            budget.spend()
-            if done(trial):
-                reverted.discard(node)
-                current = trial
-                steps.append({"requantized": node, "op_type": op_of.get(node, "?"), "margin": _round(trial.margin),
-                              "float_mac_share": round(share(reverted), 4)})
-    return {"reverted": reverted, "steps": steps, "ranking": full_ranking or ranking, "score": current, "rejected": rejected,
-            "budget_left": budget.ok()}
-
-
-def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore, float_share: float,
-             state: dict[str, Any]) -> dict[str, Any]:
+def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore,
+             result: SearchResult) -> dict[str, Any]:
     if met:
         return {"reason": None, "blockers": []}
     judged = held_out if held_out.failing() else search
     split = "held-out" if judged is held_out else "search split"
-    short = ", ".join(f"{name} {_round(judged.values.get(name))} on the {split} (margin {_round(judged.margins[name])})" for name in judged.failing())
+    short = ", ".join(f"{name} {significant(judged.values.get(name))} on the {split} (margin {significant(judged.margins[name])})" for name in judged.failing())
     if search.met:
         reason = f"the target was met on the search split but not on held-out data: {short}; give more evaluation data"
-    elif not state["budget_left"]:
+    elif not result.budget_left:
         reason = f"the search budget ran out with {short}; raise --search-budget"
     else:
         reason = f"no mix within {config.max_fallback:.0%} of MACs in float meets the target: {short}; raise --max-fallback or relax the target"
     blockers = [
         {"node": r.node, "op_type": r.op_type, "added_noise": r.to_dict()["added_noise"],
-         **({"margin_when_reverted_alone": _round(r.trial[0])} if r.trial else {})}
-        for r in state["ranking"] if r.node not in state["reverted"]
+         **({"margin_when_reverted_alone": significant(r.trial[0])} if r.trial else {})}
+        for r in result.ranking if r.node not in result.reverted
     ][:5]
     return {"reason": reason, "blockers": blockers}
 
@@ -465,9 +369,3 @@ def _parity_view(score: FidelityScore) -> dict[str, Any]:
     values = score.to_dict()["values"]
     return {"samples": score.samples, "cosine_mean": values.get("cosine_mean"), "cosine_min": values.get("cosine_min"),
             "sqnr_db": values.get("sqnr_db"), "top1_agreement": values.get("top1_agreement"), "accuracy_drop": values.get("accuracy_drop")}
-
-
-def _round(value: float | None) -> float | None:
-    import math
-
-    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")

@@ -69,6 +69,8 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
     assert not metrics["fidelity"]["before_search"]["met"]  # all-int8 misses the target because of fc2
     assert metrics["ranking"][0]["node"] == fc2
     assert [r["node"] for r in metrics["reverted"]] == [fc2]
+    kept = [s for s in metrics["steps"] if s.get("reverted") == fc2 and s["kept"]]
+    assert kept and kept[0]["size_estimate_bytes"] > 0 and kept[0]["float_mac_share"] == metrics["float_mac_share"]
     assert metrics["fidelity"]["met"] and metrics["fidelity"]["held_out"]["values"]["cosine_min"] >= 0.995
     # the artifact ORT wrote keeps fc2 float: its weight is no longer behind a DequantizeLinear
     graph = onnx.load(str(result.path)).graph
@@ -142,6 +144,8 @@ def test_impossible_target_exits_1_with_the_best_candidate_and_the_blockers(tmp_
     fidelity = next(s for s in report["steps"] if s["name"] == "quantize_search")["metrics"]["fidelity"]
     assert not fidelity["met"] and fidelity["blockers"] and "max-fallback" in fidelity["reason"]
     assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
+    markdown = (out / "report.md").read_text()
+    assert "## int8 fidelity search" in markdown and "NOT met" in markdown and "Sensitivity ranking" in markdown
 
 
 def test_a_user_metric_drives_the_search(tmp_path, outlier_case, monkeypatch):

@@ -1,0 +1,161 @@
+"""Which quantized groups go back to float, and in what order: whole op types that carry no MACs
+first, then single groups by sensitivity (re-ranked when steps stop helping), then give back to
+int8 what the target no longer needs, so the result has the fewest float MACs the search found.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+
+from edgeport.passes.context import Progress
+from edgeport.passes.fidelity import FidelityScore
+from edgeport.passes.int8_eval import EvalSplit, Scorer, session_for
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.sensitivity import GroupRank, rank_groups
+
+MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
+MAX_RERANKS = 4
+
+
+@dataclass
+class SearchBudget:
+    deadline: float
+    trials_left: int
+
+    def spend(self) -> None:
+        self.trials_left -= 1
+
+    def ok(self) -> bool:
+        return self.trials_left > 0 and time.perf_counter() < self.deadline
+
+
+@dataclass
+class SearchSpace:
+    """The quantized groups of the all-int8 model, with what reverting each one costs."""
+
+    qdq: QdqModel
+    groups: list[str]
+    macs: dict[str, int]  # per node of the float model, per sample
+    op_of: dict[str, str]
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # fp32 bytes of each group's constant inputs
+    int8_bytes: int = 0  # the all-int8 model's size
+    total: int = field(init=False)
+    float_from_start: int = field(init=False)  # MACs float whatever the search does (ops ORT does not quantize)
+
+    def __post_init__(self) -> None:
+        self.total = sum(self.macs.values()) or 1
+        in_groups = set(self.groups)
+        self.float_from_start = sum(m for n, m in self.macs.items() if n not in in_groups)
+
+    def share(self, reverted: set[str]) -> float:
+        return (self.float_from_start + sum(self.macs.get(n, 0) for n in reverted)) / self.total
+
+    def size_estimate(self, reverted: set[str]) -> int:
+        """The file size with ``reverted`` in float: a float weight takes 4 bytes where int8 took 1."""
+        return self.int8_bytes + sum(self.weight_bytes.get(n, 0) for n in reverted) * 3 // 4
+
+    def describe(self, node: str) -> dict[str, Any]:
+        return {"node": node, "op_type": self.op_of.get(node, "?"), "mac_share": round(self.macs.get(node, 0) / self.total, 4)}
+
+
+@dataclass
+class SearchResult:
+    reverted: set[str]
+    score: FidelityScore
+    steps: list[dict[str, Any]]
+    ranking: list[GroupRank]
+    budget_left: bool
+
+
+def weight_bytes(model: onnx.ModelProto, nodes: list[str]) -> dict[str, int]:
+    """fp32 bytes of the constant inputs of each node: what reverting it adds to the file, times 4/3."""
+    sizes = {t.name: 4 * math.prod(t.dims) for t in model.graph.initializer}
+    by_name = {n.name: n for n in model.graph.node}
+    return {name: sum(sizes.get(i, 0) for i in by_name[name].input) for name in nodes if name in by_name}
+
+
+def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit, subset: EvalSplit, scorer: Scorer, budget: SearchBudget,
+                    progress: Progress, *, guard: float, max_fallback: float, ranking_trials: int,
+                    first_types: tuple[str, ...] = ()) -> SearchResult:
+    """First revert whole op types that carry no MACs (LayerNorm, Softmax, Add...: float costs
+    nothing in the budget), ``first_types`` first; then revert the worst single group, re-measure,
+    re-rank when a step did not help; then give back to int8 any MAC-bearing group the target no
+    longer needs (fewest float MACs among candidates that pass)."""
+    reverted: set[str] = set()
+    rejected: set[str] = set()
+    steps: list[dict[str, Any]] = []
+    current = start  # the all-int8 candidate, scored on the search split already
+    qdq, groups, macs, op_of = space.qdq, space.groups, space.macs, space.op_of
+
+    def done(score: FidelityScore) -> bool:
+        return score.margin >= guard  # the minimum over samples drops on new samples: aim above the target
+
+    ranking: list[GroupRank] = []
+
+    def record(step: dict[str, Any], nodes: set[str]) -> None:
+        steps.append({**step, "float_mac_share": round(space.share(nodes), 4), "size_estimate_bytes": space.size_estimate(nodes)})
+
+    def rerank() -> list[GroupRank]:
+        remaining = [g for g in groups if g not in reverted and g not in rejected]
+        progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
+        return rank_groups(qdq, reverted, remaining, subset, scorer, min(ranking_trials, budget.trials_left), op_of, budget.ok)
+
+    free_types = sorted({op_of.get(g, "?") for g in groups if not macs.get(g, 0)}, key=lambda t: (t not in first_types, t))
+    for op_type in free_types:
+        if done(current) or not budget.ok():
+            break
+        nodes = {g for g in groups if op_of.get(g) == op_type and not macs.get(g, 0)}
+        trial = scorer.score(session_for(qdq.with_float(reverted | nodes)), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        record({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": significant(trial.margin),
+                "values": trial.to_dict()["values"]}, reverted | nodes)
+        if helped:
+            reverted |= nodes
+            current = trial
+    if not done(current):
+        ranking = rerank()
+        budget.spend()
+    full_ranking = list(ranking)
+    misses = reranks = 0
+    while not done(current) and budget.ok():
+        affordable = [r for r in ranking if r.node not in reverted and r.node not in rejected
+                      and space.share(reverted | {r.node}) <= max_fallback + 1e-9]
+        if not affordable:
+            break
+        pick = affordable[0]
+        trial = scorer.score(session_for(qdq.with_float(reverted | {pick.node})), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        record({"reverted": pick.node, "op_type": pick.op_type, "mac_share": space.describe(pick.node)["mac_share"],
+                "kept": helped, "margin": significant(trial.margin), "values": trial.to_dict()["values"]}, reverted | {pick.node})
+        if helped:
+            reverted.add(pick.node)
+            current = trial
+            misses = 0
+        else:
+            rejected.add(pick.node)
+            misses += 1
+            if misses == MISSES_BEFORE_RERANK and reranks < MAX_RERANKS:  # the ranking has gone stale
+                ranking, misses, reranks = rerank(), 0, reranks + 1
+    if done(current):  # give back what the target no longer needs, largest first
+        for node in sorted((n for n in reverted if macs.get(n, 0)), key=lambda n: -macs.get(n, 0)):
+            if not budget.ok():
+                break
+            trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
+            budget.spend()
+            if done(trial):
+                reverted.discard(node)
+                current = trial
+                record({"requantized": node, "op_type": op_of.get(node, "?"), "margin": significant(trial.margin)}, reverted)
+    return SearchResult(reverted, current, steps, full_ranking or ranking, budget.ok())
+
+
+def significant(value: float | None) -> float | None:
+    """Four significant digits for the report; None for a value JSON cannot hold."""
+    return None if value is None or not math.isfinite(value) else float(f"{value:.4g}")
