@@ -1,6 +1,7 @@
-"""Which quantized groups go back to float, and in what order: whole op types that carry no MACs
-first, then single groups by sensitivity (re-ranked when steps stop helping), then give back to
-int8 what the target no longer needs, so the result has the fewest float MACs the search found.
+"""Which quantized groups go back to float, and in what order: whole op types that cost nothing
+in float (no MACs, no weights) first, then single groups by sensitivity (re-ranked when steps stop
+helping), then give back to int8 what the target no longer needs, largest MACs then largest
+weights first, so the result has the fewest float MACs, then the smallest file, the search found.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from edgeport.passes.sensitivity import GroupRank, rank_groups
 
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
 MAX_RERANKS = 4
+_SMALL_WEIGHTS = 64 * 1024  # bytes of constants below which keeping a node float does not matter to the file
 
 
 @dataclass
@@ -59,6 +61,11 @@ class SearchSpace:
         """The file size with ``reverted`` in float: a float weight takes 4 bytes where int8 took 1."""
         return self.int8_bytes + sum(self.weight_bytes.get(n, 0) for n in reverted) * 3 // 4
 
+    def is_free(self, node: str) -> bool:
+        """Float costs this node nothing the search counts: no MACs and no weights (LayerNorm's
+        scale, an Add's bias...). An embedding Gather has no MACs but a table that quadruples."""
+        return not self.macs.get(node, 0) and self.weight_bytes.get(node, 0) <= _SMALL_WEIGHTS
+
     def describe(self, node: str) -> dict[str, Any]:
         return {"node": node, "op_type": self.op_of.get(node, "?"), "mac_share": round(self.macs.get(node, 0) / self.total, 4)}
 
@@ -82,10 +89,9 @@ def weight_bytes(model: onnx.ModelProto, nodes: list[str]) -> dict[str, int]:
 def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit, subset: EvalSplit, scorer: Scorer, budget: SearchBudget,
                     progress: Progress, *, guard: float, max_fallback: float, ranking_trials: int,
                     first_types: tuple[str, ...] = ()) -> SearchResult:
-    """First revert whole op types that carry no MACs (LayerNorm, Softmax, Add...: float costs
-    nothing in the budget), ``first_types`` first; then revert the worst single group, re-measure,
-    re-rank when a step did not help; then give back to int8 any MAC-bearing group the target no
-    longer needs (fewest float MACs among candidates that pass)."""
+    """First revert whole op types whose nodes cost nothing in float (LayerNorm, Softmax, Add...),
+    ``first_types`` first; then revert the worst single group, re-measure, re-rank when steps did
+    not help; then give back to int8 any group with MACs or weights the target no longer needs."""
     reverted: set[str] = set()
     rejected: set[str] = set()
     steps: list[dict[str, Any]] = []
@@ -105,11 +111,12 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
         return rank_groups(qdq, reverted, remaining, subset, scorer, min(ranking_trials, budget.trials_left), op_of, budget.ok)
 
-    free_types = sorted({op_of.get(g, "?") for g in groups if not macs.get(g, 0)}, key=lambda t: (t not in first_types, t))
+    free = {g for g in groups if space.is_free(g)}
+    free_types = sorted({op_of.get(g, "?") for g in free}, key=lambda t: (t not in first_types, t))
     for op_type in free_types:
         if done(current) or not budget.ok():
             break
-        nodes = {g for g in groups if op_of.get(g) == op_type and not macs.get(g, 0)}
+        nodes = {g for g in free if op_of.get(g) == op_type}
         trial = scorer.score(session_for(qdq.with_float(reverted | nodes)), search)
         budget.spend()
         helped = trial.key() > current.key()
@@ -144,7 +151,8 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
             if misses == MISSES_BEFORE_RERANK and reranks < MAX_RERANKS:  # the ranking has gone stale
                 ranking, misses, reranks = rerank(), 0, reranks + 1
     if done(current):  # give back what the target no longer needs, largest first
-        for node in sorted((n for n in reverted if macs.get(n, 0)), key=lambda n: -macs.get(n, 0)):
+        costly = (n for n in reverted if not space.is_free(n))
+        for node in sorted(costly, key=lambda n: (-macs.get(n, 0), -space.weight_bytes.get(n, 0))):
             if not budget.ok():
                 break
             trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
