@@ -1,5 +1,5 @@
 """Which quantized groups go back to float, and in what order: whole op types that cost nothing
-in float (no MACs, no weights) first, then single groups by sensitivity (re-ranked when steps stop
+in the MAC budget first (revert_free_types), then single groups by sensitivity (re-ranked when steps stop
 helping), then give back to int8 what the target no longer needs, largest MACs then largest
 weights first, so the result has the fewest float MACs, then the smallest file, the search found.
 """
@@ -21,7 +21,7 @@ from edgeport.passes.sensitivity import GroupRank, rank_groups
 
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
 MAX_RERANKS = 4
-_SMALL_WEIGHTS = 64 * 1024  # bytes of constants below which keeping a node float does not matter to the file
+_SMALL_WEIGHTS = 64 * 1024  # bytes of constants above which give-back tries a MAC-free node in int8 again
 
 
 @dataclass
@@ -62,9 +62,12 @@ class SearchSpace:
         return self.int8_bytes + sum(self.weight_bytes.get(n, 0) for n in reverted) * 3 // 4
 
     def is_free(self, node: str) -> bool:
-        """Float costs this node nothing the search counts: no MACs and no weights (LayerNorm's
-        scale, an Add's bias...). An embedding Gather has no MACs but a table that quadruples."""
-        return not self.macs.get(node, 0) and self.weight_bytes.get(node, 0) <= _SMALL_WEIGHTS
+        """Float costs this node nothing in the MAC budget (LayerNorm, Softmax, Add, an embedding
+        Gather...). Those with weights still cost file size, so give-back tries them again."""
+        return not self.macs.get(node, 0)
+
+    def costs_size(self, node: str) -> bool:
+        return self.weight_bytes.get(node, 0) > _SMALL_WEIGHTS
 
     def describe(self, node: str) -> dict[str, Any]:
         return {"node": node, "op_type": self.op_of.get(node, "?"), "mac_share": round(self.macs.get(node, 0) / self.total, 4)}
@@ -86,16 +89,42 @@ def weight_bytes(model: onnx.ModelProto, nodes: list[str]) -> dict[str, int]:
     return {name: sum(sizes.get(i, 0) for i in by_name[name].input) for name in nodes if name in by_name}
 
 
+def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSplit, scorer: Scorer, budget: SearchBudget, *,
+                      guard: float, first_types: tuple[str, ...] = ()) -> tuple[set[str], FidelityScore, list[dict[str, Any]]]:
+    """Try each op type whose nodes carry no MACs (LayerNorm, Softmax, Add, Gather...) in float as a
+    whole, ``first_types`` first, keeping those that help: single reverts of such nodes each move
+    little, together they often decide a transformer. Returns the reverted nodes, the score with
+    them in float, and the steps."""
+    reverted: set[str] = set()
+    steps: list[dict[str, Any]] = []
+    current = start
+    free = {g for g in space.groups if space.is_free(g)}
+    for op_type in sorted({space.op_of.get(g, "?") for g in free}, key=lambda t: (t not in first_types, t)):
+        if current.margin >= guard or not budget.ok():
+            break
+        nodes = {g for g in free if space.op_of.get(g) == op_type}
+        trial = scorer.score(session_for(space.qdq.with_float(reverted | nodes)), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        steps.append({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": significant(trial.margin),
+                      "values": trial.to_dict()["values"], "float_mac_share": round(space.share(reverted | nodes), 4),
+                      "size_estimate_bytes": space.size_estimate(reverted | nodes)})
+        if helped:
+            reverted |= nodes
+            current = trial
+    return reverted, current, steps
+
+
 def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit, subset: EvalSplit, scorer: Scorer, budget: SearchBudget,
                     progress: Progress, *, guard: float, max_fallback: float, ranking_trials: int,
-                    first_types: tuple[str, ...] = ()) -> SearchResult:
-    """First revert whole op types whose nodes cost nothing in float (LayerNorm, Softmax, Add...),
-    ``first_types`` first; then revert the worst single group, re-measure, re-rank when steps did
-    not help; then give back to int8 any group with MACs or weights the target no longer needs."""
-    reverted: set[str] = set()
+                    reverted: set[str] | None = None, steps: list[dict[str, Any]] | None = None) -> SearchResult:
+    """From ``reverted`` (scored ``start``), revert the worst single group, re-measure, re-rank when
+    steps did not help; then give back to int8 any group with MACs or weights the target no longer
+    needs."""
+    reverted = set(reverted or ())
     rejected: set[str] = set()
-    steps: list[dict[str, Any]] = []
-    current = start  # the all-int8 candidate, scored on the search split already
+    steps = list(steps or [])
+    current = start
     qdq, groups, macs, op_of = space.qdq, space.groups, space.macs, space.op_of
 
     def done(score: FidelityScore) -> bool:
@@ -111,20 +140,6 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
         return rank_groups(qdq, reverted, remaining, subset, scorer, min(ranking_trials, budget.trials_left), op_of, budget.ok)
 
-    free = {g for g in groups if space.is_free(g)}
-    free_types = sorted({op_of.get(g, "?") for g in free}, key=lambda t: (t not in first_types, t))
-    for op_type in free_types:
-        if done(current) or not budget.ok():
-            break
-        nodes = {g for g in free if op_of.get(g) == op_type}
-        trial = scorer.score(session_for(qdq.with_float(reverted | nodes)), search)
-        budget.spend()
-        helped = trial.key() > current.key()
-        record({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": significant(trial.margin),
-                "values": trial.to_dict()["values"]}, reverted | nodes)
-        if helped:
-            reverted |= nodes
-            current = trial
     if not done(current):
         ranking = rerank()
         budget.spend()
@@ -151,7 +166,7 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
             if misses == MISSES_BEFORE_RERANK and reranks < MAX_RERANKS:  # the ranking has gone stale
                 ranking, misses, reranks = rerank(), 0, reranks + 1
     if done(current):  # give back what the target no longer needs, largest first
-        costly = (n for n in reverted if not space.is_free(n))
+        costly = (n for n in reverted if not space.is_free(n) or space.costs_size(n))
         for node in sorted(costly, key=lambda n: (-macs.get(n, 0), -space.weight_bytes.get(n, 0))):
             if not budget.ok():
                 break

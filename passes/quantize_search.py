@@ -33,7 +33,9 @@ from edgeport.passes.quantize_static import (
 )
 from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import smooth_activations
-from edgeport.passes.fallback_search import SearchBudget, SearchResult, SearchSpace, search_fallback, significant, weight_bytes
+from edgeport.passes.fallback_search import (
+    SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, significant, weight_bytes,
+)
 from edgeport.passes.sensitivity import node_mac_counts
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
@@ -185,16 +187,15 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             best = result[0] if improvements[name]["kept"] else best
     start_score = best.score
 
-    qdq_model = QdqModel(best.qdq, best.float_source)  # reverted nodes read exact float weights and biases
-    groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
-    space = SearchSpace(qdq_model, groups, node_mac_counts(best.float_source, search.feeds[0]),
-                        {n.name: n.op_type for n in best.float_source.graph.node},
-                        weight_bytes(best.float_source, groups), best.qdq.ByteSize())
+    space = _search_space(best, quant, search)
+    qdq_model, groups = space.qdq, space.groups
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
     first_types = tuple(sorted({space.op_of[g] for g in groups if space.op_of.get(g) not in family_types})) if family_types else ()
-    result = search_fallback(space, best.score, search, ranking_subset, scorer, budget, ctx.progress, guard=config.guard_band,
-                             max_fallback=config.max_fallback, ranking_trials=config.ranking_trials, first_types=first_types)
+    free, free_score, free_steps = revert_free_types(space, best.score, search, scorer, budget, guard=config.guard_band,
+                                                     first_types=first_types)
+    result = search_fallback(space, free_score, search, ranking_subset, scorer, budget, ctx.progress, guard=config.guard_band,
+                             max_fallback=config.max_fallback, ranking_trials=config.ranking_trials, reverted=free, steps=free_steps)
 
     reverted = result.reverted
     out_path = ctx.work_dir / "model.int8.onnx"
@@ -289,6 +290,14 @@ def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, 
         for r in result.ranking if r.node not in result.reverted
     ][:5]
     return {"reason": reason, "blockers": blockers}
+
+
+def _search_space(candidate: _Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
+    qdq_model = QdqModel(candidate.qdq, candidate.float_source)  # reverted nodes read exact float weights and biases
+    groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
+    return SearchSpace(qdq_model, groups, node_mac_counts(candidate.float_source, search.feeds[0]),
+                       {n.name: n.op_type for n in candidate.float_source.graph.node},
+                       weight_bytes(candidate.float_source, groups), candidate.qdq.ByteSize())
 
 
 def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, work: Path,
