@@ -182,8 +182,13 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             continue
         result = _transformed(best, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
         if result is not None:
-            improvements[name] = {"changed": result[1], "kept": result[0].score.key() > best.score.key(),
-                                  "before": best.score.to_dict(), "after": result[0].score.to_dict()}
+            # Judge the rewrite where it matters: with the op types that cost no MACs in float, as the
+            # search will have them (a quantized Softmax can hide what smoothing does for the MatMuls).
+            free, before = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
+            after = scorer.score(session_for(QdqModel(result[0].qdq, result[0].float_source).with_float(free)), search)
+            budget.spend()
+            improvements[name] = {"changed": result[1], "kept": after.key() > before.key(), "free_op_types_in_float": len(free),
+                                  "before": before.to_dict(), "after": after.to_dict()}
             best = result[0] if improvements[name]["kept"] else best
     start_score = best.score
 
@@ -290,6 +295,13 @@ def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, 
         for r in result.ranking if r.node not in result.reverted
     ][:5]
     return {"reason": reason, "blockers": blockers}
+
+
+def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
+                     guard: float) -> tuple[set[str], FidelityScore]:
+    """The MAC-free nodes worth keeping float in ``candidate``, and its score with them in float."""
+    free, score, _ = revert_free_types(_search_space(candidate, quant, search), candidate.score, search, scorer, budget, guard=guard)
+    return free, score
 
 
 def _search_space(candidate: _Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
