@@ -26,8 +26,10 @@ class QuantGroup:
 class QdqModel:
     """A QDQ model and its float source, indexed for reverting groups to float."""
 
-    def __init__(self, qdq: onnx.ModelProto, source: onnx.ModelProto):
+    def __init__(self, qdq: onnx.ModelProto, source: onnx.ModelProto, always_float: frozenset[str] = frozenset()):
         self.qdq, self.source = qdq, source
+        # helper nodes a rewrite added (a smoothing scale): float in every variant, never a group
+        self.always_float = always_float
         self._source_nodes = {n.name: n for n in source.graph.node if n.name}
         self._source_init = {t.name: t for t in source.graph.initializer}
         self._produced = {o for n in qdq.graph.node for o in n.output}
@@ -59,12 +61,13 @@ class QdqModel:
         dq_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
         self.quantized: list[str] = [
             n.name for n in qdq.graph.node
-            if n.op_type not in QDQ_OPS and n.name in self._source_nodes and any(i in dq_outputs for i in n.input)
+            if n.op_type not in QDQ_OPS and n.name in self._source_nodes and n.name not in always_float and any(i in dq_outputs for i in n.input)
         ]
 
     def with_float(self, reverted: set[str] | frozenset[str]) -> onnx.ModelProto:
         """A copy of the QDQ model in which the ``reverted`` nodes read their float inputs."""
         graph = self.qdq.graph
+        reverted = set(reverted) | self.always_float
         nodes, needed_init, restored = [], {}, {}
         outputs = {o.name for o in graph.output}
         unquantized_outputs = {q: g for q, g in self._output_qdq.items() if self._output_producer.get(q) in reverted}

@@ -29,10 +29,10 @@ from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quant_defaults import choose_op_types, model_family
 from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
-    preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
+    host_quant_target, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
-from edgeport.passes.smooth_quant import smooth_activations
+from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, significant, weight_bytes,
 )
@@ -62,7 +62,8 @@ class AccuracyAwareInt8Config:
     calibration_methods: tuple[str, ...] = ("minmax", "percentile")
     equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
-    smooth_alpha: float = 0.5
+    # SmoothQuant's migration strengths, each tried: 0.5 (the paper's default), 0.8, 0.95 (NNCF's for MatMul)
+    smooth_alphas: tuple[float, ...] = (0.5, 0.8, 0.95)
     guard_band: float = 0.3  # the search split must beat the target by this normalized margin, so held-out data meets it too
 
     def __post_init__(self) -> None:
@@ -73,8 +74,9 @@ class AccuracyAwareInt8Config:
         for name in ("ranking_trials", "ranking_samples", "eval_samples"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} {getattr(self, name)} is below 1", fix=f"set {name} to 1 or more")
-        if not 0.0 < self.smooth_alpha < 1.0:
-            raise UsageError(f"smooth_alpha {self.smooth_alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")
+        for alpha in self.smooth_alphas:
+            if not 0.0 < alpha < 1.0:
+                raise UsageError(f"smooth alpha {alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")
         unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
         if unknown or not self.calibration_methods:
             raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
@@ -92,6 +94,7 @@ class _Candidate:
     score: FidelityScore
     outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
     correction: Any = None
+    reduce_range: bool = False
 
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
@@ -141,11 +144,14 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                      "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
 
-    def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source) -> _Candidate:
-        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, reduce_range, quant.exclude_nodes)
+    def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source,
+                  seven_bit: bool = reduce_range) -> _Candidate:
+        pinned = scale_nodes(float_source)
+        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, (*quant.exclude_nodes, *sorted(pinned)))
         budget.spend()
+        scored = QdqModel(qdq, float_source, pinned).with_float(set()) if pinned else qdq
         return _Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
-                          *scorer.evaluate(session_for(qdq), search), correction)
+                          *scorer.evaluate(session_for(scored), search), correction, seven_bit)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
@@ -172,24 +178,40 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         improvements["calibration"][method] = other.score.to_dict()
         best = other if other.score.key() > best.score.key() else best
     improvements["calibration_chosen"] = best.method
-    transforms = [("cross_layer_equalization", config.equalization, lambda m, feeds: equalize_pairs(m)),
-                  ("smooth_quant", config.smooth_quant, lambda m, feeds: smooth_activations(m, feeds, config.smooth_alpha))]
-    for name, enabled, transform in transforms:
+    transforms = [("cross_layer_equalization", config.equalization, lambda m, feeds: equalize_pairs(m), False)]
+    transforms += [(f"smooth_quant_alpha_{alpha:g}", config.smooth_quant, lambda m, feeds, a=alpha: smooth_activations(m, feeds, a), True)
+                   for alpha in config.smooth_alphas]
+    free: set[str] | None = None
+    free_score: FidelityScore | None = None
+    unsmoothed: _Candidate | None = None
+    for name, enabled, transform, smoothing in transforms:
         if not enabled:
             continue
-        if best.score.margin >= config.guard_band:
+        if best.score.margin >= config.guard_band or (free_score is not None and free_score.margin >= config.guard_band):
             improvements[name] = "not tried: the target is met without it"
             continue
-        result = _transformed(best, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
-        if result is not None:
-            # Judge the rewrite where it matters: with the op types that cost no MACs in float, as the
+        if free is None:
+            # Judge each rewrite where it matters: with the op types that cost no MACs in float, as the
             # search will have them (a quantized Softmax can hide what smoothing does for the MatMuls).
-            free, before = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
-            after = scorer.score(session_for(QdqModel(result[0].qdq, result[0].float_source).with_float(free)), search)
+            free, free_score = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
+        if smoothing and unsmoothed is None:
+            unsmoothed = best  # each strength is applied to the model before smoothing, not on top of another
+        base = unsmoothed if smoothing else best
+        result = _transformed(base, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
+        if result is not None:
+            after = scorer.score(session_for(_qdq_model(result[0]).with_float(free)), search)
             budget.spend()
-            improvements[name] = {"changed": result[1], "kept": after.key() > before.key(), "free_op_types_in_float": len(free),
-                                  "before": before.to_dict(), "after": after.to_dict()}
-            best = result[0] if improvements[name]["kept"] else best
+            kept = after.key() > free_score.key()
+            improvements[name] = {"changed": result[1], "kept": kept, "free_op_types_in_float": len(free),
+                                  "before": free_score.to_dict(), "after": after.to_dict()}
+            if kept:
+                best, free_score = result[0], after
+    if reduce_range and quant.reduce_range is None and best.score.margin < config.guard_band \
+            and (free_score is None or free_score.margin < config.guard_band):
+        best = _full_range_weights(best, free, free_score, quant, search, scorer, budget, config, calibration, model, work,
+                                   candidate, improvements)
+        if not best.reduce_range:
+            reduce_range, range_rule = False, improvements["full_range_weights"]["rule"]
     start_score = best.score
 
     space = _search_space(best, quant, search)
@@ -214,7 +236,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         final_source_path = work / "final-source.onnx"
         onnx.save(final_source, str(final_source_path))
         quantize_from_ranges(final_source_path, out_path, best.ranges, best.method, op_types, quant, reduce_range,
-                             (*quant.exclude_nodes, *sorted(reverted)))
+                             (*quant.exclude_nodes, *sorted(reverted), *sorted(scale_nodes(final_source))))
         if reverted:
             notes.append("QOperator output: the reverted nodes were excluded through ONNX Runtime, whose float/int8 boundaries "
                          "differ from the QDQ mix the search measured; the verdict below is measured on the QOperator file")
@@ -228,7 +250,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     met = search_score.met and held_out_score.met
     verdict = _verdict(config, met, search_score, held_out_score, result)
     if artifact.size_bytes > model.size_bytes:
-        notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): weights shared by several nodes are quantized once per node")
+        notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes (e.g. biases) are quantized once per node")
     family = model_family(source)
     family_rule = choose_op_types(source).rule
     ctx.record(StepRecord(
@@ -304,8 +326,13 @@ def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any
     return free, score
 
 
+def _qdq_model(candidate: _Candidate) -> QdqModel:
+    """Reverted nodes read exact float weights and biases; smoothing's scales are always float."""
+    return QdqModel(candidate.qdq, candidate.float_source, scale_nodes(candidate.float_source))
+
+
 def _search_space(candidate: _Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
-    qdq_model = QdqModel(candidate.qdq, candidate.float_source)  # reverted nodes read exact float weights and biases
+    qdq_model = _qdq_model(candidate)
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
     return SearchSpace(qdq_model, groups, node_mac_counts(candidate.float_source, search.feeds[0]),
                        {n.name: n.op_type for n in candidate.float_source.graph.node},
@@ -324,7 +351,8 @@ def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibrati
         return None
     corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
     onnx.save(correction.model, str(corrected_path))
-    return candidate(corrected_path, base.ranges, base.method, f"{base.method}.bias-corrected", correction, base.float_source)
+    return candidate(corrected_path, base.ranges, base.method, f"{base.method}{'' if base.reduce_range else '.full-range'}.bias-corrected",
+                     correction, base.float_source, seven_bit=base.reduce_range)
 
 
 def _transformed(base: _Candidate, transform: Any, label: str, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact,
@@ -339,10 +367,38 @@ def _transformed(base: _Candidate, transform: Any, label: str, config: AccuracyA
     path = work / f"source.{label}.onnx"
     onnx.save(rewritten, str(path))
     ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
-    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten)
+    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, seven_bit=base.reduce_range)
     if base.correction is not None:
         result = _bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
     return result, changed
+
+
+def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
+                        scorer: Scorer, budget: SearchBudget, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact,
+                        work: Path, candidate: Any, improvements: dict[str, Any]) -> _Candidate:
+    """``best`` with full 8-bit weights where the rule chose 7-bit ones, kept only if it scores better.
+    Only measured where this host runs the very kernels that can saturate (x86 without VNNI): a
+    measurement elsewhere could not see the saturation that reduce_range exists to avoid."""
+    host = host_quant_target()
+    if host.arch not in ("x86_64", "x86") or host.has_vnni:
+        improvements["full_range_weights"] = f"not tried: {host.source} does not run the target's saturating kernels, so it cannot measure them"
+        return best
+    if free is None or free_score is None:
+        free, free_score = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
+    float_path = work / f"source.{best.method}.full-range.onnx"
+    onnx.save(best.float_source, str(float_path))
+    other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
+    if best.correction is not None:  # weight rounding changed, so the corrected biases must be measured again
+        other = _bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+    after = scorer.score(session_for(_qdq_model(other).with_float(free)), search)
+    budget.spend()
+    kept = after.key() > free_score.key()
+    improvements["full_range_weights"] = {
+        "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),
+        "rule": f"reduce_range off: measured on {host.source}, x86 without VNNI whose u8*s8 kernels can saturate, full 8-bit "
+                "weights scored better than 7-bit ones" if kept else "",
+    }
+    return other if kept else best
 
 
 def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -109,8 +109,8 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_static"))
     if artifact.size_bytes > model.size_bytes:
         notes.append(
-            f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): weights shared by several nodes "
-            "(e.g. an unrolled recurrent cell) are quantized once per node; keep fp32 (--no-quantize) or exclude those op types"
+            f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes "
+            "(e.g. an unrolled recurrent cell's biases) are quantized once per node; keep fp32 (--no-quantize) or exclude those op types"
         )
     reference_ctx = PassContext(work_dir=ctx.work_dir, seed=ctx.seed, calibration=ctx.calibration, evaluation=ctx.evaluation)
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
@@ -187,7 +187,12 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    extra_options = {"ActivationSymmetric": config.activation_type == "int8"}
+    extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_type == "int8"}
+    if config.format == "qdq":
+        # A MatMul/Gemm output is quantized only where an int8 reader needs it (as NNCF places
+        # quantizers): ORT runs DQ->MatMul->float as MatMulIntegerToFloat and Gemm as QGemm with a
+        # float output, so rounding a float-bound output adds error and saves nothing.
+        extra_options["OpTypesToExcludeOutputQuantization"] = [t for t in ("MatMul", "Gemm") if t in op_types]
     with quiet_ort():
         try:
             quantize_static(

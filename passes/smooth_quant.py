@@ -3,8 +3,9 @@ that read them, so both quantize well (Xiao et al. 2023; NNCF's SmoothQuant for 
 
 For an activation X feeding MatMuls X @ W, a per-channel scale s with X' = X / s and W' = s * W
 leaves the float product unchanged; s_k = max|X_k|^alpha / max|W_k|^(1 - alpha) evens out the
-channel ranges. X / s is folded into a LayerNorm that feeds only those MatMuls, and is an explicit
-Mul otherwise (a residual branch reads the same LayerNorm output in most encoders).
+channel ranges. X / s is folded into a LayerNorm that feeds only those MatMuls. Otherwise it is an
+explicit Mul that only the MatMuls read: in most encoders a residual branch reads the same
+LayerNorm output, and it keeps reading the unscaled one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from onnx import helper, numpy_helper
 from edgeport.passes.int8_eval import run_exposing
 
 SCALE_RANGE = (1e-4, 1e4)  # a channel that never fires must not blow its weights up
+_SCALE_SUFFIX = "__smooth"
+
+
+def scale_nodes(model: onnx.ModelProto) -> frozenset[str]:
+    """The Mul nodes smoothing added. They stay float: quantizing one would quantize the very
+    activation with outlier channels that it exists to even out."""
+    return frozenset(n.name for n in model.graph.node if n.op_type == "Mul" and n.name.endswith(_SCALE_SUFFIX))
 
 
 def smooth_activations(source: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
@@ -33,8 +41,9 @@ def smooth_activations(source: onnx.ModelProto, feeds: list[dict[str, np.ndarray
     for n in graph.node:
         for i in n.input:
             weight_uses[i] = weight_uses.get(i, 0) + 1
-    targets = [t for t, readers in consumers.items()
-               if t not in inits and readers and all(_smoothable(r, t, inits, weight_uses) for r in readers)]
+    smoothable = {t: [r for r in readers if _smoothable(r, t, inits, weight_uses)] for t, readers in consumers.items() if t not in inits}
+    smoothable = {t: readers for t, readers in smoothable.items() if readers}
+    targets = list(smoothable)
     if not targets:
         return model, 0
     values = run_exposing(source, targets, feeds)
@@ -45,7 +54,7 @@ def smooth_activations(source: onnx.ModelProto, feeds: list[dict[str, np.ndarray
         if not arrays:
             continue
         amax = np.max([np.abs(a.astype(np.float64)).reshape(-1, a.shape[-1]).max(axis=0) for a in arrays], axis=0)
-        weights = [(inits[r.input[1]], _input_axis(r)) for r in consumers[tensor]]
+        weights = [(inits[r.input[1]], _input_axis(r)) for r in smoothable[tensor]]
         wmax = np.max([np.abs(numpy_helper.to_array(w).astype(np.float64)).max(axis=1 - axis) for w, axis in weights], axis=0)
         if amax.shape != wmax.shape:
             continue
@@ -54,7 +63,7 @@ def smooth_activations(source: onnx.ModelProto, feeds: list[dict[str, np.ndarray
         for w, axis in weights:
             scaled = numpy_helper.to_array(w) * (scale[:, None] if axis == 0 else scale[None, :])
             w.CopyFrom(numpy_helper.from_array(scaled.astype(np.float32), w.name))
-        mul = _divide_activation(graph, tensor, scale, producer.get(tensor), consumers, inits)
+        mul = _divide_activation(graph, tensor, scale, producer.get(tensor), smoothable[tensor], len(consumers[tensor]), inits)
         if mul is not None:
             muls[tensor] = mul
         smoothed += 1
@@ -89,11 +98,11 @@ def _smoothable(reader: onnx.NodeProto, tensor: str, inits: dict, weight_uses: d
 
 
 def _divide_activation(graph: onnx.GraphProto, tensor: str, scale: np.ndarray, producer: onnx.NodeProto | None,
-                       consumers: dict, inits: dict) -> onnx.NodeProto | None:
-    """Fold X / s into the LayerNorm that makes X when only the MatMuls read it; otherwise return
-    the Mul node that divides it (its readers already point at the Mul's output)."""
+                       readers: list[onnx.NodeProto], all_readers: int, inits: dict) -> onnx.NodeProto | None:
+    """Fold X / s into the LayerNorm that makes X when only the smoothed MatMuls read it; otherwise
+    return the Mul node that divides it for them (they already point at the Mul's output)."""
     layer_norm = producer is not None and producer.op_type == "LayerNormalization" and len(producer.input) >= 3
-    if layer_norm and all(i in inits for i in producer.input[1:3]) and all(c.op_type in ("MatMul", "Gemm") for c in consumers[tensor]) \
+    if layer_norm and all(i in inits for i in producer.input[1:3]) and len(readers) == all_readers \
             and sum(1 for n in graph.node for i in n.input if i in producer.input[1:3]) == 2:
         for name in producer.input[1:3]:  # fold: gamma / s and beta / s
             init = inits[name]
@@ -102,6 +111,6 @@ def _divide_activation(graph: onnx.GraphProto, tensor: str, scale: np.ndarray, p
     inverse = f"{tensor}__smooth_inverse_scale"
     smoothed = f"{tensor}__smoothed"
     graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
-    for reader in consumers[tensor]:
+    for reader in readers:
         reader.input[0] = smoothed
-    return helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"{tensor}__smooth")
+    return helper.make_node("Mul", [tensor, inverse], [smoothed], name=f"{tensor}{_SCALE_SUFFIX}")
