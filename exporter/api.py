@@ -74,6 +74,7 @@ def export(
     teacher: Any = None,
     train_data: str | Path | DataSource | None = None,
     use_cache: bool = True,
+    force: bool = False,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -105,7 +106,7 @@ def export(
             "static int8 quantization needs calibration data",
             fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8",
         )
-    output = OutputFolder(out_dir)
+    output = OutputFolder(out_dir, "export", force=force)
     try:
         artifact = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=calibration or evaluation)
         ctx = PassContext(
@@ -170,8 +171,10 @@ def export(
         if profiles:  # the validation section, as `edgeport validate` writes it
             markdown += "\n" + render_validation_markdown(validation.report).replace("# edgeport validation report", "# Validation", 1)
         output.stage("report.md").write_text(markdown)
-        output.write_json("manifest.json", _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps + post_steps), seed, specs))
-        output.commit([*names, "report.json", "report.md", "manifest.json"])
+        files = [*names, "report.json", "report.md", "manifest.json"]
+        manifest = _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps + post_steps), seed, specs)
+        output.write_json("manifest.json", {**manifest, **output.ledger(files)})
+        output.commit(files)
     except BaseException:
         output.discard()
         raise

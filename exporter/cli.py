@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import replace
 import sys
@@ -13,6 +12,7 @@ from typing import Any, Callable
 import click
 
 from edgeport.errors import EXIT_INTERNAL, EdgeportError
+from edgeport.outputs import dumps_strict
 from edgeport.versions import edgeport_version
 
 
@@ -63,6 +63,7 @@ def cli() -> None:
 @click.option("--profile", "profiles", multiple=True, metavar="P", help="Device profile (name or TOML file): int8 settings follow it and the result is validated against it. Repeatable.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs when validating against --profile.")
 @click.option("-o", "--output", "out_dir", default="edgeport-out", show_default=True, metavar="OUTDIR")
+@click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True)
 @click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default=None, help="Default: qdq, or the profile's.")
@@ -132,6 +133,7 @@ def export_command(model: str, **opts: Any) -> None:
         result = export(
             model,
             out_dir=opts["out_dir"],
+            force=opts["force"],
             inputs=opts["inputs"] or None,
             weights=opts["weights"],
             calib=opts["calib"],
@@ -153,7 +155,7 @@ def export_command(model: str, **opts: Any) -> None:
             use_cache=not opts["no_cache"],
         )
         if opts["as_json"]:
-            click.echo(json.dumps(result.report, indent=2, default=str))
+            click.echo(dumps_strict(result.report))
         elif not quiet:
             click.echo(format_table(summary_rows(result.report)))
             summary = result.report["summary"]
@@ -180,7 +182,8 @@ def export_command(model: str, **opts: Any) -> None:
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Seconds of timed runs at most per profile.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim for the budgets' input shape.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML: each budget a test case.")
-@click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write report.json and report.md there.")
+@click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write validation.json and validation.md there (beside an export's files).")
+@click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None:
@@ -199,10 +202,10 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
         result = validate(
             model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
             time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
-            out_dir=opts["out_dir"], junit=opts["junit"],
+            out_dir=opts["out_dir"], junit=opts["junit"], force=opts["force"],
         )
         if opts["as_json"]:
-            click.echo(json.dumps(result.report, indent=2, default=str))
+            click.echo(dumps_strict(result.report))
         elif not quiet:
             click.echo("\n".join(summary_lines(result.report)))
         return result.exit_code
@@ -276,7 +279,7 @@ def _common_compress_output(result, as_json: bool, quiet: bool) -> None:
     if result.out_dir is None:  # a non-zero rank of a distributed run: rank 0 reports
         return
     if as_json:
-        click.echo(json.dumps(result.report, indent=2, default=str))
+        click.echo(dumps_strict(result.report))
     elif not quiet:
         from edgeport.reports import format_table
 
@@ -311,6 +314,7 @@ _compress_common_options = [
     click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models (runs code from the file)."),
     click.option("--cache-dir", metavar="DIR", help="Where offline teacher outputs are stored (default ~/.cache/edgeport)."),
     click.option("-o", "--output", "out_dir", required=True, metavar="OUTDIR"),
+    click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there."),
     click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."),
 ]
@@ -361,7 +365,7 @@ def distill_command(**opts: Any) -> None:
             teacher=opts["teacher"], student=opts["student"], data=opts["data"], out_dir=opts["out_dir"], inputs=opts["inputs"] or None,
             teacher_weights=opts["teacher_weights"], student_weights=opts["student_weights"], val_data=opts["val_data"],
             eval_data=opts["eval_data"], config=config, trust_pickle=opts["trust_pickle"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None),
+            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"],
         )
         _common_compress_output(result, opts["as_json"], quiet)
         return result.exit_code
@@ -404,7 +408,7 @@ def prune_command(model: str, **opts: Any) -> None:
             data=opts["data"], teacher=opts["teacher"], teacher_weights=opts["teacher_weights"], steps=opts["steps"], recover=recover,
             round_to=opts["round_to"], ignore=_split(opts["ignore"]) or (), layers=_split(opts["layers"]), energy=opts["energy"],
             eval_data=opts["eval_data"], trust_pickle=opts["trust_pickle"], seed=opts["seed"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None),
+            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"],
         )
         _common_compress_output(result, opts["as_json"], quiet)
         return result.exit_code

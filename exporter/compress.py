@@ -44,7 +44,7 @@ def distill(
     *, teacher: Any, student: Any, data: str | Path | DataSource, out_dir: str | Path, inputs: Sequence[str | TensorSpec] | None = None,
     teacher_weights: str | Path | None = None, student_weights: str | Path | None = None, val_data: str | Path | DataSource | None = None,
     eval_data: str | Path | DataSource | None = None, config: DistillConfig | None = None, trust_pickle: bool = False,
-    cache_dir: str | Path | None = None, progress: Progress | None = None,
+    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False,
 ) -> CompressResult:
     """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels)."""
     config = config or DistillConfig()
@@ -61,7 +61,7 @@ def distill(
     evaluation = open_data(eval_data, role="evaluation", seed=config.seed)
     return _run(
         student_art, out_dir, kind="distill", reference=teacher_art, evaluation=evaluation, cache_dir=cache_dir, progress=progress, seed=config.seed,
-        work=lambda ctx: distill_pass(student_art, config, teacher=teacher_art, data=train, ctx=ctx, val_data=validation),
+        work=lambda ctx: distill_pass(student_art, config, teacher=teacher_art, data=train, ctx=ctx, val_data=validation), force=force,
     )
 
 
@@ -70,7 +70,7 @@ def prune(
     weights: str | Path | None = None, data: str | Path | DataSource | None = None, teacher: Any = None, teacher_weights: str | Path | None = None,
     steps: int = 1, recover: DistillConfig | None = None, round_to: int = 8, ignore: Sequence[str] = (), layers: Sequence[str] | None = None,
     energy: float = 0.9, eval_data: str | Path | DataSource | None = None, trust_pickle: bool = False, seed: int = 0,
-    cache_dir: str | Path | None = None, progress: Progress | None = None,
+    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False,
 ) -> CompressResult:
     """Prune ``model`` (magnitude or channels) or factorize it (lowrank). With ``data`` and
     ``recover``, channel pruning runs in ``steps`` rounds, each followed by distillation from the
@@ -110,12 +110,12 @@ def prune(
         return current
 
     return _run(original, out_dir, kind=f"prune_{method}", reference=teacher_art if teacher is not None else original, evaluation=evaluation,
-                cache_dir=cache_dir, progress=progress, seed=seed, work=work)
+                cache_dir=cache_dir, progress=progress, seed=seed, work=work, force=force)
 
 
-def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work) -> CompressResult:
+def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work, force: bool = False) -> CompressResult:
     # Rank from torchrun's environment: the process group only starts inside training.
-    output = OutputFolder(out_dir) if is_main_process() else None
+    output = OutputFolder(out_dir, "compress", force=force) if is_main_process() else None
     work_dir = output.work if output else Path(_private_tmp())
     # Checkpoints sit beside OUTDIR, not in it: OUTDIR only ever holds finished artifacts, and an
     # interrupted run leaves its checkpoints for --resume.
@@ -136,6 +136,7 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
             "versions": runtime_versions(), "model": {"source": start.source, "inputs": [s.to_dict() for s in start.inputs]},
             "steps": [r.to_dict() for r in ctx.records], "comparison": comparison,
             "ratios": _ratios(comparison),
+            **output.ledger(["model.pt2", "report.json"]),
         }
         output.write_json("report.json", report)
         output.commit(["model.pt2", "report.json"])

@@ -79,18 +79,23 @@ def validate(
     progress: Progress | None = None,
     out_dir: str | Path | None = None,
     junit: str | Path | None = None,
+    force: bool = False,
 ) -> ValidationResult:
     """Validate ``model`` against one profile or several (a matrix in one report). With
-    ``out_dir``, writes report.json and report.md there; with ``junit``, JUnit XML to that file."""
+    ``out_dir``, writes validation.json and validation.md there (beside an export's files, which it
+    never touches); with ``junit``, JUnit XML to that file. ``force`` replaces files of those names
+    that an earlier validate did not write."""
     if runs < 1:
         raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
-    output = OutputFolder(out_dir) if out_dir is not None else None  # an unwritable folder fails before measuring
+    # an unwritable or foreign folder fails before measuring
+    output = OutputFolder(out_dir, "validate", force=force) if out_dir is not None else None
     try:
         result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress)
         if output is not None:
-            output.write_json("report.json", result.report)
-            output.stage("report.md").write_text(render_markdown(result.report))
-            output.commit(["report.json", "report.md"])
+            files = ["validation.json", "validation.md"]
+            output.stage("validation.md").write_text(render_markdown(result.report))
+            output.write_json("validation.json", {**result.report, **output.ledger(files)})
+            output.commit(["validation.md", "validation.json"])
     except BaseException:
         if output is not None:
             output.discard()

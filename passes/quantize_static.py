@@ -7,9 +7,11 @@ re-run with the same inputs skips calibration. ORT then quantizes from those ran
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,11 +264,13 @@ def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Pat
 
     if _shapes_known(path):
         return path  # the optimize step inferred every shape already; quant_pre_process would add nothing
-    out = work / "preprocessed.onnx"
+    out = (work / "preprocessed.onnx").absolute()
     for skip_symbolic in (False, True):
         try:
-            with quiet_ort():
-                quant_pre_process(str(path), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
+            # Symbolic shape inference saves 'sym_shape_infer_temp.onnx' and its data to the current
+            # directory when it fails: run it in the work folder, never in the user's.
+            with quiet_ort(), working_directory(work):
+                quant_pre_process(str(Path(path).absolute()), str(out), skip_optimization=True, skip_symbolic_shape=skip_symbolic)
             if skip_symbolic:
                 notes.append("symbolic shape inference failed in quant_pre_process; preprocessed without it")
             return out
@@ -274,6 +278,17 @@ def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Pat
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
     notes.append(f"quant_pre_process failed ({reason}); quantized the model as it is")
     return path
+
+
+@contextlib.contextmanager
+def working_directory(folder: Path) -> Iterator[None]:
+    """Run a library call that writes to the current directory inside ``folder`` instead."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def _shapes_known(path: Path) -> bool:

@@ -57,12 +57,12 @@ def test_loose_budgets_pass_with_parity_and_accuracy(tmp_path, digits_int8):
     result = _validate(digits_int8 / "model.onnx", "--profile", "ci-x86-avx2", "--reference", digits_int8 / "model.fp32.onnx",
                        "--data", digits_paths()["test"], "--runs", "20", "-o", out)
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "validation.json").read_text())
     budgets = {b["name"]: b for b in report["profiles"][0]["budgets"]}
     assert budgets["parity.top1_agreement_min"]["measured"] >= 0.99
     assert budgets["accuracy_drop_max"]["status"] == "pass"
     assert budgets["peak_memory_mb"]["measured"] > 0
-    assert (out / "report.md").read_text().startswith("# edgeport validation report")
+    assert (out / "validation.md").read_text().startswith("# edgeport validation report")
 
 
 def test_matrix_of_profiles_and_host_vs_target(tmp_path, digits_int8):

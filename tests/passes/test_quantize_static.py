@@ -115,3 +115,28 @@ def test_int8_larger_than_fp32_is_reported(tmp_path):
     result = export("tests.exporter.bad_models:SharedWeightLoop", inputs=["x:batchx64"], calib="random:16", out_dir=tmp_path / "o")
     assert result.report["summary"]["size_ratio"] > 1
     assert any("larger than fp32" in w for w in result.report["warnings"])
+
+
+def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_working_directory(tmp_path, monkeypatch):
+    """ORT's symbolic shape inference saves 'sym_shape_infer_temp.onnx' to the current directory
+    when a node's shape cannot be inferred (here: a custom-domain op); it must land in the work folder."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeport.passes.quantize_static import preprocess_for_quantization
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+                               helper.make_node("Mystery", ["h"], ["y"], name="mystery", domain="com.example")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    work, user_folder = tmp_path / "work", tmp_path / "cwd"
+    work.mkdir()
+    user_folder.mkdir()
+    onnx.save(model, str(work / "model.onnx"))
+    monkeypatch.chdir(user_folder)
+    notes: list[str] = []
+    preprocess_for_quantization(work / "model.onnx", work, notes)
+    assert any("symbolic shape inference failed" in n for n in notes)  # the path that used to litter
+    assert list(user_folder.iterdir()) == []
