@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256
+import onnx
+
+from edgeport.artifacts import OnnxArtifact, TorchArtifact, file_sha256, save_artifact
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, QuantizationError, UsageError
@@ -19,6 +21,7 @@ from edgeport.passes.export_onnx import OnnxExportConfig
 from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.optimize import GraphOptimizeConfig
+from edgeport.passes.opset_upgrade import OpsetUpgradeConfig
 from edgeport.passes.fidelity import FidelityTarget
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
@@ -128,6 +131,8 @@ def export(
             fp32_steps.append(export_config or OnnxExportConfig())
         elif torch_steps:
             raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
+        if isinstance(artifact, OnnxArtifact) and precision in ("int8", "dynamic-int8"):
+            fp32_steps.append(OpsetUpgradeConfig())  # files from other converters are often opset 11-12: int8 needs 13
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
         quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
@@ -214,12 +219,9 @@ def parse_search_budget(budget: str | float | None) -> tuple[float, int]:
 
 
 def _stage_artifacts(output: OutputFolder, fp32: OnnxArtifact, int8: OnnxArtifact | None) -> list[str]:
-    if int8 is None:
-        shutil.copyfile(fp32.path, output.stage("model.onnx"))
-        return ["model.onnx"]
-    shutil.copyfile(int8.path, output.stage("model.onnx"))
-    shutil.copyfile(fp32.path, output.stage("model.fp32.onnx"))
-    return ["model.onnx", "model.fp32.onnx"]
+    """The artifacts as shipped (see save_artifact), with their weight files if large."""
+    pairs = [(fp32, "model.onnx")] if int8 is None else [(int8, "model.onnx"), (fp32, "model.fp32.onnx")]
+    return [p.name for artifact, name in pairs for p in save_artifact(onnx.load(str(artifact.path)), output.stage(name))]
 
 
 def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs) -> dict[str, Any]:

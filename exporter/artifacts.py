@@ -97,6 +97,8 @@ def file_sha256(path: Path) -> str:
 
 
 def external_data_files(path: Path) -> list[Path]:
+    """The side files holding the model's weights. A location that escapes the model's folder (an
+    absolute path, '..', a symlink out) is refused: reading it would read any file (CVE-2024-27318)."""
     model = _load_proto(path)
     names: set[str] = set()
     for tensor in _all_initializers(model.graph):
@@ -104,18 +106,50 @@ def external_data_files(path: Path) -> list[Path]:
             for entry in tensor.external_data:
                 if entry.key == "location":
                     names.add(entry.value)
+    folder = path.parent.resolve()
+    for name in names:
+        target = (path.parent / name).resolve()
+        if Path(name).is_absolute() or (target != folder and folder not in target.parents):
+            raise ModelLoadError(f"ONNX model '{path}' keeps weights at '{name}', outside its own folder",
+                                 fix="keep external data files beside the model; paths that leave its folder are refused")
     return [path.parent / name for name in sorted(names)]
 
 
-def _all_initializers(graph: onnx.GraphProto):
-    yield from graph.initializer
+LARGE_MODEL_BYTES = 1_800_000_000  # protobuf cannot hold 2 GB: larger weights go to a side file
+
+
+def save_artifact(model: onnx.ModelProto, dest: Path) -> list[Path]:
+    """Save ``model`` as a shipped artifact: declaring only the opset domains its nodes use (other
+    parsers reject unknown ones), its weights beside it when large. Returns the files written."""
+    used = {n.domain or "" for n in _all_nodes(model.graph)} | {""}
+    kept = [o for o in model.opset_import if (o.domain or "") in used or o.domain == "ai.onnx"]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    if sum(t.ByteSize() for t in _all_initializers(model.graph)) > LARGE_MODEL_BYTES:
+        data = dest.with_name(f"{dest.name}.data")
+        data.unlink(missing_ok=True)
+        onnx.save(model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        return [dest, data]
+    onnx.save(model, str(dest))
+    return [dest]
+
+
+def _all_graphs(graph: onnx.GraphProto):
+    """The graph and every subgraph (If branches, Loop and Scan bodies) within it."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_initializers(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _all_initializers(sub)
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []
+            for sub in subgraphs:
+                yield from _all_graphs(sub)
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    return (node for g in _all_graphs(graph) for node in g.node)
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    return (tensor for g in _all_graphs(graph) for tensor in g.initializer)
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:

@@ -70,7 +70,7 @@ class DataSource:
                 digest.update(array.tobytes())
             scan.batches += 1
             scan.samples += batch.size
-            scan.shapes.add(tuple(sorted((n, a.shape) for n, a in batch.inputs.items())))
+            scan.shapes.add(tuple(sorted((n, a.shape[1:]) for n, a in batch.inputs.items())))
         scan.fingerprint = digest.hexdigest()
         return scan
 
@@ -83,7 +83,7 @@ class DataScan:
     fingerprint: str
     batches: int
     samples: int
-    shapes: set[tuple]  # the distinct sets of input shapes among the batches
+    shapes: set[tuple]  # the distinct sets of input shapes among the batches, less the batch axis (a short last batch is no new shape)
 
 
 class NpzSource(DataSource):

@@ -35,6 +35,7 @@ def load_model(
         if weights is not None:
             raise UsageError("--weights does not apply to an .onnx model", fix="drop --weights; the ONNX file holds its weights")
         artifact = OnnxArtifact.from_file(path, lineage=("onnx",))
+        artifact.files()  # refuses external data that points outside the model's folder, before anything reads it
         _check_onnx_inputs(artifact, inputs)
         return artifact
     if path.suffix in TORCH_FILE_SUFFIXES or path.exists():

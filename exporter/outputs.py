@@ -21,7 +21,8 @@ from typing import Any
 from edgeport.errors import UsageError
 
 COMMAND_FILES: dict[str, tuple[str, ...]] = {
-    "export": ("model.onnx", "model.fp32.onnx", "model.ort", "report.json", "report.md", "manifest.json"),
+    "export": ("model.onnx", "model.onnx.data", "model.fp32.onnx", "model.fp32.onnx.data", "model.ort", "report.json", "report.md",
+               "manifest.json"),
     "validate": ("validation.json", "validation.md"),
     "compress": ("model.pt2", "report.json"),  # prune and distill
 }

@@ -215,13 +215,23 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     results = [
         latency, memory, size, coverage_result,
         judge("parity.top1_agreement_min", p.get("top1_agreement"), pb.top1_agreement_min, basis=parity_basis, skip_reason=no_parity if not p else "outputs are not class scores"),
-        judge("parity.cosine_min", p.get("cosine_mean"), pb.cosine_min, basis=parity_basis, skip_reason=no_parity),
+        judge("parity.cosine_min", p.get("cosine_min"), pb.cosine_min, basis=parity_basis, skip_reason=no_parity),
         judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, unit=" dB", basis=parity_basis, skip_reason=no_parity),
         judge("parity.max_abs_diff_max", p.get("max_abs_diff"), pb.max_abs_diff_max, basis=parity_basis, skip_reason=no_parity),
         judge("accuracy_drop_max", p.get("accuracy_drop"), budgets.accuracy_drop_max, basis=parity_basis,
               skip_reason=no_parity if not p else "evaluation data has no labels" if source is not None else "no --data with labels given"),
+        _finite_outputs(p, parity_basis),
     ]
     return results
+
+
+def _finite_outputs(parity: dict, basis: str) -> BudgetResult | None:
+    """Any NaN or Inf in an output fails, whatever the budgets: no metric of such outputs means anything."""
+    bad = {side: parity.get(f"non_finite_{side}") or 0 for side in ("candidate", "reference")}
+    if not any(bad.values()):
+        return None
+    return BudgetResult("parity.outputs_finite", FAIL, bad["candidate"] + bad["reference"], 0, "", basis,
+                        f"outputs with NaN or Inf: {bad['candidate']} from the model, {bad['reference']} from the reference")
 
 
 def _opset_check(graph: Path | None, prof: Profile) -> BudgetResult:

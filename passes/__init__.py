@@ -14,6 +14,7 @@ from edgeport.passes.distill import DistillConfig, distill
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
 from edgeport.passes.fp16 import Fp16Config, convert_fp16
 from edgeport.passes.lowrank import LowRankConfig, low_rank
+from edgeport.passes.opset_upgrade import OpsetUpgradeConfig, upgrade_opset
 from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
 from edgeport.passes.ort_format import OrtFormatConfig, to_ort_format
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
@@ -33,6 +34,7 @@ PASS_REGISTRY: dict[type, Callable[..., Any]] = {
     LowRankConfig: low_rank,
     DistillConfig: _distill_step,
     OnnxExportConfig: export_onnx,
+    OpsetUpgradeConfig: upgrade_opset,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
     AccuracyAwareInt8Config: quantize_accuracy_aware,
@@ -67,6 +69,7 @@ __all__ = [
     "magnitude_prune",
     "GraphOptimizeConfig",
     "OnnxExportConfig",
+    "OpsetUpgradeConfig",
     "OrtFormatConfig",
     "PassContext",
     "Progress",
@@ -76,4 +79,5 @@ __all__ = [
     "quantize_static_int8",
     "run_pass",
     "to_ort_format",
+    "upgrade_opset",
 ]

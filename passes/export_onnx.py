@@ -122,7 +122,14 @@ def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.
                 ) from exc
             parity.update([r.detach().float().numpy() for r in reference], outputs)
     metrics = parity.result()
-    if metrics["cosine_min"] is not None and metrics["cosine_min"] < config.min_parity_cosine:
+    if metrics["non_finite_reference"]:
+        raise ExportError("the torch model itself outputs NaN or Inf on the example inputs, so the export cannot be checked",
+                          fix="check the model and its inputs (--calib/--eval data) in torch first")
+    if metrics["non_finite_candidate"]:
+        raise ExportError("the exported graph outputs NaN or Inf where torch does not",
+                          fix="try --exporter dynamo or another --opset, and report it if it persists")
+    # written as "not >=" so that a NaN cosine fails too
+    if metrics["cosine_min"] is not None and not metrics["cosine_min"] >= config.min_parity_cosine:
         raise ExportError(
             f"the exported graph disagrees with torch (cosine {metrics['cosine_min']}, max abs diff {metrics['max_abs_diff']})",
             fix="the model likely has input-dependent control flow the tracer froze; try --exporter dynamo or make the branch tensor-free",

@@ -41,7 +41,7 @@ def optimize_graph(model: OnnxArtifact, config: GraphOptimizeConfig, *, ctx: Pas
         onnx.save(onnx.load(str(model.path)), str(out_path))
     else:
         # Building a session with optimized_model_filepath makes ORT write the optimized graph.
-        create_session(model.path, optimization=config.level, optimized_path=out_path)
+        create_session(model.path, optimization=config.level, optimized_path=out_path, external_data=len(model.files()) > 1)
     notes: list[str] = []
     if config.shape_inference:
         try:

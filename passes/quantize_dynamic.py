@@ -10,7 +10,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
-from edgeport.passes.quantize_static import quiet_ort, resolve_reduce_range
+from edgeport.passes.quantize_static import per_tensor_if_needed, quiet_ort, resolve_reduce_range
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     started = time.perf_counter()
+    notes: list[str] = []
+    config = per_tensor_if_needed(config, model.path, notes)
     reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx)
     out_path = ctx.work_dir / "model.dynamic-int8.onnx"
     with quiet_ort():
@@ -56,5 +58,6 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
             "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples),
         },
+        notes=notes,
     ))
     return artifact

@@ -29,7 +29,7 @@ from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quant_defaults import choose_op_types, model_family
 from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
-    host_quant_target, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
+    host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
@@ -100,13 +100,13 @@ class _Candidate:
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
     started = time.perf_counter()
     budget = SearchBudget(started + config.search_budget_s, config.max_trials)
-    quant = config.quant
+    notes: list[str] = []
+    quant = per_tensor_if_needed(config.quant, model.path, notes)
     if quant.format not in ("qdq", "qoperator"):
         raise UsageError(f"format '{quant.format}' is unknown", fix="use qdq or qoperator")
     if ctx.calibration is None:
         raise QuantizationError("static int8 quantization needs calibration data",
                                 fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8")
-    notes: list[str] = []
     work = ctx.work_dir / "int8-search"
     work.mkdir(parents=True, exist_ok=True)
     calibration, evaluation, data_note = _calibration_and_evaluation(ctx)
@@ -216,6 +216,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
 
     space = _search_space(best, quant, search)
     qdq_model, groups = space.qdq, space.groups
+    if not groups:
+        notes.append(_nothing_quantized(source))
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
     first_types = tuple(sorted({space.op_of[g] for g in groups if space.op_of.get(g) not in family_types})) if family_types else ()
@@ -399,6 +401,15 @@ def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: Fid
                 "weights scored better than 7-bit ones" if kept else "",
     }
     return other if kept else best
+
+
+def _nothing_quantized(source: onnx.ModelProto) -> str:
+    """Why the int8 file holds no int8 node, so the report never calls a float file int8 silently."""
+    branches = sorted({n.op_type for n in source.graph.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
+    if branches:
+        return (f"no node was quantized: the compute sits inside {'/'.join(branches)} subgraphs, which ONNX Runtime's QDQ quantizer "
+                "does not enter, so the int8 file computes in float (export the model with its branch resolved, e.g. traced for one path)")
+    return "no node was quantized: the graph has no op type ONNX Runtime quantizes; the int8 file computes in float"
 
 
 def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -86,6 +87,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     work = ctx.work_dir / "quantize"
     work.mkdir(parents=True, exist_ok=True)
 
+    config = per_tensor_if_needed(config, model.path, notes)
     source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
     proto = onnx.load(str(source_path), load_external_data=False)
 
@@ -236,6 +238,17 @@ def op_types_to_quantize(config: StaticInt8Config, default: list[str]) -> list[s
     if not op_types:
         raise UsageError("every op type is excluded from quantization", fix="exclude fewer op types, or use --no-quantize")
     return op_types
+
+
+def per_tensor_if_needed(config: Any, path: Path, notes: list[str]) -> Any:
+    """``config`` (any config with ``per_channel``), per tensor when the file's opset cannot express per-channel int8."""
+    from edgeport.passes.opset_upgrade import per_channel_allowed
+
+    allowed, reason = per_channel_allowed(path)
+    if config.per_channel and not allowed:
+        notes.append(reason)
+        return dataclasses.replace(config, per_channel=False)
+    return config
 
 
 def resolve_reduce_range(given: bool | None, ctx: PassContext) -> tuple[bool, str]:

@@ -19,7 +19,7 @@ _LEVELS = {
 
 
 def session_options(
-    *, intra_op_threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None
+    *, intra_op_threads: int | None = None, optimization: str = "all", optimized_path: Path | None = None, external_data: bool = False
 ) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: failures reach the user as exceptions, in one line
@@ -31,6 +31,8 @@ def session_options(
         options.inter_op_num_threads = 1
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
+        if external_data:  # else the optimized file would point at the source's side file, relative to a folder it is not in
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", f"{Path(optimized_path).name}.data")
     return options
 
 
@@ -41,6 +43,7 @@ def create_session(
     intra_op_threads: int | None = None,
     optimization: str = "all",
     optimized_path: Path | None = None,
+    external_data: bool = False,
 ) -> ort.InferenceSession:
     """A session on the given providers, in order. A missing provider is an error listing those available."""
     available = ort.get_available_providers()
@@ -50,7 +53,7 @@ def create_session(
             f"execution provider '{missing[0]}' is not available in this onnxruntime build (available: {', '.join(available)})",
             fix="install the onnxruntime package that ships it, or pick a profile for this machine",
         )
-    options = session_options(intra_op_threads=intra_op_threads, optimization=optimization, optimized_path=optimized_path)
+    options = session_options(intra_op_threads=intra_op_threads, optimization=optimization, optimized_path=optimized_path, external_data=external_data)
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as exc:
