@@ -22,6 +22,11 @@ from edgeport.passes.sensitivity import GroupRank, rank_groups
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
 MAX_RERANKS = 4
 _SMALL_WEIGHTS = 64 * 1024  # bytes of constants above which give-back tries a MAC-free node in int8 again
+# A revert that costs MACs or file size must move the worst margin by this much (in units of the
+# error the target allows), or SQNR by MIN_SQNR_GAIN_DB where the margin is flat (top-1 targets):
+# otherwise the search pays MACs and megabytes for noise when the target is out of reach.
+MIN_STEP_GAIN = 0.02
+MIN_SQNR_GAIN_DB = 0.1
 
 
 @dataclass
@@ -153,7 +158,7 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         pick = affordable[0]
         trial = scorer.score(session_for(qdq.with_float(reverted | {pick.node})), search)
         budget.spend()
-        helped = trial.key() > current.key()
+        helped = worth_it(trial, current, costly=not space.is_free(pick.node) or space.costs_size(pick.node))
         record({"reverted": pick.node, "op_type": pick.op_type, "mac_share": space.describe(pick.node)["mac_share"],
                 "kept": helped, "margin": significant(trial.margin), "values": trial.to_dict()["values"]}, reverted | {pick.node})
         if helped:
@@ -177,6 +182,17 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
                 current = trial
                 record({"requantized": node, "op_type": op_of.get(node, "?"), "margin": significant(trial.margin)}, reverted)
     return SearchResult(reverted, current, steps, full_ranking or ranking, budget.ok())
+
+
+def worth_it(trial: FidelityScore, current: FidelityScore, *, costly: bool) -> bool:
+    """Whether a revert earns its place: any gain for a free node, a real one for a costly node."""
+    if not trial.key() > current.key():
+        return False
+    if not costly:
+        return True
+    gain = trial.margin - current.margin
+    sqnr_gain = (trial.values.get("sqnr_db") or 0.0) - (current.values.get("sqnr_db") or 0.0)
+    return gain >= MIN_STEP_GAIN or (gain >= 0 and sqnr_gain >= MIN_SQNR_GAIN_DB)
 
 
 def significant(value: float | None) -> float | None:

