@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,8 @@ def export(
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
         quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
+        if not use_cache:  # --no-cache means no cached calibration ranges either
+            quant_config = _without_range_cache(quant_config)
         precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
         int8_pipeline = Pipeline([precision_step] if precision_step else [], use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
@@ -196,6 +199,12 @@ def _int8_config(given: StaticInt8Config | AccuracyAwareInt8Config | None, profi
     seconds, trials = parse_search_budget(search_budget)
     return AccuracyAwareInt8Config(quant=base, target=fidelity or fidelity_target(profiles), max_fallback=max_fallback,
                                    search_budget_s=seconds, max_trials=trials)
+
+
+def _without_range_cache(config: StaticInt8Config | AccuracyAwareInt8Config) -> StaticInt8Config | AccuracyAwareInt8Config:
+    if isinstance(config, AccuracyAwareInt8Config):
+        return dataclasses.replace(config, quant=dataclasses.replace(config.quant, use_cache=False))
+    return dataclasses.replace(config, use_cache=False)
 
 
 def parse_search_budget(budget: str | float | None) -> tuple[float, int]:

@@ -142,11 +142,17 @@ class FactorySource(DataSource):
         self.target, self.role = target, role
         self.description = target
         self.obj = import_object(target, what=f"{role} data factory", error=DataError)
+        self._one_shot: object | None = None
 
     def items(self) -> Iterator[_Item]:
         produced = self.obj() if callable(self.obj) else self.obj
         if not isinstance(produced, Iterable):
             raise DataError(f"{self.role} data factory '{self.target}' returned {type(produced).__name__}, not an iterable", fix="return a list or generator of arrays or dicts")
+        if iter(produced) is produced:  # a generator or iterator reads once; data is read several times (scan, calibrate, evaluate)
+            if produced is self._one_shot:
+                raise DataError(f"{self.role} data '{self.target}' is a generator that was used up by an earlier pass",
+                                fix="point at a function that returns a new generator on each call, or at a list")
+            self._one_shot = produced
         for index, element in enumerate(produced):
             labels = None
             if isinstance(element, tuple) and len(element) == 2 and isinstance(element[0], dict):
@@ -182,8 +188,8 @@ class RandomSource(DataSource):
 def open_data(text: str | Path | DataSource | None, *, role: str, seed: int = 0) -> DataSource | None:
     """Resolve a DATA argument: .npz path, folder, ``module:attr`` factory, or ``random[:N]``."""
     if text is None or isinstance(text, DataSource):
-        if isinstance(text, DataSource):
-            text.role = role
+        if isinstance(text, DataSource) and text.role == "data":
+            text.role = role  # a source opened for one role (calibration) keeps its name when reused for another
         return text
     text = str(text)
     if text == "random" or text.startswith("random:"):

@@ -312,7 +312,9 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed) -> dict
     if source is not None:
         for batch in source.batches(artifact.inputs, batch_size=8, max_samples=max_samples):
             acc.update(run_session(reference, batch.inputs), run_session(cand, batch.inputs), batch.labels)
-        kind = "evaluation data"
+        kind = f"{source.role} data: {source.description}"
+        if source.role == "calibration":  # export --profile with only --calib
+            kind += " (the samples the int8 ranges came from, so this parity is optimistic: pass --eval for held-out data)"
     else:
         rng = np.random.default_rng(seed)
         for _ in range(4):

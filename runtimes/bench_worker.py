@@ -115,13 +115,16 @@ def run(request: dict) -> dict:
         session = ort.InferenceSession(request["model"], _options(request, ort), providers=request["providers"])
     except Exception as exc:
         if not request.get("disable_cpu_fallback"):
-            raise
+            raise _ModelFault(exc) from exc
         return {"refused": f"{', '.join(request['providers'])} cannot run every node and CPU fallback is forbidden "
                            f"({str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__})"}
     load_ms = (time.perf_counter() - started) * 1e3
     used = session.get_providers()
     started = time.perf_counter()
-    session.run(None, feed)
+    try:
+        session.run(None, feed)
+    except Exception as exc:  # the model fails on inputs of its declared shapes
+        raise _ModelFault(exc) from exc
     cold_ms = (time.perf_counter() - started) * 1e3
     for _ in range(request.get("warmup", 10)):
         session.run(None, feed)
@@ -157,12 +160,18 @@ def run(request: dict) -> dict:
     return result
 
 
+class _ModelFault(Exception):
+    """ONNX Runtime refused to load or run the model: the model's fault, not this worker's."""
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
     try:
         result = run(request)
     except Exception as exc:  # reported to the parent, which turns it into a one-line error
-        result = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        cause = exc.__cause__ if isinstance(exc, _ModelFault) and exc.__cause__ is not None else exc
+        result = {"error": f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}",
+                  "stage": "model" if isinstance(exc, _ModelFault) else "measurement"}
     sys.stdout.write(json.dumps(result))
 
 

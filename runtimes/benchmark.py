@@ -56,6 +56,8 @@ def measure(
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise InternalError(f"the benchmark worker died on '{model}' (exit {done.returncode}: {tail[:200]})", fix="rerun with EDGEPORT_DEBUG=1, and report it")
     result = json.loads(done.stdout)
+    if "error" in result and result.get("stage") == "measurement":  # our measuring code failed, not the model
+        raise InternalError(f"the benchmark worker failed measuring '{model}': {result['error'][:300]}", fix="rerun with EDGEPORT_DEBUG=1, and report it")
     if "error" in result:
         raise ModelLoadError(f"ONNX Runtime cannot run '{model}' on {', '.join(providers)}: {result['error'][:300]}", fix="check the model loads with onnxruntime and the inputs' shapes")
     return result

@@ -110,3 +110,17 @@ def test_corrupt_npz(tmp_path):
     path.write_bytes(b"not a zip file at all")
     with pytest.raises(DataError, match="not a readable .npz"):
         open_data(path, role="calibration")
+
+
+def test_a_one_shot_generator_is_refused_when_a_second_pass_reads_it(tmp_path):
+    """Export reads calibration data more than once; a module-level generator used to give the
+    later passes nothing, silently."""
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "examples.digits.model:trained_digits_cnn", "--input", "image:batchx1x8x8",
+                                      "--calib", "tests.exporter.data_factories:one_shot_generator", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "used up" in lines[0] and "function that returns a new generator" in lines[0]

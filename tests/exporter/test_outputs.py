@@ -103,3 +103,20 @@ def test_an_export_from_an_empty_folder_leaves_only_its_output_there(tmp_path, m
     assert [p.name for p in empty.iterdir()] == ["out"]
     assert _export(model, calib, "out2").exit_code == 0
     assert sorted(p.name for p in empty.iterdir()) == ["out", "out2"]
+
+
+def test_junit_is_readable_by_the_group_and_others_as_the_umask_allows(tmp_path, linear):
+    """It was written through mkstemp, mode 0600: a CI runner reading it as another user could not."""
+    import os
+
+    model, calib = linear
+    out = tmp_path / "out"
+    assert _export(model, calib, out).exit_code == 0
+    previous = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["validate", str(out / "model.onnx"), "--profile", "ci-x86-avx2", "--runs", "3",
+                                          "--junit", str(tmp_path / "junit.xml"), "--quiet"])
+    finally:
+        os.umask(previous)
+    assert result.exit_code in (0, 1), result.output
+    assert (tmp_path / "junit.xml").stat().st_mode & 0o777 == 0o644

@@ -188,3 +188,10 @@ def test_transformer_export_and_validate_take_sequence_length_from_the_data(tmp_
     assert "only set the order" in quant["metrics"]["decisions"]["op_types"]
     assert quant["metrics"]["parity_vs_fp32"]["cosine_mean"] > 0.98
 
+
+
+def test_export_with_only_calibration_data_says_parity_was_measured_on_it(tmp_path):
+    result = edgeport.export("examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=digits_paths()["calib"],
+                             profile="ci-x86-avx2", runs=5, out_dir=tmp_path / "out")
+    data = result.report["validation"]["profiles"][0]["parity"]["data"]
+    assert data.startswith("calibration data") and "optimistic" in data  # it said "evaluation data"

@@ -140,3 +140,16 @@ def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_working_directo
     preprocess_for_quantization(work / "model.onnx", work, notes)
     assert any("symbolic shape inference failed" in n for n in notes)  # the path that used to litter
     assert list(user_folder.iterdir()) == []
+
+
+def test_no_cache_does_not_reuse_cached_calibration_ranges(tmp_path):
+    from edgeport import export
+    from tests.conftest import digits_paths
+
+    def calibration_cache(**kwargs):
+        result = export("examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=digits_paths()["calib"], search=False,
+                        out_dir=tmp_path / "out", cache_dir=tmp_path / "cache", **kwargs)
+        return next(s for s in result.report["steps"] if s["name"] == "quantize_static")["metrics"]["calibration_cache"]
+
+    assert calibration_cache() == "stored"
+    assert calibration_cache(use_cache=False) == "off"  # it said "hit"

@@ -49,3 +49,16 @@ def test_time_bound_stops_early(tmp_path):
     path = _activation_model(tmp_path / "m.onnx", 4096)
     result = measure(path, ["CPUExecutionProvider"], [TensorSpec("x", (1, 1024))], runs=100000, time_limit_s=0.3, coverage=False, warmup=1)
     assert 5 <= result["runs"] < 100000
+
+
+def test_a_fault_in_the_measuring_code_is_internal_and_a_model_fault_is_the_users(tmp_path):
+    """Every worker exception used to become exit 2, "check the model", even where our code failed."""
+    import pytest
+
+    from edgeport.errors import InternalError, ModelLoadError
+
+    model = make_linear_onnx(tmp_path / "linear.onnx")
+    with pytest.raises(InternalError):  # no timed run: the percentile code has nothing to work on
+        measure(model, ["CPUExecutionProvider"], [TensorSpec("x", (2, 4))], runs=0, coverage=False)
+    with pytest.raises(ModelLoadError):  # the model fails on inputs of the wrong width
+        measure(model, ["CPUExecutionProvider"], [TensorSpec("x", (2, 5))], runs=3, coverage=False)
