@@ -17,6 +17,7 @@ def quant_target(profile: Profile) -> QuantTarget:
         arch=profile.hardware.arch,
         has_vnni=any(f in profile.hardware.cpu_features for f in VNNI_FLAGS),
         source=f"profile {profile.name}",
+        int8_speedup=profile.hardware.peak_gops_int8 / profile.hardware.peak_gops_fp32 if profile.hardware.peak_gops_fp32 else None,
     )
 
 
@@ -26,6 +27,7 @@ def quant_config_for(profile: Profile, base: StaticInt8Config | None = None) -> 
         base or StaticInt8Config(),
         format=q.format,
         activation_type=q.activation_type,
+        activation_symmetric=profile.preferred_provider == "TensorrtExecutionProvider",  # TensorRT takes no activation zero point
         weight_type=q.weight_type,
         per_channel=q.per_channel,
         reduce_range=q.reduce_range,

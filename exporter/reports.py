@@ -88,6 +88,9 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"int8 fidelity target ({f['target_source']}): {f['target']}",
              f"  {'met' if f['met'] else 'NOT met'} on held-out data ({f['data']}); {len(m['reverted'])} of {m['groups']} "
              f"quantized groups kept float, {m['float_mac_share']:.1%} of MACs (budget {m['max_fallback']:.0%})"]
+    estimate = m.get("compute_time_vs_fp32_estimate") or {}
+    if estimate.get("value") is not None:
+        lines.append(f"  compute time estimate {estimate['value']:.2f}x of fp32 (MAC-bound; {estimate['basis']})")
     if not f["met"]:
         lines.append(f"  {f['reason']}")
         for b in f["blockers"]:
@@ -140,10 +143,13 @@ def _search_markdown(report: dict[str, Any]) -> list[str]:
         out += ["", "Kept in float:", "", "| node | op | MAC share |", "|---|---|---|"]
         out += [f"| `{r['node']}` | {r['op_type']} | {r['mac_share']:.2%} |" for r in m["reverted"]]
     if m["steps"]:
-        out += ["", "Steps (on the search split):", "", "| step | kept | margin | float MACs |", "|---|---|---|---|"]
+        out += ["", "Steps (on the search split; size and compute time are estimates):", "",
+                "| step | kept | margin | float MACs | size | compute vs fp32 |", "|---|---|---|---|---|---|"]
         for s in m["steps"]:
             what = s.get("reverted") or (f"all {s['reverted_op_type']} ({s['nodes']})" if "reverted_op_type" in s else f"back to int8: {s.get('requantized')}")
-            out.append(f"| `{what}` | {'yes' if s.get('kept', True) else 'no'} | {s['margin']} | {s.get('float_mac_share', '')} |")
+            compute = s.get("compute_time_vs_fp32_estimate")
+            out.append(f"| `{what}` | {'yes' if s.get('kept', True) else 'no'} | {s['margin']} | {s.get('float_mac_share', '')} "
+                       f"| {_mb(s.get('size_estimate_bytes'))} | {'' if compute is None else f'{compute:.2f}x'} |")
     if m["ranking"]:
         out += ["", "Sensitivity ranking (noise each node adds; margin with it alone in float):", "",
                 "| node | op | added noise | margin alone |", "|---|---|---|---|"]

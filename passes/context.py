@@ -53,6 +53,7 @@ class QuantTarget:
     arch: str
     has_vnni: bool
     source: str
+    int8_speedup: float | None = None  # int8 over fp32 compute throughput (a profile's peak_gops ratio); None: unknown
 
 
 @dataclass

@@ -51,6 +51,7 @@ class SearchSpace:
     op_of: dict[str, str]
     weight_bytes: dict[str, int] = field(default_factory=dict)  # fp32 bytes of each group's constant inputs
     int8_bytes: int = 0  # the all-int8 model's size
+    int8_speedup: float | None = None  # the target's int8 over fp32 compute throughput; None: unknown
     total: int = field(init=False)
     float_from_start: int = field(init=False)  # MACs float whatever the search does (ops ORT does not quantize)
 
@@ -65,6 +66,14 @@ class SearchSpace:
     def size_estimate(self, reverted: set[str]) -> int:
         """The file size with ``reverted`` in float: a float weight takes 4 bytes where int8 took 1."""
         return self.int8_bytes + sum(self.weight_bytes.get(n, 0) for n in reverted) * 3 // 4
+
+    def compute_estimate(self, reverted: set[str]) -> float | None:
+        """MAC-bound compute time with ``reverted`` in float, as a share of the fp32 model's: a
+        roofline's compute side (memory traffic and per-node costs are left out, so it is a floor)."""
+        if not self.int8_speedup:
+            return None
+        float_share = self.share(reverted)
+        return round(float_share + (1.0 - float_share) / self.int8_speedup, 4)
 
     def is_free(self, node: str) -> bool:
         """Float costs this node nothing in the MAC budget (LayerNorm, Softmax, Add, an embedding
@@ -113,7 +122,8 @@ def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSpli
         helped = trial.key() > current.key()
         steps.append({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": significant(trial.margin),
                       "values": trial.to_dict()["values"], "float_mac_share": round(space.share(reverted | nodes), 4),
-                      "size_estimate_bytes": space.size_estimate(reverted | nodes)})
+                      "size_estimate_bytes": space.size_estimate(reverted | nodes),
+                      "compute_time_vs_fp32_estimate": space.compute_estimate(reverted | nodes)})
         if helped:
             reverted |= nodes
             current = trial
@@ -138,7 +148,8 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
     ranking: list[GroupRank] = []
 
     def record(step: dict[str, Any], nodes: set[str]) -> None:
-        steps.append({**step, "float_mac_share": round(space.share(nodes), 4), "size_estimate_bytes": space.size_estimate(nodes)})
+        steps.append({**step, "float_mac_share": round(space.share(nodes), 4), "size_estimate_bytes": space.size_estimate(nodes),
+                      "compute_time_vs_fp32_estimate": space.compute_estimate(nodes)})
 
     def rerank() -> list[GroupRank]:
         remaining = [g for g in groups if g not in reverted and g not in rejected]

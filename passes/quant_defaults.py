@@ -53,6 +53,23 @@ def choose_op_types(model: onnx.ModelProto) -> Choice:
     return Choice(None, "convolutional graph: every op type ONNX Runtime can quantize")
 
 
+# Measured on the development hosts (DESIGN.md): int8 QDQ ResNet-18 ran at 0.30x of fp32 with
+# AVX-512 VNNI and 1.02x on AVX2 without it. Other CPUs: unknown unless a profile states its peaks.
+HOST_INT8_SPEEDUP = {("x86", True): 1 / 0.30, ("x86", False): 1.0}
+
+
+def int8_speedup(target: QuantTarget) -> Choice:
+    """How much faster int8 MACs run than fp32 ones on the target, and where the figure comes from."""
+    if target.int8_speedup:
+        return Choice(target.int8_speedup, f"{target.source}: peak_gops_int8 / peak_gops_fp32 = {target.int8_speedup:.2f}")
+    family = "x86" if target.arch in ("x86_64", "x86") else target.arch
+    known = HOST_INT8_SPEEDUP.get((family, target.has_vnni))
+    if known is None:
+        return Choice(None, f"{target.source} is {target.arch}, whose int8 speed-up is unknown here: give a --profile for a latency estimate")
+    return Choice(known, f"{target.source}: x86 {'with' if target.has_vnni else 'without'} VNNI, where int8 ran at "
+                         f"{1 / known:.2f}x of fp32 on the hosts measured (DESIGN.md)")
+
+
 def choose_reduce_range(target: QuantTarget) -> Choice:
     if target.arch in ("x86_64", "x86") and not target.has_vnni:
         return Choice(True, f"reduce_range on: {target.source} is x86 without VNNI, where u8*s8 products can saturate")

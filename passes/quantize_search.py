@@ -26,7 +26,7 @@ from edgeport.passes.int8_eval import (
     SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
 )
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
-from edgeport.passes.quant_defaults import choose_op_types, model_family
+from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
     StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
@@ -215,6 +215,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     start_score = best.score
 
     space = _search_space(best, quant, search)
+    speedup = int8_speedup(ctx.quant_target or host_quant_target())
+    space.int8_speedup = speedup.value
     qdq_model, groups = space.qdq, space.groups
     if not groups:
         notes.append(_nothing_quantized(source))
@@ -277,6 +279,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "reason": verdict["reason"],
             },
             "float_mac_share": round(float_share, 4),
+            "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "reverted": [space.describe(g) for g in sorted(reverted)],
             "groups": len(groups),

@@ -14,7 +14,7 @@ from edgeport.artifacts import OnnxArtifact
 from edgeport.data import open_data
 from edgeport.errors import UsageError
 from edgeport.passes import PassContext, StaticInt8Config
-from edgeport.passes.context import config_from_dict, config_to_dict
+from edgeport.passes.context import QuantTarget, config_from_dict, config_to_dict
 from edgeport.passes.fidelity import FidelityTarget
 from edgeport.passes.int8_eval import session_for
 from edgeport.passes.qdq_graph import QdqModel
@@ -45,9 +45,9 @@ def _outlier_mlp():
     return model.eval()
 
 
-def _search(artifact, tmp_path, config, calib, evaluation=None):
+def _search(artifact, tmp_path, config, calib, evaluation=None, quant_target=None):
     ctx = PassContext(work_dir=tmp_path / "work", calibration=open_data(calib, role="calibration"),
-                      evaluation=open_data(evaluation, role="evaluation") if evaluation else None)
+                      evaluation=open_data(evaluation, role="evaluation") if evaluation else None, quant_target=quant_target)
     result = quantize_accuracy_aware(artifact, config, ctx=ctx)
     return result, ctx.records[-1].metrics
 
@@ -67,12 +67,16 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
     # SmoothQuant would even out this very outlier (see the smoothing test): off, to test the ranking
     config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.995, min_top1_agreement=None), max_fallback=0.6, bias_correction=False,
                                      smooth_quant=False)
-    result, metrics = _search(artifact, tmp_path, config, calib, evaluation)
+    target = QuantTarget("arm64", has_vnni=False, source="profile phone", int8_speedup=4.0)
+    result, metrics = _search(artifact, tmp_path, config, calib, evaluation, quant_target=target)
     assert not metrics["fidelity"]["before_search"]["met"]  # all-int8 misses the target because of fc2
     assert metrics["ranking"][0]["node"] == fc2
     assert [r["node"] for r in metrics["reverted"]] == [fc2]
     kept = [s for s in metrics["steps"] if s.get("reverted") == fc2 and s["kept"]]
     assert kept and kept[0]["size_estimate_bytes"] > 0 and kept[0]["float_mac_share"] == metrics["float_mac_share"]
+    share = metrics["float_mac_share"]  # float MACs at fp32 speed, the rest 4x faster, from the profile's peaks
+    assert kept[0]["compute_time_vs_fp32_estimate"] == pytest.approx(share + (1 - share) / 4, abs=1e-3)
+    assert "profile phone" in metrics["compute_time_vs_fp32_estimate"]["basis"]
     assert metrics["fidelity"]["met"] and metrics["fidelity"]["held_out"]["values"]["cosine_min"] >= 0.995
     # the artifact ORT wrote keeps fc2 float: its weight is no longer behind a DequantizeLinear
     graph = onnx.load(str(result.path)).graph
@@ -417,3 +421,13 @@ def test_a_revert_that_costs_macs_must_buy_a_real_gain():
     assert worth_it(score(-3.10, 13.80), current, costly=True)
     assert worth_it(score(-3.238, 13.90), current, costly=True)  # a top-1 margin can sit still while SQNR climbs
     assert not worth_it(score(-3.30, 15.0), current, costly=False)
+
+
+def test_the_int8_speed_up_behind_the_estimate_names_its_source():
+    from edgeport.passes.quant_defaults import int8_speedup
+
+    assert int8_speedup(QuantTarget("x86_64", True, "this host")).value == pytest.approx(1 / 0.30)
+    assert int8_speedup(QuantTarget("x86_64", False, "this host")).value == 1.0
+    unknown = int8_speedup(QuantTarget("arm64", False, "this host"))
+    assert unknown.value is None and "--profile" in unknown.rule
+    assert int8_speedup(QuantTarget("arm64", False, "profile pi", int8_speedup=2.5)).value == 2.5
