@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.optimize import GraphOptimizeConfig
@@ -22,7 +22,7 @@ from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.versions import runtime_versions
 
 CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, AccuracyAwareInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
-_FINGERPRINT_SAMPLES = 1000
+MAX_CACHE_BYTES = 2 * 2**30  # the oldest step entries go beyond this
 
 
 def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
@@ -41,7 +41,8 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         "seed": ctx.seed,
     }
     for role, source in (("calibration", ctx.calibration), ("evaluation", ctx.evaluation)):
-        material[role] = source.fingerprint(artifact.inputs, 8, _FINGERPRINT_SAMPLES) if source is not None else None
+        # every sample: two data sets that share their first samples must not share an entry
+        material[role] = source.fingerprint(artifact.inputs, 8, None) if source is not None else None
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:40]
 
 
@@ -50,10 +51,17 @@ def load(key: str, artifact: OnnxArtifact, ctx: PassContext) -> OnnxArtifact | N
     meta_path = folder / "step.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
-    target = ctx.work_dir / f"cached-{key[:12]}-{meta['file']}"
-    shutil.copyfile(folder / meta["file"], target)
-    record = StepRecord(**{**meta["record"], "cached": True})
+    try:
+        meta = json.loads(meta_path.read_text())
+        target = ctx.work_dir / f"cached-{key[:12]}-{meta['file']}"
+        shutil.copyfile(folder / meta["file"], target)
+        if file_sha256(target) != meta["sha256"]:
+            raise ValueError("content differs from its hash")
+        record = StepRecord(**{**meta["record"], "cached": True})
+    except (OSError, ValueError, KeyError, TypeError):  # truncated, edited or from an older layout: recompute
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    os.utime(folder)  # recently used: pruned last
     ctx.record(record)
     return OnnxArtifact.from_file(target, lineage=(*artifact.lineage, record.name))
 
@@ -67,7 +75,24 @@ def store(key: str, result: OnnxArtifact, record: StepRecord, ctx: PassContext) 
     staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))
     try:
         shutil.copyfile(result.path, staging / result.path.name)
-        (staging / "step.json").write_text(json.dumps({"file": result.path.name, "record": record.to_dict()}, default=str))
+        meta = {"file": result.path.name, "sha256": file_sha256(staging / result.path.name), "record": record.to_dict()}
+        (staging / "step.json").write_text(json.dumps(meta, default=str))
         os.replace(staging, root / key)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another run stored it first, or the disk is full: no harm
+    prune(root)
+
+
+def prune(root: Path, max_bytes: int = MAX_CACHE_BYTES) -> None:
+    """Remove the least recently used entries until the step cache fits in ``max_bytes``."""
+    entries = []
+    for folder in root.iterdir():
+        if folder.is_dir() and not folder.name.startswith("."):
+            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+            entries.append((folder.stat().st_mtime, size, folder))
+    total = sum(size for _, size, _ in entries)
+    for _, size, folder in sorted(entries):
+        if total <= max_bytes:
+            break
+        shutil.rmtree(folder, ignore_errors=True)
+        total -= size

@@ -180,7 +180,7 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     if measurement is not None and preferred in measurement["providers_used"]:
         cover = measurement.get("coverage")
     else:
-        cover = coverage.static_coverage(str(graph), preferred) if graph is not None else None
+        cover = coverage.static_coverage(str(graph), preferred, {s.name: s.shape for s in shapes}) if graph is not None else None
     details["coverage"] = cover
 
     parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed) if ref is not None and providers else None

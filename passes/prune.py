@@ -102,6 +102,7 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
     example = tuple(torch.from_numpy(example_array(s, rng, sizes)) for s in model.inputs)
     ignored = [m for _, m in _select_layers(module, config.ignore, (nn.Module,))] if config.ignore else []
     ignored += _output_layers(module, example)
+    ignored_names = [n for n, m in module.named_modules() if any(m is i for i in ignored)]
     heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
     macs_before, params_before = count_macs(module, model.inputs), count_params(module)
     try:
@@ -117,7 +118,14 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
     for m in heads:  # torch-pruning leaves MultiheadAttention's bookkeeping to us
         m.head_dim = m.embed_dim // m.num_heads
     module.eval()
-    parity = verify_pruned(module, model, ctx)
+    try:
+        parity = verify_pruned(module, model, ctx)
+    except InternalError as exc:
+        culprit = _width_fixed_by_code(model, config, ignored_names, example, ctx)
+        if culprit is None:
+            raise
+        raise UsageError(f"the pruned model failed its consistency check ({exc.problem[:160]}): the model's code fixes the width of '{culprit}'",
+                         fix=f"keep that layer whole with --ignore {','.join((*(config.ignore or ()), culprit))}") from exc
     macs_after, params_after = count_macs(module, model.inputs), count_params(module)
     ctx.record(StepRecord(
         name="prune_channels", config=config_to_dict(config), wall_s=time.perf_counter() - started,
@@ -142,19 +150,82 @@ def verify_pruned(module: Any, original: TorchArtifact, ctx: PassContext) -> dic
 
 
 def _output_layers(module: Any, example: tuple) -> list[Any]:
-    """The last Conv/Linear before each output: their width is the model's output, so keep them."""
+    """The last Conv/Linear before *each* output (every head of a multi-head model): their width is
+    the model's output, so keep them. Found by walking each output's autograd graph back to the
+    first layer outputs it meets."""
+    import torch
     from torch import nn
 
-    order: list[Any] = []
-    hooks = [m.register_forward_hook(lambda m, a, o: order.append(m)) for m in module.modules()
-             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    made_by: dict[Any, Any] = {}  # a layer output's grad_fn -> the layer
+
+    def remember(layer: Any, _inputs: Any, output: Any) -> None:  # a hook that returns a value replaces the output
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            made_by.setdefault(output.grad_fn, layer)
+
+    hooks = [m.register_forward_hook(remember) for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    try:
+        with torch.enable_grad():
+            outputs = module(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    found: list[Any] = []
+    stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+    seen: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        if fn in made_by:
+            if made_by[fn] not in found:
+                found.append(made_by[fn])
+            continue  # an earlier layer's width does not reach this output directly
+        stack.extend(next_fn for next_fn, _ in fn.next_functions if next_fn is not None)
+    return found
+
+
+def _tensors(value: Any) -> list[Any]:
     import torch
 
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _width_fixed_by_code(model: TorchArtifact, config: ChannelPruneConfig, kept: list[str], example: tuple, ctx: PassContext) -> str | None:
+    """The layer whose width the model's own code hard-codes (a reshape to a fixed size): the last
+    pruned layer, in execution order, whose keeping whole lets the pruned model pass its check."""
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    names = {m: n for n, m in model.module.named_modules()}
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: order.append(names[m])) for m in model.module.modules()
+             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     with torch.no_grad():
-        module(*example)
+        model.module(*example)
     for h in hooks:
         h.remove()
-    return order[-1:]
+    for name in [n for n in reversed(dict.fromkeys(order)) if n not in kept][:8]:
+        trial = copy.deepcopy(model.module).eval()
+        layers = dict(trial.named_modules())
+        try:
+            pruner = tp.pruner.MetaPruner(trial, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=config.ratio,
+                                          iterative_steps=config.iterative_steps, ignored_layers=[layers[n] for n in (*kept, name)],
+                                          round_to=config.round_to)
+            for _ in range(config.iterative_steps):
+                pruner.step()
+            verify_pruned(trial.eval(), model, ctx)
+        except Exception:
+            continue
+        return name
+    return None
 
 
 def _select_layers(module: Any, names: tuple[str, ...] | None, kinds: tuple) -> list[tuple[str, Any]]:

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 class StaticInt8Config:
     format: str = "qdq"
     activation_type: str = "uint8"
+    # zero point 0 for activations: TensorRT's rule. XNNPACK and CPU int8 kernels take a zero point.
+    activation_symmetric: bool = False
     weight_type: str = "int8"
     per_channel: bool = True
     reduce_range: bool | None = None  # None: chosen from the target CPU (see quant_defaults)
@@ -158,7 +160,9 @@ def calibrate(source_path: Path, specs, op_types: list[str], method: str, config
     )
     cache_path = ctx.cache_dir / "calibration" / f"{hashlib.sha256(key_material.encode()).hexdigest()[:32]}.json"
     if config.use_cache and cache_path.is_file():
-        return cache_path, True
+        if _readable_ranges(cache_path):
+            return cache_path, True
+        cache_path.unlink(missing_ok=True)  # truncated or edited: calibrate again rather than serve it
     ranges_path = cache_path if config.use_cache else work / f"ranges.{method}.json"
     calibrator = create_calibrator(
         Path(source_path),
@@ -191,7 +195,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_type == "int8"}
+    extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
     if config.format == "qdq":
         # A MatMul/Gemm output is quantized only where an int8 reader needs it (as NNCF places
         # quantizers): ORT runs DQ->MatMul->float as MatMulIntegerToFloat and Gemm as QGemm with a
@@ -341,6 +345,15 @@ class _ListReader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._iter, None)
+
+
+def _readable_ranges(path: Path) -> bool:
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    try:
+        return bool(load_tensors_data(path))
+    except Exception:  # not JSON, or not ORT's layout
+        return False
 
 
 def _save_ranges(ranges, path: Path) -> None:

@@ -10,20 +10,29 @@ import onnx
 STATIC_CHECKERS = ("NnapiExecutionProvider", "CoreMLExecutionProvider")
 
 
-def static_coverage(model_path: str, provider: str) -> dict[str, Any] | None:
-    """Share of nodes the provider can take, per ORT's supported-op tables; None if no checker exists."""
+def static_coverage(model_path: str, provider: str, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any] | None:
+    """Share of nodes the provider can take, per ORT's supported-op tables; None if no checker exists.
+    With ``shapes`` (the input shapes validation runs at), dynamic dims are fixed to them first: NNAPI
+    and CoreML take no node whose shapes are not fixed, so a count with dims left open overstates."""
     if provider not in STATIC_CHECKERS:
         return None
     try:
         from onnxruntime.tools.mobile_helpers import usability_checker as checker
     except ImportError:
         return None
-    model = onnx.shape_inference.infer_shapes(onnx.load(model_path))
-    if provider == "NnapiExecutionProvider":
-        info = checker.check_nnapi_partitions(model, require_fixed_input_sizes=False)
-    else:
-        info = checker.check_coreml_partitions(model, require_fixed_input_sizes=False, config_filename="coreml_supported_mlprogram_ops.md")
+    model = onnx.load(model_path)
+    for value in model.graph.input:
+        for dim, size in zip(value.type.tensor_type.shape.dim, (shapes or {}).get(value.name, ())):
+            if not dim.HasField("dim_value"):
+                dim.Clear()
+                dim.dim_value = int(size)
+    model = onnx.shape_inference.infer_shapes(model)
     dynamic = [i.name for i in model.graph.input if any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim)]
+    fixed = not dynamic
+    if provider == "NnapiExecutionProvider":
+        info = checker.check_nnapi_partitions(model, require_fixed_input_sizes=fixed)
+    else:
+        info = checker.check_coreml_partitions(model, require_fixed_input_sizes=fixed, config_filename="coreml_supported_mlprogram_ops.md")
     return {
         "source": "onnxruntime mobile usability checker (static, by op type)",
         "nodes": info.num_nodes,
@@ -31,5 +40,6 @@ def static_coverage(model_path: str, provider: str) -> dict[str, Any] | None:
         "preferred_share": round(info.num_supported_nodes / info.num_nodes, 4) if info.num_nodes else None,
         "partitions": info.num_partitions,
         "unsupported_ops": sorted(info.unsupported_ops),
+        "input_shapes": {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input},
         "note": f"inputs {dynamic} have dynamic dims: {provider.replace('ExecutionProvider', '')} needs fixed sizes (fix them with onnxruntime.tools.make_dynamic_shape_fixed)" if dynamic else "",
     }

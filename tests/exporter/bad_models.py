@@ -31,3 +31,35 @@ class SharedWeightLoop(torch.nn.Module):
         for _ in range(32):
             x = torch.tanh(self.step(x))
         return x
+
+
+class FixedWidthReshape(torch.nn.Module):
+    """A pitch-tracker-style net whose forward hard-codes a width (as CREPE's reshape(-1, self.in_features)
+    does): pruning conv2's channels breaks it, and the check must name conv2."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv1d(1, 16, 5, padding=2)
+        self.conv2 = torch.nn.Conv1d(16, 32, 5, padding=2)
+        self.in_features = 32 * 8
+        self.classifier = torch.nn.Linear(self.in_features, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool1d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.max_pool1d(torch.relu(self.conv2(x)), 2)
+        return torch.sigmoid(self.classifier(x.reshape(-1, self.in_features)))
+
+
+class TwoHeads(torch.nn.Module):
+    """A trunk with a class head and a box head, flattened together as detectors do: both heads'
+    widths make up the output, though neither layer's output is the model's output itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = torch.nn.Linear(16, 64)
+        self.classes = torch.nn.Linear(64, 5)
+        self.boxes = torch.nn.Linear(64, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.trunk(x))
+        return torch.cat((torch.sigmoid(self.classes(h)), self.boxes(h)), dim=1)

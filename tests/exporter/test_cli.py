@@ -127,3 +127,27 @@ def test_unchanged_steps_come_from_the_step_cache(tmp_path):
     third = _run(*DIGITS_ARGS, "--calib", other, "--eval", P["test"], "-o", tmp_path / "d", "--json")
     assert {s["name"]: s["cached"] for s in json.loads(third.stdout)["steps"]}["quantize_search"] is False
     assert first.exit_code == 0
+
+
+def test_a_truncated_step_cache_entry_is_recomputed_not_served(tmp_path, monkeypatch):
+    import os
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGEPORT_CACHE_DIR", str(cache))
+    first = _run(*DIGITS_ARGS, "--calib", P["calib"], "-o", tmp_path / "a", "--json")
+    assert first.exit_code == 0, first.output
+    for entry in (cache / "steps").iterdir():  # cut every stored model in half, as a killed copy would
+        model = next(f for f in entry.iterdir() if f.suffix == ".onnx")
+        model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    second = _run(*DIGITS_ARGS, "--calib", P["calib"], "-o", tmp_path / "b", "--json")
+    assert second.exit_code == 0, second.output
+    assert not any(s["cached"] for s in json.loads(second.stdout)["steps"])
+    assert file_sha256(tmp_path / "a" / "model.onnx") == file_sha256(tmp_path / "b" / "model.onnx")
+    # and the cache stays within its size: the least recently used entries go first
+    from edgeport.step_cache import prune
+
+    entries = sorted((cache / "steps").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert len(entries) >= 2
+    os.utime(entries[-1])
+    prune(cache / "steps", max_bytes=sum(f.stat().st_size for f in entries[-1].iterdir()))
+    assert [p.name for p in (cache / "steps").iterdir()] == [entries[-1].name]

@@ -184,3 +184,24 @@ def test_pruning_and_mac_counting_use_sizes_the_model_accepts(tmp_path):
     pruned = channel_prune(_artifact(_AudioNet(), specs), ChannelPruneConfig(ratio=0.5), ctx=ctx).module
     assert pruned.frontend.out_channels == 16
     assert 0 < ctx.records[-1].metrics["macs_ratio"] < 0.6
+
+
+def test_channel_pruning_keeps_every_head_of_a_multi_head_model(tmp_path):
+    from tests.exporter.bad_models import TwoHeads
+
+    ctx = PassContext(work_dir=tmp_path)
+    pruned = channel_prune(_artifact(TwoHeads().eval(), (parse_input_spec("x:batchx16"),)), ChannelPruneConfig(ratio=0.5), ctx=ctx).module
+    assert pruned.classes.out_features == 5 and pruned.boxes.out_features == 4  # only the last one run was kept before
+    assert pruned.trunk.out_features < 64
+
+
+def test_a_width_fixed_by_the_models_code_is_named_with_the_ignore_that_avoids_it(tmp_path):
+    from tests.exporter.bad_models import FixedWidthReshape
+
+    torch.manual_seed(0)
+    artifact = _artifact(FixedWidthReshape().eval(), (parse_input_spec("x:batchx1x32"),))
+    with pytest.raises(UsageError) as caught:
+        channel_prune(artifact, ChannelPruneConfig(ratio=0.5), ctx=PassContext(work_dir=tmp_path / "a"))
+    assert "'conv2'" in str(caught.value) and "--ignore conv2" in str(caught.value)
+    pruned = channel_prune(artifact, ChannelPruneConfig(ratio=0.5, ignore=("conv2",)), ctx=PassContext(work_dir=tmp_path / "b")).module
+    assert pruned.conv1.out_channels < 16 and pruned.conv2.out_channels == 32

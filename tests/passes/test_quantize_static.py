@@ -153,3 +153,42 @@ def test_no_cache_does_not_reuse_cached_calibration_ranges(tmp_path):
 
     assert calibration_cache() == "stored"
     assert calibration_cache(use_cache=False) == "off"  # it said "hit"
+
+
+def test_a_truncated_calibration_cache_entry_is_recalibrated(tmp_path):
+    from edgeport import export
+    from tests.conftest import digits_paths
+
+    def calibration_cache(name, config):
+        result = export("examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=digits_paths()["calib"], search=False,
+                        out_dir=tmp_path / name, cache_dir=tmp_path / "cache", quant_config=config)
+        return next(s for s in result.report["steps"] if s["name"] == "quantize_static")["metrics"]["calibration_cache"]
+
+    assert calibration_cache("a", StaticInt8Config()) == "stored"
+    for entry in (tmp_path / "cache" / "calibration").iterdir():
+        entry.write_text(entry.read_text()[:40])  # cut short, as a killed writer on a filesystem without atomic rename would
+    # another eval_samples misses the step cache but shares the range cache key, so the ranges are read
+    assert calibration_cache("b", StaticInt8Config(eval_samples=999)) == "stored"
+
+
+def test_int8_activations_are_symmetric_only_for_tensorrt(tmp_path):
+    """ActivationSymmetric followed activation_type == 'int8': TensorRT's rule, applied to XNNPACK too."""
+    from onnx import numpy_helper
+
+    from edgeport import export, load_profile
+    from edgeport.profile_defaults import quant_config_for
+    from tests.conftest import digits_paths
+
+    xnnpack, tensorrt = quant_config_for(load_profile("android-xnnpack")), quant_config_for(load_profile("jetson-orin-nano"))
+    assert xnnpack.activation_type == tensorrt.activation_type == "int8"
+    assert not xnnpack.activation_symmetric and tensorrt.activation_symmetric
+
+    def activation_zero_points(config):
+        export("examples.digits.model:trained_digits_cnn", inputs=["image:batchx1x8x8"], calib=digits_paths()["calib"], search=False,
+               quant_config=config, out_dir=tmp_path / str(config.activation_symmetric))
+        graph = onnx.load(str(tmp_path / str(config.activation_symmetric) / "model.onnx")).graph
+        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        return [int(inits[n.input[2]]) for n in graph.node if n.op_type == "QuantizeLinear" and inits[n.input[2]].ndim == 0]
+
+    assert any(zp != 0 for zp in activation_zero_points(xnnpack))  # ReLU outputs use the whole int8 range
+    assert all(zp == 0 for zp in activation_zero_points(tensorrt))

@@ -37,3 +37,11 @@ def test_static_coverage_for_mobile_providers(tmp_path):
     assert nnapi["nodes"] == 2 and nnapi["preferred_share"] == 1.0 and "dynamic dims" in nnapi["note"]
     assert static_coverage(str(path), "CoreMLExecutionProvider")["nodes"] == 2
     assert static_coverage(str(path), "TensorrtExecutionProvider") is None  # no static checker exists
+
+
+def test_mobile_coverage_is_judged_at_the_shapes_validation_runs_at(tmp_path):
+    path = make_linear_onnx(tmp_path / "l.onnx")
+    fixed = static_coverage(str(path), "NnapiExecutionProvider", {"x": (1, 4)})
+    assert fixed["input_shapes"] == {"x": [1, 4]} and fixed["note"] == "" and fixed["preferred_share"] == 1.0
+    still_dynamic = static_coverage(str(path), "NnapiExecutionProvider")
+    assert still_dynamic["input_shapes"] == {"x": ["batch", 4]} and "dynamic dims" in still_dynamic["note"]
