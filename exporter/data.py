@@ -4,6 +4,11 @@ Every source yields *items*; an item's arrays are read against the model's input
 rank - 1 is one sample, rank is a block of samples along axis 0, rank + 1 is a list of ready-made
 batches. Samples are grouped into batches of the model's batch size; ready-made batches pass as
 they are. Arrays are streamed: an .npz member is read a few rows at a time, never whole.
+
+A model with an input that has no batch axis at 0 (a scalar sample rate, a recurrent state
+[2, batch, 128]: streaming audio and keyword models) cannot be batched by stacking. Its items are
+*complete feeds*, given exactly as the model takes them (rank), or a list of them (rank + 1),
+and each passes on as it is, one feed per batch.
 """
 
 from __future__ import annotations
@@ -30,9 +35,12 @@ _ROWS_PER_READ = 64
 class Batch:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    feeds: int | None = None  # set for complete feeds (one per batch), whose first axis is not a batch
 
     @property
     def size(self) -> int:
+        if self.feeds is not None:
+            return self.feeds
         return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
 
 
@@ -181,8 +189,9 @@ class RandomSource(DataSource):
 
     def items(self) -> Iterator[_Item]:
         rng = np.random.default_rng(self.seed)
+        whole = takes_complete_feeds(self.specs)  # then every item is a complete feed at batch 1
         for _ in range(self.num_samples):
-            yield _Item({s.name: example_array(s, rng)[0] if s.rank else example_array(s, rng) for s in self.specs}, None, "random")
+            yield _Item({s.name: example_array(s, rng) if whole or not s.rank else example_array(s, rng)[0] for s in self.specs}, None, "random")
 
 
 def open_data(text: str | Path | DataSource | None, *, role: str, seed: int = 0) -> DataSource | None:
@@ -322,9 +331,43 @@ def _cast(array: np.ndarray, spec: TensorSpec, source: DataSource) -> np.ndarray
     raise DataError(f"{source.role} data for input '{spec.name}' is {array.dtype} but the model takes {spec.dtype}", fix=f"save it as {spec.dtype}")
 
 
+def takes_complete_feeds(specs: tuple[TensorSpec, ...]) -> bool:
+    """True when some input has no batch axis at 0: a scalar, or a tensor whose axis 0 is not the
+    batch dim the other inputs share (a state [2, batch, 128])."""
+    batch_names = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], str)}
+    batch = next(iter(batch_names)) if len(batch_names) == 1 else None
+    return any(s.rank == 0 or (batch is not None and s.shape[0] != batch and batch in s.shape) for s in specs)
+
+
+def _feeds(source: DataSource, specs: tuple[TensorSpec, ...], max_samples: int | None) -> Iterator[Batch]:
+    """Complete feeds, each as given: never stacked with another, never split."""
+    emitted = 0
+    for item in source.items():
+        arrays = _materialize(_bind_names(item, specs, source))
+        offsets = {s.name: arrays[s.name].ndim - s.rank for s in specs}
+        if set(offsets.values()) - {0, 1} or len(set(offsets.values())) != 1:
+            shapes = ", ".join(f"{n}{tuple(a.shape)}" for n, a in arrays.items())
+            want = ", ".join(f"{s.name}{s.describe()}" for s in specs)
+            raise DataError(f"{source.role} data '{item.origin}' gives {shapes}, but this model takes complete feeds ({want}): "
+                            "an input has no batch axis at 0, so samples cannot be stacked",
+                            fix="save each feed exactly as the model takes it (one .npz per feed), or a list of them along a new first axis")
+        count = len(next(iter(arrays.values()))) if next(iter(offsets.values())) == 1 else None
+        labels = None if item.labels is None else np.asarray(item.labels)
+        for i in range(count if count is not None else 1):
+            feed = {s.name: _cast(arrays[s.name][i] if count is not None else arrays[s.name], s, source) for s in specs}
+            label = None if labels is None else (labels[i] if count is not None and labels.ndim else labels)
+            yield _checked(Batch(feed, None if label is None else np.asarray(label)[None], feeds=1), specs, source)
+            emitted += 1
+            if max_samples is not None and emitted >= max_samples:
+                return
+
+
 def _batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> Iterator[Batch]:
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is below 1", fix="use a batch size of at least 1")
+    if takes_complete_feeds(specs):
+        yield from _feeds(source, specs, max_samples)
+        return
     fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
     target = fixed.pop() if len(fixed) == 1 else batch_size
     pending: list[tuple[dict[str, np.ndarray], Any]] = []

@@ -50,6 +50,12 @@ class SampleSubset(DataSource):
         for index, single in enumerate(self.parent.batches(specs, 1, None)):
             if not self.keep(index):
                 continue
+            if single.feeds is not None:  # complete feeds pass one by one: they cannot be stacked
+                yield single
+                emitted += 1
+                if max_samples is not None and emitted >= max_samples:
+                    break
+                continue
             if pending and any(pending[0].inputs[n].shape[1:] != a.shape[1:] for n, a in single.inputs.items()):
                 yield _joined(pending)
                 pending = []

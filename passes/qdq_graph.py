@@ -91,7 +91,7 @@ class QdqModel:
             by_input = {n.input[0]: n for n in restored.values()}
             nodes = [m for n in nodes for m in (n, *(by_input[o] for o in n.output if o in by_input))]
         nodes = _live_nodes(nodes, outputs)
-        used = {i for n in nodes for i in n.input} | outputs
+        used = {i for n in nodes for i in reads(n)} | outputs  # subgraphs read outer initializers too
         initializers = [t for t in graph.initializer if t.name in used]
         initializers += [_renamed(self._source_init[source], name) for name, source in needed_init.items()]
         new_graph = helper.make_graph(nodes, graph.name, list(graph.input), list(graph.output), initializers, value_info=[])
@@ -133,10 +133,11 @@ def _reapplied(activation: onnx.NodeProto, pre_activation: str) -> onnx.NodeProt
 
 
 def _live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
-    """Drop nodes whose outputs nothing reads (Q/DQ pairs only reverted nodes used)."""
+    """Drop nodes whose outputs nothing reads (Q/DQ pairs only reverted nodes used). An If or Loop
+    reads, besides its inputs, every outer tensor its subgraphs name."""
     live = list(nodes)
     while True:
-        read = {i for n in live for i in n.input} | outputs
+        read = {i for n in live for i in reads(n)} | outputs
         kept = [n for n in live if any(o in read for o in n.output)]
         if len(kept) == len(live):
             return kept
@@ -163,7 +164,7 @@ def gather_before_dequantize(model: onnx.ModelProto) -> int:
     readers: dict[str, int] = {}
     quantized_later = set()  # DQ -> Gather -> Q is fused by ORT itself: leave it
     for node in graph.node:
-        for name in node.input:
+        for name in reads(node):
             readers[name] = readers.get(name, 0) + 1
         if node.op_type == "QuantizeLinear":
             quantized_later.add(node.input[0])
@@ -182,8 +183,8 @@ def gather_before_dequantize(model: onnx.ModelProto) -> int:
         nodes.extend([gather, after])
         moved += 1
     if moved:
-        kept = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] not in {i for m in nodes for i in m.input}
-                                          and n.output[0] not in {o.name for o in graph.output})]
+        read = {i for m in nodes for i in reads(m)} | {o.name for o in graph.output}
+        kept = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] not in read)]
         del graph.node[:]
         graph.node.extend(kept)
     return moved
@@ -191,3 +192,42 @@ def gather_before_dequantize(model: onnx.ModelProto) -> int:
 
 def _attributes(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name a node reads: its inputs, and those its subgraphs (If branches, Loop and
+    Scan bodies) take from the enclosing scope."""
+    names = set(node.input)
+    for attr in node.attribute:
+        for graph in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+            for inner in graph.node:
+                names |= reads(inner)
+    return names
+
+
+def sort_topologically(model: onnx.ModelProto) -> bool:
+    """Order the main graph so each node comes after whatever it reads, subgraph reads included.
+    ORT's quantizer sorts by explicit inputs only, and can move an If above the node that makes a
+    tensor its branches read. Returns whether the order changed."""
+    graph = model.graph
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced = {o for n in graph.node for o in n.output}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(name in available or name not in produced for name in reads(n))]
+        if not ready:
+            return False  # a cycle, or names from deeper scopes: leave the order as ORT wrote it
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+        pending = [n for n in pending if all(n is not r for r in ready)]
+    if [n.name for n in ordered] == [n.name for n in graph.node] and len(ordered) == len(graph.node):
+        return False
+    copies = []
+    for node in ordered:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copies.append(copy)
+    del graph.node[:]
+    graph.node.extend(copies)
+    return True

@@ -25,6 +25,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
 from edgeport.errors import DataError, QuantizationError, UsageError
 from edgeport.passes.context import PassContext, QuantTarget, config_to_dict
 from edgeport.passes.parity_check import parity_between
+from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
 from edgeport.runtimes.hostcpu import host_cpu
 
@@ -220,6 +221,9 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
             )
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
+    quantized = onnx.load(str(out_path), load_external_data=False)
+    if sort_topologically(quantized):  # an If moved above what its branches read
+        onnx.save(quantized, str(out_path))
 
 
 def _require_cacheable_ort() -> None:

@@ -4,6 +4,7 @@ and odd dim names. Each comes with data that fits it."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +70,22 @@ def branch_if(opset: int) -> tuple[onnx.GraphProto, dict[str, np.ndarray]]:
     return graph, {"x": RNG.standard_normal((24, 8)).astype(np.float32)}
 
 
+def branch_reads_outer_scope(opset: int) -> tuple[onnx.GraphProto, dict[str, np.ndarray]]:
+    """A MatMul in the main graph, then an If whose branches read a main-graph initializer and
+    the MatMul's output from the enclosing scope, as silero-vad's files do."""
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node(op, ["r", "shift"], [f"{name}_out"], name=f"{name}_{op.lower()}")], name, [],
+                                 [_value(f"{name}_out", TensorProto.FLOAT, ["n", 6])])
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="matmul"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("ReduceSum", ["x", "all_axes"], ["total"], name="total", keepdims=0),
+             helper.make_node("Greater", ["total", "zero"], ["positive"], name="positive"),
+             helper.make_node("If", ["positive"], ["y"], name="branch", then_branch=branch("then", "Add"), else_branch=branch("else", "Sub"))]
+    graph = helper.make_graph(nodes, "outer_scope", [_value("x", TensorProto.FLOAT, ["n", 8])], [_value("y", TensorProto.FLOAT, ["n", 6])],
+                              [_init("w", 8, 6), _init("shift", 6, scale=0.1), _const("zero", 0.0, np.float32), _const("all_axes", [0, 1])])
+    return graph, {"x": RNG.standard_normal((24, 8)).astype(np.float32)}
+
+
 def token_embedding(opset: int) -> tuple[onnx.GraphProto, dict[str, np.ndarray]]:
     """int64 token ids with a dynamic batch and sequence: Gather from a table, MatMul, mean over tokens."""
     nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"], name="embed"),
@@ -112,6 +129,8 @@ CORPUS: list[tuple[int, Callable, bool]] = [
     (12, conv_gemm, False),
     (12, token_embedding, False),
     (13, branch_if, False),
+    (13, branch_reads_outer_scope, False),
+    (16, branch_reads_outer_scope, True),
     (14, two_heads, False),
     (15, token_embedding, True),
     (17, layer_norm_mlp, False),
@@ -124,6 +143,8 @@ CORPUS: list[tuple[int, Callable, bool]] = [
 def write_corpus_model(folder: Path, opset: int, builder: Callable, external: bool) -> tuple[Path, Path]:
     """The model file (with converter metadata, its weights in a side file when ``external``) and
     an .npz of data for it."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(f"{builder.__name__}{opset}".encode()))  # each file the same, whatever ran before
     graph, data = builder(opset)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="paddle2onnx", producer_version="1.0")
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
@@ -132,9 +153,57 @@ def write_corpus_model(folder: Path, opset: int, builder: Callable, external: bo
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{builder.__name__}.opset{opset}.onnx"
     if external:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.weights", size_threshold=0)
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.weights", size_threshold=128)
     else:
         onnx.save(model, str(path))
     data_path = folder / f"{builder.__name__}.opset{opset}.npz"
     np.savez(data_path, **data)
     return path, data_path
+
+
+def write_streaming_vad(folder: Path, feeds: int = 24) -> tuple[Path, Path]:
+    """A voice-activity-style streaming model as such files come: opset 15, a float chunk
+    [batch, 64], a recurrent state [2, batch, 16] whose batch axis is 1, and a scalar int64 sample
+    rate; it returns a probability and the next state. Data: a folder of .npz files, each one
+    complete feed, carried from one chunk to the next as the model would run."""
+    nodes = [
+        helper.make_node("MatMul", ["input", "w_in"], ["x"], name="input_projection"),
+        helper.make_node("Gather", ["state", "zero"], ["h_prev"], name="state_h", axis=0),
+        helper.make_node("MatMul", ["h_prev", "w_rec"], ["r"], name="recurrent_projection"),
+        helper.make_node("Add", ["x", "r"], ["pre"], name="add"),
+        helper.make_node("Tanh", ["pre"], ["h"], name="tanh"),
+        helper.make_node("Unsqueeze", ["h", "axis0"], ["h_new"], name="h_new"),
+        helper.make_node("Unsqueeze", ["h_prev", "axis0"], ["h_old"], name="h_old"),
+        helper.make_node("Concat", ["h_new", "h_old"], ["stateN"], name="next_state", axis=0),
+        helper.make_node("Cast", ["sr"], ["sr_float"], name="sr_float", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr_float", "sr_ref"], ["sr_scale"], name="sr_scale"),
+        helper.make_node("MatMul", ["h", "w_out"], ["logit"], name="head"),
+        helper.make_node("Mul", ["logit", "sr_scale"], ["scaled"], name="scale"),
+        helper.make_node("Sigmoid", ["scaled"], ["output"], name="probability"),
+    ]
+    graph = helper.make_graph(
+        nodes, "streaming_vad",
+        [_value("input", TensorProto.FLOAT, ["batch", 64]), _value("state", TensorProto.FLOAT, [2, "batch", 16]),
+         _value("sr", TensorProto.INT64, [])],
+        [_value("output", TensorProto.FLOAT, ["batch", 1]), _value("stateN", TensorProto.FLOAT, [2, "batch", 16])],
+        [_init("w_in", 64, 16), _init("w_rec", 16, 16), _init("w_out", 16, 1, scale=1.0), _const("zero", 0), _const("axis0", [0]),
+         _const("sr_ref", 16000.0, np.float32)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], producer_name="a streaming converter")
+    model.ir_version = 8
+    model.metadata_props.add(key="converted_from", value="a framework that is not torch")
+    onnx.checker.check_model(model, full_check=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vad.onnx"
+    onnx.save(model, str(path))
+    data = folder / "feeds"
+    data.mkdir()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    state = np.zeros((2, 1, 16), np.float32)
+    for i in range(feeds):
+        chunk = (np.sin(np.arange(64) * (0.05 + 0.01 * i)) + 0.1 * RNG.standard_normal(64)).astype(np.float32)[None]
+        feed = {"input": chunk, "state": state, "sr": np.array(16000, np.int64)}
+        np.savez(data / f"feed{i:03d}.npz", **feed)
+        state = session.run(None, feed)[1]
+    return path, data

@@ -100,3 +100,47 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "outside its own folder" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_streaming_model_with_a_state_and_a_scalar_input_takes_complete_feeds(tmp_path):
+    """A VAD-style file (state [2, batch, 16], scalar int64 sample rate) given a folder of .npz
+    feeds used to end in 'internal error: IndexError' in the data reader."""
+    from tests.onnx_corpus import write_streaming_vad
+
+    model, feeds = write_streaming_vad(tmp_path / "in")
+    out = tmp_path / "out"
+    result = _export(model, feeds, out)
+    assert result.exit_code in (0, 1), result.output
+    report = json.loads((out / "report.json").read_text())
+    search = next(s for s in report["steps"] if s["name"] == "quantize_search")["metrics"]
+    assert search["fidelity"]["held_out"]["samples"] == 3  # feed by feed: 24 feeds, every 4th apart, half of those held out
+    int8 = _check_artifact(out / "model.onnx")
+    assert any(n.op_type == "DequantizeLinear" for n in int8.graph.node)
+    validation = CliRunner().invoke(cli, ["validate", str(out / "model.onnx"), "--profile", "ci-x86-avx2", "--runs", "3",
+                                          "--reference", str(out / "model.fp32.onnx"), "--data", str(feeds), "--json"])
+    assert validation.exit_code in (0, 1), validation.output
+    parity = json.loads(validation.stdout)["profiles"][0]["parity"]
+    assert parity["samples"] == 24 and parity["cosine_min"] is not None
+    # random data makes complete feeds too
+    assert _export(model, "random:8", tmp_path / "random").exit_code in (0, 1)
+
+
+def test_an_if_moved_above_what_its_branches_read_is_put_back():
+    """ORT's quantizer sorts nodes by explicit inputs only; with a smoothing Mul in front it put an
+    If above the Relu whose output the If's branches read, and the int8 file did not load."""
+    from onnx import TensorProto, helper
+
+    from edgeport.passes.qdq_graph import sort_topologically
+
+    branch = helper.make_graph([helper.make_node("Neg", ["r"], ["out"])], "then", [], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2])])
+    other = helper.make_graph([helper.make_node("Identity", ["r"], ["out2"])], "else", [], [helper.make_tensor_value_info("out2", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("If", ["c"], ["y"], name="branch", then_branch=branch, else_branch=other),
+             helper.make_node("Relu", ["x"], ["r"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model, full_check=True)
+    assert sort_topologically(model) and [n.name for n in model.graph.node] == ["relu", "branch"]
+    onnx.checker.check_model(model, full_check=True)
+    assert not sort_topologically(model)  # already in order
