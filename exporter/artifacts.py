@@ -156,12 +156,16 @@ def _load_proto(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise ModelLoadError(f"ONNX model '{path}' does not exist", fix="check the path")
     try:
-        return onnx.load(str(path), load_external_data=False)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for corrupt files
         raise ModelLoadError(
             f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})",
             fix="re-export the model or check that the file was fully copied",
         ) from exc
+    if not model.graph.node or not model.graph.output:  # protobuf reads an empty or cut file as an empty model
+        raise ModelLoadError(f"'{path}' is not a readable ONNX model (it holds no graph: {path.stat().st_size} bytes)",
+                             fix="re-export the model or check that the file was fully copied")
+    return model
 
 
 def read_onnx_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -330,6 +330,11 @@ def _check_same_io(model: OnnxArtifact, ref: OnnxArtifact) -> None:
             f"reference '{ref.path}' takes {[s.name for s in ref.inputs]} -> {len(ref.outputs)} outputs, but the model takes {[s.name for s in model.inputs]} -> {len(model.outputs)}",
             fix="give the fp32 model this artifact was made from as --reference",
         )
+    for mine, theirs in zip(model.inputs, ref.inputs):  # a fixed dim that differs cannot take the same data
+        fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(mine.shape, theirs.shape))
+        if mine.rank != theirs.rank or fixed_differ or mine.dtype != theirs.dtype:
+            raise DataError(f"reference '{ref.path}' takes {theirs.describe()} but the model takes {mine.describe()}",
+                            fix="give the fp32 model this artifact was made from as --reference")
 
 
 def _report(artifact, ref, source, verdicts: list[ProfileVerdict]) -> dict[str, Any]:
