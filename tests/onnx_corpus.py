@@ -207,3 +207,13 @@ def write_streaming_vad(folder: Path, feeds: int = 24) -> tuple[Path, Path]:
         np.savez(data / f"feed{i:03d}.npz", **feed)
         state = session.run(None, feed)[1]
     return path, data
+
+
+def point_external_data_at(path: Path, location: str) -> None:
+    """Rewrite every external-data location in the file: a hostile model reading outside its folder."""
+    proto = onnx.load(str(path), load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(proto, str(path))

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgeport.cli import cli
-from tests.onnx_corpus import CORPUS, branch_if, conv_gemm, write_corpus_model
+from tests.onnx_corpus import CORPUS, branch_if, conv_gemm, point_external_data_at, write_corpus_model
 
 
 def _export(model, data, out, *extra):
@@ -89,12 +89,7 @@ def test_when_no_upgrade_holds_int8_goes_per_tensor_and_says_so(tmp_path, monkey
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     model, data = write_corpus_model(tmp_path / "in", 15, conv_gemm, True)
-    proto = onnx.load(str(model), load_external_data=False)
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../../etc/passwd"
-    onnx.save(proto, str(model))
+    point_external_data_at(model, "../../etc/passwd")
     result = _export(model, data, tmp_path / "out")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from tests.conftest import make_linear_onnx
+from tests.onnx_corpus import point_external_data_at
 
 
 @dataclass(frozen=True)
@@ -75,12 +76,7 @@ def _outside_data(folder: Path) -> str:
     path = Path(_model(folder))
     proto = onnx.load(str(path))
     onnx.save(proto, str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
-    proto = onnx.load(str(path), load_external_data=False)
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "/etc/passwd"
-    onnx.save(proto, str(path))
+    point_external_data_at(path, "/etc/passwd")
     return str(path)
 
 
