@@ -78,7 +78,7 @@ class DataSource:
                 digest.update(array.tobytes())
             scan.batches += 1
             scan.samples += batch.size
-            scan.shapes.add(tuple(sorted((n, a.shape[1:]) for n, a in batch.inputs.items())))
+            scan.shapes.add(tuple(sorted((n, a.shape) for n, a in batch.inputs.items())))
         scan.fingerprint = digest.hexdigest()
         return scan
 
@@ -91,7 +91,9 @@ class DataScan:
     fingerprint: str
     batches: int
     samples: int
-    shapes: set[tuple]  # the distinct sets of input shapes among the batches, less the batch axis (a short last batch is no new shape)
+    # the distinct sets of input shapes among the batches; a short last batch counts as another, because
+    # ORT's histogram calibrators stack a chunk's outputs and fail on mixed batch sizes
+    shapes: set[tuple]
 
 
 class NpzSource(DataSource):
@@ -352,6 +354,9 @@ def _feeds(source: DataSource, specs: tuple[TensorSpec, ...], max_samples: int |
                             "an input has no batch axis at 0, so samples cannot be stacked",
                             fix="save each feed exactly as the model takes it (one .npz per feed), or a list of them along a new first axis")
         count = len(next(iter(arrays.values()))) if next(iter(offsets.values())) == 1 else None
+        if count is not None and any(len(a) != count for a in arrays.values()):
+            raise DataError(f"{source.role} data '{item.origin}' lists a different number of feeds per input "
+                            f"({', '.join(f'{n}: {len(a)}' for n, a in arrays.items())})", fix="give every input the same number of feeds")
         labels = None if item.labels is None else np.asarray(item.labels)
         for i in range(count if count is not None else 1):
             feed = {s.name: _cast(arrays[s.name][i] if count is not None else arrays[s.name], s, source) for s in specs}

@@ -61,7 +61,10 @@ def load(key: str, artifact: OnnxArtifact, ctx: PassContext) -> OnnxArtifact | N
     except (OSError, ValueError, KeyError, TypeError):  # truncated, edited or from an older layout: recompute
         shutil.rmtree(folder, ignore_errors=True)
         return None
-    os.utime(folder)  # recently used: pruned last
+    try:
+        os.utime(folder)  # recently used: pruned last
+    except OSError:
+        pass  # another run pruned it meanwhile: the copy in the work folder is whole
     ctx.record(record)
     return OnnxArtifact.from_file(target, lineage=(*artifact.lineage, record.name))
 
@@ -87,9 +90,12 @@ def prune(root: Path, max_bytes: int = MAX_CACHE_BYTES) -> None:
     """Remove the least recently used entries until the step cache fits in ``max_bytes``."""
     entries = []
     for folder in root.iterdir():
-        if folder.is_dir() and not folder.name.startswith("."):
-            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-            entries.append((folder.stat().st_mtime, size, folder))
+        try:  # another run may be storing or pruning at the same time
+            if folder.is_dir() and not folder.name.startswith("."):
+                size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+                entries.append((folder.stat().st_mtime, size, folder))
+        except OSError:
+            continue
     total = sum(size for _, size, _ in entries)
     for _, size, folder in sorted(entries):
         if total <= max_bytes:

@@ -230,7 +230,7 @@ def _finite_outputs(parity: dict, basis: str) -> BudgetResult | None:
     bad = {side: parity.get(f"non_finite_{side}") or 0 for side in ("candidate", "reference")}
     if not any(bad.values()):
         return None
-    return BudgetResult("parity.outputs_finite", FAIL, bad["candidate"] + bad["reference"], 0, "", basis,
+    return BudgetResult("parity.non_finite_outputs_max", FAIL, bad["candidate"] + bad["reference"], 0, "", basis,
                         f"outputs with NaN or Inf: {bad['candidate']} from the model, {bad['reference']} from the reference")
 
 

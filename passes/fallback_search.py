@@ -199,7 +199,7 @@ def worth_it(trial: FidelityScore, current: FidelityScore, *, costly: bool) -> b
     """Whether a revert earns its place: any gain for a free node, a real one for a costly node."""
     if not trial.key() > current.key():
         return False
-    if not costly:
+    if not costly or (trial.met and not current.met):  # the step that meets the target is always worth it
         return True
     gain = trial.margin - current.margin
     sqnr_gain = (trial.values.get("sqnr_db") or 0.0) - (current.values.get("sqnr_db") or 0.0)

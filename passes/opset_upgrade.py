@@ -33,6 +33,7 @@ class OpsetUpgradeConfig:
     min_opset: int = PER_CHANNEL_OPSET
     target_opset: int = 17  # what edgeport's own torch exports use
     min_cosine: float = 0.99999
+    min_sqnr_db: float = 60.0  # over every output: a converter adapter that changes numbers shows here
     parity_samples: int = 8
 
 
@@ -69,10 +70,13 @@ def upgrade_opset(model: OnnxArtifact, config: OpsetUpgradeConfig, *, ctx: PassC
         except Exception as exc:  # the converter has no adapter for some op, or the result is invalid
             attempts.append({"opset": target, "ok": False, "reason": first_line(exc)[:300]})
             continue
-        cosine = parity.get("cosine_min")
-        ok = cosine is not None and cosine >= config.min_cosine and not parity.get("non_finite")
+        cosine, sqnr = parity.get("cosine_min"), parity.get("sqnr_db")
+        # cosine covers the first output; SQNR sums over every output (None: identical outputs)
+        ok = cosine is not None and cosine >= config.min_cosine and (sqnr is None or sqnr >= config.min_sqnr_db) \
+            and not parity.get("non_finite_candidate") and not parity.get("non_finite_reference")
         attempts.append({"opset": target, "ok": ok, "parity_vs_original": parity,
-                         **({} if ok else {"reason": f"outputs changed: cosine_min {cosine} < {config.min_cosine}"})})
+                         **({} if ok else {"reason": f"outputs changed: cosine_min {cosine}, SQNR {sqnr} dB (needs {config.min_cosine}, "
+                                                     f"{config.min_sqnr_db} dB), non-finite outputs {parity.get('non_finite_candidate')}"})})
         if ok:
             result = candidate
             break

@@ -92,7 +92,6 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
 
 def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: PassContext) -> TorchArtifact:
     import torch
-    import torch_pruning as tp
     from torch import nn
 
     started = time.perf_counter()
@@ -103,21 +102,11 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
     ignored = [m for _, m in _select_layers(module, config.ignore, (nn.Module,))] if config.ignore else []
     ignored += _output_layers(module, example)
     ignored_names = [n for n, m in module.named_modules() if any(m is i for i in ignored)]
-    heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
     macs_before, params_before = count_macs(module, model.inputs), count_params(module)
     try:
-        pruner = tp.pruner.MetaPruner(
-            module, example, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
-            pruning_ratio=config.ratio, iterative_steps=config.iterative_steps, ignored_layers=ignored,
-            round_to=config.round_to, num_heads=heads, prune_head_dims=False, prune_num_heads=bool(heads),
-        )
-        for _ in range(config.iterative_steps):
-            pruner.step()
+        _prune_in_place(module, example, config, ignored)
     except Exception as exc:
         raise InternalError(f"torch-pruning could not prune the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", fix="add the failing layer to --ignore, or use magnitude pruning") from exc
-    for m in heads:  # torch-pruning leaves MultiheadAttention's bookkeeping to us
-        m.head_dim = m.embed_dim // m.num_heads
-    module.eval()
     try:
         parity = verify_pruned(module, model, ctx)
     except InternalError as exc:
@@ -133,6 +122,24 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
                  "macs_ratio": round(macs_after / macs_before, 4) if macs_before else None, "parity_onnx_vs_torch": parity},
     ))
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "prune_channels"))
+
+
+def _prune_in_place(module: Any, example: tuple, config: ChannelPruneConfig, ignored: list[Any]) -> None:
+    """One channel-pruning run, the same for the real model and for the diagnosis trials."""
+    import torch_pruning as tp
+    from torch import nn
+
+    heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
+    pruner = tp.pruner.MetaPruner(
+        module, example, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
+        pruning_ratio=config.ratio, iterative_steps=config.iterative_steps, ignored_layers=ignored,
+        round_to=config.round_to, num_heads=heads, prune_head_dims=False, prune_num_heads=bool(heads),
+    )
+    for _ in range(config.iterative_steps):
+        pruner.step()
+    for m in heads:  # torch-pruning leaves MultiheadAttention's bookkeeping to us
+        m.head_dim = m.embed_dim // m.num_heads
+    module.eval()
 
 
 def verify_pruned(module: Any, original: TorchArtifact, ctx: PassContext) -> dict[str, Any]:
@@ -163,20 +170,25 @@ def _output_layers(module: Any, example: tuple) -> list[Any]:
             made_by.setdefault(output.grad_fn, layer)
 
     hooks = [m.register_forward_hook(remember) for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    frozen = [p for p in module.parameters() if not p.requires_grad]  # no grad, no graph to walk
+    for p in frozen:
+        p.requires_grad_(True)
     try:
         with torch.enable_grad():
             outputs = module(*example)
     finally:
         for h in hooks:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
     found: list[Any] = []
     stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
-    seen: set[int] = set()
+    seen: set[Any] = set()  # the grad_fn objects themselves: they stay alive while outputs do, so no id is reused
     while stack:
         fn = stack.pop()
-        if id(fn) in seen:
+        if fn in seen:
             continue
-        seen.add(id(fn))
+        seen.add(fn)
         if fn in made_by:
             if made_by[fn] not in found:
                 found.append(made_by[fn])
@@ -201,27 +213,24 @@ def _width_fixed_by_code(model: TorchArtifact, config: ChannelPruneConfig, kept:
     """The layer whose width the model's own code hard-codes (a reshape to a fixed size): the last
     pruned layer, in execution order, whose keeping whole lets the pruned model pass its check."""
     import torch
-    import torch_pruning as tp
     from torch import nn
 
     names = {m: n for n, m in model.module.named_modules()}
     order: list[str] = []
     hooks = [m.register_forward_hook(lambda m, a, o: order.append(names[m])) for m in model.module.modules()
              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-    with torch.no_grad():
-        model.module(*example)
-    for h in hooks:
-        h.remove()
+    try:
+        with torch.no_grad():
+            model.module(*example)
+    finally:
+        for h in hooks:
+            h.remove()
     for name in [n for n in reversed(dict.fromkeys(order)) if n not in kept][:8]:
         trial = copy.deepcopy(model.module).eval()
         layers = dict(trial.named_modules())
         try:
-            pruner = tp.pruner.MetaPruner(trial, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=config.ratio,
-                                          iterative_steps=config.iterative_steps, ignored_layers=[layers[n] for n in (*kept, name)],
-                                          round_to=config.round_to)
-            for _ in range(config.iterative_steps):
-                pruner.step()
-            verify_pruned(trial.eval(), model, ctx)
+            _prune_in_place(trial, example, config, [layers[n] for n in (*kept, name)])
+            verify_pruned(trial, model, ctx)
         except Exception:
             continue
         return name

@@ -208,25 +208,32 @@ def reads(node: onnx.NodeProto) -> set[str]:
 def sort_topologically(model: onnx.ModelProto) -> bool:
     """Order the main graph so each node comes after whatever it reads, subgraph reads included.
     ORT's quantizer sorts by explicit inputs only, and can move an If above the node that makes a
-    tensor its branches read. Returns whether the order changed."""
+    tensor its branches read. Linear in the graph size; returns whether the order changed."""
     graph = model.graph
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    produced = {o for n in graph.node for o in n.output}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(name in available or name not in produced for name in reads(n))]
-        if not ready:
-            return False  # a cycle, or names from deeper scopes: leave the order as ORT wrote it
-        for node in ready:
-            ordered.append(node)
-            available.update(node.output)
-        pending = [n for n in pending if all(n is not r for r in ready)]
-    if [n.name for n in ordered] == [n.name for n in graph.node] and len(ordered) == len(graph.node):
-        return False
+    produced_by = {o: index for index, n in enumerate(graph.node) for o in n.output if o}
+    needs = [{produced_by[name] for name in reads(n) if name in produced_by} for n in graph.node]
+    if all(max(deps, default=-1) < index for index, deps in enumerate(needs)):
+        return False  # already in order: the common case, checked in one pass
+    waiting = [len(deps) for deps in needs]
+    readers: dict[int, list[int]] = {}
+    for index, deps in enumerate(needs):
+        for dep in deps:
+            readers.setdefault(dep, []).append(index)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    order: list[int] = []
+    while ready:
+        index = ready.pop(0)
+        order.append(index)
+        for reader in readers.get(index, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if len(order) != len(graph.node):
+        return False  # a cycle: leave the order as it was written
     copies = []
-    for node in ordered:
+    for index in order:
         copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+        copy.CopyFrom(graph.node[index])
         copies.append(copy)
     del graph.node[:]
     graph.node.extend(copies)

@@ -102,7 +102,8 @@ def _divide_activation(graph: onnx.GraphProto, tensor: str, scale: np.ndarray, p
     """Fold X / s into the LayerNorm that makes X when only the smoothed MatMuls read it; otherwise
     return the Mul node that divides it for them (they already point at the Mul's output)."""
     layer_norm = producer is not None and producer.op_type == "LayerNormalization" and len(producer.input) >= 3
-    if layer_norm and all(i in inits for i in producer.input[1:3]) and len(readers) == all_readers \
+    graph_outputs = {o.name for o in graph.output}
+    if layer_norm and tensor not in graph_outputs and all(i in inits for i in producer.input[1:3]) and len(readers) == all_readers \
             and sum(1 for n in graph.node for i in n.input if i in producer.input[1:3]) == 2:
         for name in producer.input[1:3]:  # fold: gamma / s and beta / s
             init = inits[name]

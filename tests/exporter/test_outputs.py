@@ -120,3 +120,13 @@ def test_junit_is_readable_by_the_group_and_others_as_the_umask_allows(tmp_path,
         os.umask(previous)
     assert result.exit_code in (0, 1), result.output
     assert (tmp_path / "junit.xml").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_artifact_the_user_replaced_is_not_ours_any_more(tmp_path, linear):
+    model, calib = linear
+    out = tmp_path / "out"
+    assert _export(model, calib, out).exit_code == 0
+    (out / "model.fp32.onnx").write_bytes(b"the user's own model")  # same name, other bytes than the manifest records
+    result = _export(model, calib, out, "--no-quantize")  # would remove model.fp32.onnx as its own stale file
+    assert result.exit_code == 2 and "model.fp32.onnx" in result.stderr and "--force" in result.stderr
+    assert (out / "model.fp32.onnx").read_bytes() == b"the user's own model"

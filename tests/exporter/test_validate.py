@@ -195,3 +195,25 @@ def test_export_with_only_calibration_data_says_parity_was_measured_on_it(tmp_pa
                              profile="ci-x86-avx2", runs=5, out_dir=tmp_path / "out")
     data = result.report["validation"]["profiles"][0]["parity"]["data"]
     assert data.startswith("calibration data") and "optimistic" in data  # it said "evaluation data"
+
+
+def test_nan_outputs_fail_parity_explicitly_and_the_report_stays_strict_json(tmp_path):
+    """A NaN cosine passed gates (comparisons with NaN are false), and report.json held bare NaN."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Sqrt", ["x"], ["y"], name="sqrt")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "sqrt.onnx"))
+    np.savez(tmp_path / "negative.npz", x=-np.ones((8, 4), np.float32))
+    out = tmp_path / "out"
+    result = _validate(tmp_path / "sqrt.onnx", "--profile", "ci-x86-avx2", "--reference", tmp_path / "sqrt.onnx",
+                       "--data", tmp_path / "negative.npz", "--runs", "3", "-o", out)
+    assert result.exit_code == 1, result.output
+    report = json.loads((out / "validation.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    budgets = {b["name"]: b for b in report["profiles"][0]["budgets"]}
+    assert budgets["parity.non_finite_outputs_max"]["status"] == "fail"
+    assert budgets["parity.non_finite_outputs_max"]["measured"] == 2  # the model's output and the reference's

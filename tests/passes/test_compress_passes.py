@@ -193,6 +193,11 @@ def test_channel_pruning_keeps_every_head_of_a_multi_head_model(tmp_path):
     pruned = channel_prune(_artifact(TwoHeads().eval(), (parse_input_spec("x:batchx16"),)), ChannelPruneConfig(ratio=0.5), ctx=ctx).module
     assert pruned.classes.out_features == 5 and pruned.boxes.out_features == 4  # only the last one run was kept before
     assert pruned.trunk.out_features < 64
+    from edgeport.passes.prune import _output_layers
+
+    frozen = TwoHeads().eval().requires_grad_(False)  # no grad: no autograd graph unless the walk makes one
+    assert set(_output_layers(frozen, (torch.zeros(1, 16),))) == {frozen.classes, frozen.boxes}
+    assert not any(p.requires_grad for p in frozen.parameters())
 
 
 def test_a_width_fixed_by_the_models_code_is_named_with_the_ignore_that_avoids_it(tmp_path):
