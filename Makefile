@@ -9,7 +9,7 @@ OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 OV_ORT := onnxruntime-openvino==1.24.1
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ demo: $(STAMP)
 test: $(STAMP) $(OV_STAMP)
 	$(BIN)/python -m pytest -q
 	$(OV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtimes/test_openvino.py
+
+# Coverage-guided fuzzing of the ONNX, profile, data and input-spec loaders (atheris, not a
+# dependency: installed here on demand). FUZZ_SECONDS bounds it; findings land as crash-* files.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check atheris
+	$(BIN)/python fuzz/fuzz_loaders.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 fuzz/corpus
 
 # Side-by-side measurements (minutes; not part of the tests): see bench/README.md.
 bench: $(STAMP)

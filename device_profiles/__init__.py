@@ -33,6 +33,8 @@ def check_profile(name_or_path: str | Path) -> tuple[Profile | None, list[str]]:
         return None, [f"{path}: not valid TOML ({exc})"]
     except OSError as exc:
         return None, [f"{path}: cannot be read ({exc.strerror})"]
+    except UnicodeDecodeError as exc:  # found by fuzzing: TOML is UTF-8 text
+        return None, [f"{path}: not UTF-8 text (byte {exc.start})"]
     return _parse(data, str(path))
 
 

@@ -39,7 +39,13 @@ class OnnxArtifact:
     @classmethod
     def from_file(cls, path: str | Path, lineage: tuple[str, ...] = ()) -> "OnnxArtifact":
         path = Path(path)
-        inputs, outputs = read_onnx_specs(path)
+        try:
+            inputs, outputs = read_onnx_specs(path)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # a damaged file can parse into fields of the wrong kind
+            raise ModelLoadError(f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc)[:120]})",
+                                 fix="re-export the model or check that the file was fully copied") from exc
         return cls(path, inputs, outputs, lineage)
 
     @property

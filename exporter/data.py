@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import sys
+import tokenize
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,6 +30,11 @@ from edgeport.errors import DataError
 from edgeport.specs import TensorSpec, example_array
 
 LABELS_KEY = "labels"
+# What a damaged .npz raises from zipfile, zlib and numpy's header reader (NotImplementedError: an
+# unknown compression method; RuntimeError: an encrypted member; both found by fuzzing).
+# numpy parses an .npy header as Python literals: a damaged one raises tokenize's and ast's errors.
+_UNREADABLE = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+               tokenize.TokenError, SyntaxError)
 _ROWS_PER_READ = 64
 
 
@@ -103,7 +110,7 @@ class NpzSource(DataSource):
         try:
             with zipfile.ZipFile(path) as archive:
                 self.keys = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _UNREADABLE as exc:
             raise DataError(f"{role} data '{path}' is not a readable .npz file ({exc})", fix="write it with numpy.savez") from exc
         if not self.keys:
             raise DataError(f"{role} data '{path}' holds no arrays", fix="write arrays keyed by input name with numpy.savez")
@@ -249,8 +256,11 @@ class _NpyRows:
 
     def __init__(self, archive: zipfile.ZipFile, key: str, path: Path):
         self.archive, self.key, self.path = archive, key, path
-        with archive.open(f"{key}.npy") as handle:
-            shape, fortran, dtype = _read_header(handle)
+        try:
+            with archive.open(f"{key}.npy") as handle:
+                shape, fortran, dtype = _read_header(handle)
+        except _UNREADABLE as exc:
+            raise DataError(f"array '{key}' in '{path}' is not a readable .npy member ({str(exc)[:120]})", fix="re-save the file with numpy.savez") from exc
         if dtype.hasobject:
             raise DataError(f"array '{key}' in '{path}' holds Python objects", fix="save numeric arrays only")
         self.shape, self.fortran, self.dtype = tuple(shape), fortran, dtype
@@ -260,7 +270,13 @@ class _NpyRows:
         return len(self.shape)
 
     def rows(self) -> Iterator[np.ndarray]:
-        """Yield blocks of consecutive rows along axis 0."""
+        """Yield blocks of consecutive rows along axis 0; a corrupt member is a DataError."""
+        try:
+            yield from self._rows()
+        except _UNREADABLE as exc:
+            raise DataError(f"array '{self.key}' in '{self.path}' cannot be read ({str(exc)[:120]})", fix="re-save the file with numpy.savez") from exc
+
+    def _rows(self) -> Iterator[np.ndarray]:
         if self.fortran or not self.shape:
             with self.archive.open(f"{self.key}.npy") as handle:
                 yield np.lib.format.read_array(handle, allow_pickle=False)
@@ -428,7 +444,11 @@ def _batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: 
 
 
 def _materialize(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
-    return {n: np.concatenate(list(_rows(a))) if isinstance(a, _NpyRows) else np.asarray(a) for n, a in arrays.items()}
+    out = {}
+    for name, array in arrays.items():
+        blocks = list(_rows(array)) if isinstance(array, _NpyRows) else None
+        out[name] = np.asarray(array) if blocks is None else np.concatenate(blocks) if blocks else np.empty(array.shape, array.dtype)
+    return out
 
 
 def _rank_offset(array: Any, spec: TensorSpec, source: DataSource) -> int:

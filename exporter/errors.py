@@ -17,9 +17,15 @@ class EdgeportError(Exception):
     exit_code = EXIT_INTERNAL
 
     def __init__(self, message: str, *, fix: str | None = None):
+        # one line, whatever the user typed or a library said: line breaks are shown, not obeyed
+        message, fix = _one_line(message), _one_line(fix) if fix else fix
         self.problem = message
         self.fix = fix
         super().__init__(f"{message}. Fix: {fix}" if fix else message)
+
+
+def _one_line(text: str) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
 
 
 class UsageError(EdgeportError):

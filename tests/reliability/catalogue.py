@@ -138,6 +138,8 @@ CASES: list[Case] = [
                                                   "tests.exporter.data_factories:one_shot_generator", "-o", str(f / "out"), "--quiet"], "used up"),
     Case("one calibration sample for the search", _export_with_data(lambda f: _npz(f, "one.npz", x=np.zeros((1, 4), np.float32))), "at least 2"),
     Case("evaluation keyed by another name", _export_with_data(lambda f: _npz(f, "ev.npz", y=np.zeros((8, 4), np.float32)), "--eval"), "no array for input 'x'"),
+    Case("calibration npz with an unknown zip compression", _export_with_data(lambda f: _npz_compression_99(f)), "compression method is not supported"),
+    Case("calibration npz whose .npy header is damaged", _export_with_data(lambda f: _npz_bad_header(f)), "not a readable .npy"),
     Case("fewer labels than samples", _export_with_data(lambda f: _npz(f, "l.npz", x=np.zeros((8, 4), np.float32), labels=np.zeros(3, np.int64))), "labels"),
     # profiles
     Case("unknown profile name", _export("--profile", "no-such-device"), "no-such-device"),
@@ -146,6 +148,8 @@ CASES: list[Case] = [
                                                      "--profile", _profile(f, lambda base: base + "\n[extra]\nsurprise = 1\n")], "extra"),
     Case("profile with a negative budget", lambda f: ["export", _model(f), "--calib", _npz(f), "-o", str(f / "out"),
                                                       "--profile", _profile(f, lambda base: base.replace("latency_p95_ms = 50.0", "latency_p95_ms = -1.0"))], "latency_p95_ms"),
+    Case("profile that is not UTF-8 text", lambda f: ["export", _model(f), "--calib", _npz(f), "-o", str(f / "out"),
+                                                      "--profile", _file(f, "latin1.toml", "name = \"caf\xe9\"\n".encode("latin-1"))], "not UTF-8 text"),
     Case("profiles check on a broken file", lambda f: ["profiles", "check", _profile(f, "[hardware]\narch = 5\n")], "hardware.arch: must be str",
          one_line=False),
     # options
@@ -174,4 +178,23 @@ def _empty_npz(folder: Path) -> str:
 def _object_npz(folder: Path) -> str:
     path = folder / "obj.npz"
     np.savez(path, x=np.array([{"a": 1}] * 8, dtype=object))
+    return str(path)
+
+
+def _npz_compression_99(folder: Path) -> str:
+    """A zip whose member claims compression method 99, which zipfile cannot read (found by fuzzing)."""
+    data = bytearray(Path(_npz(folder, "c.npz", x=np.zeros((8, 4), np.float32))).read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        at = data.find(signature)
+        data[at + offset:at + offset + 2] = (99).to_bytes(2, "little")
+    return _file(folder, "c99.npz", bytes(data))
+
+
+def _npz_bad_header(folder: Path) -> str:
+    """An .npy member whose header dict is cut mid-literal (numpy's parser raised TokenError; found by fuzzing)."""
+    import zipfile
+
+    path = folder / "header.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',\n")
     return str(path)
