@@ -293,6 +293,11 @@ def _common_compress_output(result, as_json: bool, quiet: bool) -> None:
         rows.append(("ratio", f"{ratios.get('params', 0):.3f}", f"{ratios.get('macs', 0):.3f}", f"{ratios.get('onnx_latency_ms_p50_1thread', 0):.3f}",
                      f"-{ratios['accuracy_drop']:.2%}" if "accuracy_drop" in ratios else "-"))
         click.echo(format_table(rows))
+        fidelity = result.report["fidelity_to_reference"]
+        top1 = f", top-1 agreement {fidelity['top1_agreement']:.2%}" if fidelity.get("top1_agreement") is not None else ""
+        click.echo(f"fidelity to the reference on {fidelity['data']}: mean cosine {fidelity['cosine_mean']}, SQNR {fidelity['sqnr_db']} dB{top1}")
+        if not fidelity["met"]:
+            click.echo(f"FAIL: {fidelity['verdict']}", err=True)
         for step in result.report["steps"]:
             for note in step["notes"]:
                 click.echo(f"note: {note}", err=True)
@@ -315,6 +320,8 @@ _compress_common_options = [
     click.option("--cache-dir", metavar="DIR", help="Where offline teacher outputs are stored (default ~/.cache/edgeport)."),
     click.option("-o", "--output", "out_dir", required=True, metavar="OUTDIR"),
     click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there."),
+    click.option("--min-fidelity", type=float, default=0.9, show_default=True,
+                 help="Mean cosine to the reference's outputs below which the result counts as collapsed (exit 1)."),
     click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."),
 ]
@@ -336,7 +343,7 @@ def _with(options):
 @click.option("--student-weights", metavar="FILE")
 @click.option("--data", required=True, metavar="DATA", help="Training samples (labels optional).")
 @click.option("--val-data", metavar="DATA", help="Validation samples for early stopping (default: 10% of --data).")
-@click.option("--eval", "eval_data", metavar="DATA", help="Held-out labelled data for the report's accuracy.")
+@click.option("--eval", "eval_data", metavar="DATA", help="Held-out data: fidelity to the reference, and accuracy when it has labels.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]")
 @_with(_distill_options)
 @click.option("--hint", "hints", multiple=True, metavar="T_LAYER:S_LAYER", help="Feature hint from a teacher layer to a student layer.")
@@ -365,7 +372,7 @@ def distill_command(**opts: Any) -> None:
             teacher=opts["teacher"], student=opts["student"], data=opts["data"], out_dir=opts["out_dir"], inputs=opts["inputs"] or None,
             teacher_weights=opts["teacher_weights"], student_weights=opts["student_weights"], val_data=opts["val_data"],
             eval_data=opts["eval_data"], config=config, trust_pickle=opts["trust_pickle"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"],
+            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"], min_fidelity=opts["min_fidelity"],
         )
         _common_compress_output(result, opts["as_json"], quiet)
         return result.exit_code
@@ -388,7 +395,7 @@ def distill_command(**opts: Any) -> None:
 @click.option("--teacher", metavar="MODEL", help="Teacher for recovery (default: the unpruned model).")
 @click.option("--teacher-weights", metavar="FILE")
 @click.option("--recover-epochs", type=int, default=0, show_default=True, help="Distillation epochs after each pruning round (needs --data).")
-@click.option("--eval", "eval_data", metavar="DATA", help="Held-out labelled data for the report's accuracy.")
+@click.option("--eval", "eval_data", metavar="DATA", help="Held-out data: fidelity to the reference, and accuracy when it has labels.")
 @_with(_compress_common_options)
 def prune_command(model: str, **opts: Any) -> None:
     """Prune MODEL (magnitude, channels) or factorize it (lowrank); writes OUTDIR/model.pt2 and report.json.
@@ -408,7 +415,7 @@ def prune_command(model: str, **opts: Any) -> None:
             data=opts["data"], teacher=opts["teacher"], teacher_weights=opts["teacher_weights"], steps=opts["steps"], recover=recover,
             round_to=opts["round_to"], ignore=_split(opts["ignore"]) or (), layers=_split(opts["layers"]), energy=opts["energy"],
             eval_data=opts["eval_data"], trust_pickle=opts["trust_pickle"], seed=opts["seed"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"],
+            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"], min_fidelity=opts["min_fidelity"],
         )
         _common_compress_output(result, opts["as_json"], quiet)
         return result.exit_code

@@ -16,7 +16,7 @@ import numpy as np
 from edgeport.api import seed_everything
 from edgeport.artifacts import TorchArtifact
 from edgeport.data import DataSource, open_data
-from edgeport.errors import EXIT_OK, ExportError, UsageError, first_line
+from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, ExportError, UsageError, first_line
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
@@ -44,9 +44,11 @@ def distill(
     *, teacher: Any, student: Any, data: str | Path | DataSource, out_dir: str | Path, inputs: Sequence[str | TensorSpec] | None = None,
     teacher_weights: str | Path | None = None, student_weights: str | Path | None = None, val_data: str | Path | DataSource | None = None,
     eval_data: str | Path | DataSource | None = None, config: DistillConfig | None = None, trust_pickle: bool = False,
-    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False,
+    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False, min_fidelity: float = 0.9,
 ) -> CompressResult:
-    """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels)."""
+    """Distill ``teacher`` into ``student`` on ``data`` (samples with optional labels). Fidelity to
+    the teacher is measured on ``eval_data`` (else the training data); below ``min_fidelity`` (mean
+    cosine) the result is still written, and the exit code is 1."""
     config = config or DistillConfig()
     seed_everything(config.seed, with_torch=True)  # before loading: a student built by a factory draws its initial weights now
     specs = parse_input_specs(inputs)
@@ -62,6 +64,7 @@ def distill(
     return _run(
         student_art, out_dir, kind="distill", reference=teacher_art, evaluation=evaluation, cache_dir=cache_dir, progress=progress, seed=config.seed,
         work=lambda ctx: distill_pass(student_art, config, teacher=teacher_art, data=train, ctx=ctx, val_data=validation), force=force,
+        fidelity_data=evaluation or train, min_fidelity=min_fidelity,
     )
 
 
@@ -70,7 +73,7 @@ def prune(
     weights: str | Path | None = None, data: str | Path | DataSource | None = None, teacher: Any = None, teacher_weights: str | Path | None = None,
     steps: int = 1, recover: DistillConfig | None = None, round_to: int = 8, ignore: Sequence[str] = (), layers: Sequence[str] | None = None,
     energy: float = 0.9, eval_data: str | Path | DataSource | None = None, trust_pickle: bool = False, seed: int = 0,
-    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False,
+    cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False, min_fidelity: float = 0.9,
 ) -> CompressResult:
     """Prune ``model`` (magnitude or channels) or factorize it (lowrank). With ``data`` and
     ``recover``, channel pruning runs in ``steps`` rounds, each followed by distillation from the
@@ -110,10 +113,12 @@ def prune(
         return current
 
     return _run(original, out_dir, kind=f"prune_{method}", reference=teacher_art if teacher is not None else original, evaluation=evaluation,
-                cache_dir=cache_dir, progress=progress, seed=seed, work=work, force=force)
+                cache_dir=cache_dir, progress=progress, seed=seed, work=work, force=force, fidelity_data=evaluation or train,
+                min_fidelity=min_fidelity)
 
 
-def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work, force: bool = False) -> CompressResult:
+def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evaluation, cache_dir, progress, seed, work, force: bool = False,
+         fidelity_data: DataSource | None = None, min_fidelity: float = 0.9) -> CompressResult:
     # Rank from torchrun's environment: the process group only starts inside training.
     output = OutputFolder(out_dir, "compress", force=force) if is_main_process() else None
     work_dir = output.work if output else Path(_private_tmp())
@@ -129,6 +134,7 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
             shutil.rmtree(work_dir, ignore_errors=True)
             return CompressResult(None, {}, result.module)
         comparison = {"reference": _describe(reference, evaluation, ctx, "reference"), "result": _describe(result, evaluation, ctx, "result")}
+        fidelity = fidelity_to_reference(reference, result, fidelity_data, seed, min_fidelity)
         _save_program(result, output.stage("model.pt2"))
         report = {
             "schema_version": "1.0", "kind": kind,
@@ -136,6 +142,7 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
             "versions": runtime_versions(), "model": {"source": start.source, "inputs": [s.to_dict() for s in start.inputs]},
             "steps": [r.to_dict() for r in ctx.records], "comparison": comparison,
             "ratios": _ratios(comparison),
+            "fidelity_to_reference": fidelity,
             **output.ledger(["model.pt2", "report.json"]),
         }
         output.write_json("report.json", report)
@@ -145,7 +152,40 @@ def _run(start: TorchArtifact, out_dir, *, kind, reference: TorchArtifact, evalu
         if output:
             output.discard()
         raise
-    return CompressResult(output.path, report, result.module)
+    return CompressResult(output.path, report, result.module, EXIT_OK if fidelity["met"] else EXIT_BUDGET_FAILED)
+
+
+def fidelity_to_reference(reference: TorchArtifact, result: TorchArtifact, data: DataSource | None, seed: int, floor: float) -> dict[str, Any]:
+    """The compressed model's outputs against the reference's (the teacher, or the model before
+    pruning), with or without labels: cosine, SQNR, and top-1 agreement for class scores. A mean
+    cosine under ``floor``, or any NaN, is a collapse: reported, written for inspection, exit 1."""
+    import torch
+
+    from edgeport.runtimes.parity import ParityAccumulator
+
+    def outputs(module: Any, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in reference.inputs])
+        return [o.detach().float().numpy() for o in (out if isinstance(out, (tuple, list)) else [out]) if hasattr(o, "detach")]
+
+    accumulator = ParityAccumulator()
+    if data is not None:
+        for batch in data.batches(reference.inputs, batch_size=64, max_samples=512):
+            accumulator.update(outputs(reference.module.eval(), batch.inputs), outputs(result.module.eval(), batch.inputs))
+        source = f"{data.role} data: {data.description}"
+    else:
+        rng = np.random.default_rng(seed)
+        sizes = traceable_sizes(reference, rng)
+        for _ in range(4):
+            feed = {s.name: example_array(s, rng, sizes) for s in reference.inputs}
+            accumulator.update(outputs(reference.module.eval(), feed), outputs(result.module.eval(), feed))
+        source = "synthetic inputs (no --eval or --data given)"
+    measured = accumulator.result()
+    cosine = measured.get("cosine_mean")
+    met = cosine is not None and cosine >= floor and not measured["non_finite_candidate"]
+    return {**measured, "data": source, "floor_cosine_mean": floor, "met": met,
+            **({} if met else {"verdict": f"the outputs collapsed: mean cosine to the reference {cosine} < {floor}; the model is written "
+                                          "for inspection, not for use (more recovery epochs, a lower ratio, or --ignore the layers that matter)"})}
 
 
 def _describe(artifact: TorchArtifact, evaluation: DataSource | None, ctx: PassContext, name: str) -> dict[str, Any]:

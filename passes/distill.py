@@ -26,14 +26,14 @@ from edgeport.passes.context import PassContext, config_to_dict
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
-LOSSES = ("auto", "kl", "mse")
+LOSSES = ("auto", "kl", "bce", "mse")
 
 
 @dataclass(frozen=True)
 class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft (teacher) loss; 1 - alpha goes to the hard labels
-    loss: str = "auto"  # kl for class scores, mse for other outputs
+    loss: str = "auto"  # from the teacher's outputs: kl for class scores, bce for independent probabilities, mse otherwise
     epochs: int = 30
     batch_size: int = 64
     lr: float = 3e-3
@@ -113,7 +113,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     local_count = len(range(world.rank, len(train_index), world.size))
     steps_per_epoch = max(1, (local_count + config.batch_size - 1) // config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
-    loss_kind = config.loss if config.loss != "auto" else ("kl" if targets["logits"].ndim == 2 and targets["logits"].shape[1] > 1 else "mse")
+    loss_kind, loss_rule = (config.loss, "given in the config") if config.loss != "auto" else choose_loss(targets["logits"])
 
     checkpoint_dir = ctx.checkpoint_dir or ctx.work_dir
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         wall_s=time.perf_counter() - started,
         metrics={
             "epochs_run": len(history), "best_epoch": max(range(len(history)), key=lambda i: -_score(history[i])) + 1 if history else 0,
-            "loss": loss_kind, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
+            "loss": loss_kind, "loss_rule": loss_rule, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
             "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size,
             "hints": list(config.hints), "history": history,
         },
@@ -409,6 +409,25 @@ def _make_adapters(student, teacher, hint_pairs, probe_inputs, targets):
     return adapters
 
 
+def choose_loss(teacher_out: Any) -> tuple[str, str]:
+    """The distillation loss the output's kind calls for, and the rule that chose it. Softened KL
+    suits class scores only; a sigmoid's independent probabilities (multi-label heads, pitch bins,
+    masks) are matched with binary cross-entropy, anything else with MSE."""
+    import torch
+
+    out = teacher_out.detach().float()
+    if out.ndim != 2:
+        return "mse", f"outputs of rank {out.ndim} are not class scores: mean squared error"
+    within_unit = bool(out.min() >= 0 and out.max() <= 1)
+    sums_to_one = within_unit and bool(torch.allclose(out.sum(-1), torch.ones(out.shape[0]), atol=1e-3))
+    if within_unit and not sums_to_one:
+        return "bce", "outputs lie in [0, 1] without summing to 1 per sample (independent probabilities): binary cross-entropy"
+    if out.shape[1] > 1 and not sums_to_one:
+        return "kl", "rank-2 scores over several classes: KL divergence of temperature-softened distributions"
+    return "mse", ("outputs already sum to 1 (softmax probabilities, not logits): mean squared error" if sums_to_one
+                   else "a single unbounded output (regression): mean squared error")
+
+
 def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, loss_kind):
     from torch.nn import functional as F
 
@@ -417,6 +436,8 @@ def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, los
         t = config.temperature
         soft = F.kl_div(F.log_softmax(student_out / t, dim=-1), F.softmax(teacher_out / t, dim=-1), reduction="batchmean") * t * t
         loss = config.alpha * soft + (1 - config.alpha) * F.cross_entropy(student_out, labels) if labels is not None else soft
+    elif loss_kind == "bce":
+        loss = F.binary_cross_entropy(student_out.clamp(1e-6, 1 - 1e-6), teacher_out.clamp(0, 1))
     else:
         loss = F.mse_loss(student_out, teacher_out)
     for t_name, s_name in hint_pairs:
@@ -446,6 +467,8 @@ def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_si
                 if labels is not None:
                     hard = F.cross_entropy(out, labels[start : start + batch_size], reduction="sum")
                     loss = config.alpha * loss + (1 - config.alpha) * hard
+            elif loss_kind == "bce":
+                loss = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), teacher_out.clamp(0, 1), reduction="sum") / max(1, out[0].numel())
             else:
                 loss = F.mse_loss(out, teacher_out, reduction="sum") / max(1, out[0].numel())
             loss_sum += float(loss)

@@ -63,3 +63,27 @@ class TwoHeads(torch.nn.Module):
     def forward(self, x):
         h = torch.relu(self.trunk(x))
         return torch.cat((torch.sigmoid(self.classes(h)), self.boxes(h)), dim=1)
+
+
+class SparseSigmoidTeacher(torch.nn.Module):
+    """Independent probabilities (a multi-label or pitch-bin head): most outputs near 0, a few near 1."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+        with torch.no_grad():
+            self.body[2].bias.fill_(-4.0)
+            self.body[2].weight.mul_(4.0)
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x))
+
+
+class SigmoidStudent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 32))
+
+    def forward(self, x):
+        return torch.sigmoid(self.body(x))

@@ -24,7 +24,7 @@ def _cli(*args):
 def test_distill_writes_a_program_that_export_takes(tmp_path):
     out = tmp_path / "student"
     result = _cli("distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"],
-                  "--eval", P["test"], "--epochs", "3", "-o", out)
+                  "--eval", P["test"], "--epochs", "3", "--min-fidelity", "0.5", "-o", out)  # 3 epochs: a rough student, on purpose
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["model.pt2", "report.json"]
     report = json.loads((out / "report.json").read_text())
@@ -68,7 +68,8 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgeport.cli", "distill", *TEACHER,
-         "--student", "examples.digits.model:digits_student", "--data", str(P["train"]), "--epochs", "2", "-o", str(out), "--quiet"],
+         "--student", "examples.digits.model:digits_student", "--data", str(P["train"]), "--epochs", "2", "-o", str(out), "--quiet",
+         "--min-fidelity", "0"],  # two epochs make a rough student: this test is about the processes, not its fidelity
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -111,7 +112,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
 def test_resume_from_the_cli_after_an_interrupted_run(tmp_path):
     """An interrupted distill leaves its checkpoint beside OUTDIR; --resume picks it up."""
     out = tmp_path / "student"
-    args = ["distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"], "--epochs", "3", "-o", out]
+    args = ["distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", P["train"], "--epochs", "3", "-o", out,
+            "--min-fidelity", "0"]  # a 3-epoch student: this test is about resuming, not fidelity
     checkpoints = tmp_path / ".student.edgeport-checkpoints"
     checkpoints.mkdir()
     (checkpoints / "distill-0.pt").write_bytes(b"PK\x03\x04 a torn checkpoint")
@@ -120,3 +122,30 @@ def test_resume_from_the_cli_after_an_interrupted_run(tmp_path):
     (checkpoints / "distill-0.pt").unlink()
     assert _cli(*args).exit_code == 0
     assert not checkpoints.exists()  # a finished run cleans up after itself
+
+
+def test_a_collapsed_student_with_sigmoid_outputs_is_never_reported_as_a_success(tmp_path):
+    """CREPE's 360 sigmoid outputs got KL over softened 'class scores', and a student at 3036 cents
+    exited 0 with 'accuracy -'. Independent probabilities now get BCE, and fidelity to the teacher
+    is measured without labels: a student far from it exits 1, still written for inspection."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from edgeport.cli import cli
+
+    np.savez(tmp_path / "frames.npz", x=np.random.default_rng(0).standard_normal((256, 16)).astype(np.float32))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["distill", "--teacher", "tests.exporter.bad_models:SparseSigmoidTeacher",
+                                      "--student", "tests.exporter.bad_models:SigmoidStudent", "--input", "x:batchx16",
+                                      "--data", str(tmp_path / "frames.npz"), "--eval", str(tmp_path / "frames.npz"),
+                                      "--epochs", "1", "--lr", "1e-9", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "FAIL: the outputs collapsed" in result.stderr and (out / "model.pt2").is_file()
+    report = json.loads((out / "report.json").read_text())
+    step = next(s for s in report["steps"] if s["name"] == "distill")
+    assert step["metrics"]["loss"] == "bce" and "independent probabilities" in step["metrics"]["loss_rule"]
+    fidelity = report["fidelity_to_reference"]
+    assert not fidelity["met"] and fidelity["cosine_mean"] < 0.9 and fidelity["top1_agreement"] is not None
+    assert fidelity["data"].startswith("evaluation data")
