@@ -11,19 +11,15 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeport.passes.graph_edit import editable_copy
+
 SCALE_RANGE = (1e-3, 1e3)
 
 
 def equalize_pairs(source: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """A function-preserving copy of ``source`` with equalized Conv pairs, and how many pairs."""
-    model = onnx.ModelProto()
-    model.CopyFrom(source)
+    model, inits, consumers = editable_copy(source)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
     uses = {name: len(consumers.get(name, [])) for name in inits}
     pairs = 0
     for first in list(graph.node):

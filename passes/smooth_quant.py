@@ -14,9 +14,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeport.passes.graph_edit import editable_copy
 from edgeport.passes.int8_eval import run_exposing
 
-SCALE_RANGE = (1e-4, 1e4)  # a channel that never fires must not blow its weights up
+SCALE_RANGE = (1e-4, 1e4)
+  # a channel that never fires must not blow its weights up
 _SCALE_SUFFIX = "__smooth"
 
 
@@ -28,19 +30,10 @@ def scale_nodes(model: onnx.ModelProto) -> frozenset[str]:
 
 def smooth_activations(source: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], alpha: float = 0.5) -> tuple[onnx.ModelProto, int]:
     """A function-preserving copy of ``source`` with migrated scales, and how many activations were smoothed."""
-    model = onnx.ModelProto()
-    model.CopyFrom(source)
+    model, inits, consumers = editable_copy(source)
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for i in node.input:
-            consumers.setdefault(i, []).append(node)
     producer = {o: n for n in graph.node for o in n.output}
-    weight_uses = {}
-    for n in graph.node:
-        for i in n.input:
-            weight_uses[i] = weight_uses.get(i, 0) + 1
+    weight_uses = {name: len(readers) for name, readers in consumers.items()}
     smoothable = {t: [r for r in readers if _smoothable(r, t, inits, weight_uses)] for t, readers in consumers.items() if t not in inits}
     smoothable = {t: readers for t, readers in smoothable.items() if readers}
     targets = list(smoothable)

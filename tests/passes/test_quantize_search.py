@@ -256,9 +256,26 @@ def _sqnr(reference, candidate):
     return 10 * np.log10(np.sum(reference**2) / np.sum((reference - candidate) ** 2))
 
 
-def test_smoothing_keeps_the_float_function_and_helps_int8_on_outlier_channels(tmp_path):
+def _plain_int8_outputs(paths, feeds, test, per_channel):
+    """Each float model through ORT's own quantize_static on the same calibration feeds, run on ``test``."""
     from onnxruntime.quantization import quantize_static
 
+    class Reader:
+        def __init__(self):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    outputs = []
+    for path in paths:
+        out = path.with_name(f"{path.parent.name}-{path.stem}.int8.onnx")
+        quantize_static(str(path), str(out), Reader(), per_channel=per_channel)
+        outputs.append(session_for(str(out)).run(None, test)[0])
+    return outputs
+
+
+def test_smoothing_keeps_the_float_function_and_helps_int8_on_outlier_channels(tmp_path):
     from edgeport.passes.smooth_quant import smooth_activations
 
     artifact = _export(_outlier_encoder(), tmp_path, ["x:batchx16"])
@@ -271,24 +288,11 @@ def test_smoothing_keeps_the_float_function_and_helps_int8_on_outlier_channels(t
     test = {"x": rng.standard_normal((64, 16)).astype(np.float32)}
     reference = session_for(str(artifact.path)).run(None, test)[0]
     assert np.allclose(session_for(smoothed).run(None, test)[0], reference, atol=1e-4 * np.abs(reference).max())
-
-    class Reader:
-        def __init__(self):
-            self.feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    results = {}
-    for name in ("model-fp32/model.onnx", "smoothed.onnx"):
-        quantize_static(str(tmp_path / name), str(tmp_path / f"{name.replace('/', '-')}.int8.onnx"), Reader(), per_channel=True)
-        results[name] = session_for(str(tmp_path / f"{name.replace('/', '-')}.int8.onnx")).run(None, test)[0]
-    assert _sqnr(reference, results["smoothed.onnx"]) > _sqnr(reference, results["model-fp32/model.onnx"]) + 3.0
+    plain, better = _plain_int8_outputs([artifact.path, tmp_path / "smoothed.onnx"], feeds, test, per_channel=True)
+    assert _sqnr(reference, better) > _sqnr(reference, plain) + 3.0
 
 
 def test_equalization_keeps_the_float_function_and_helps_per_tensor_depthwise_int8(tmp_path):
-    from onnxruntime.quantization import quantize_static
-
     from edgeport.passes.equalization import equalize_pairs
 
     artifact = _export(_depthwise_net(), tmp_path, ["image:batchx3x16x16"])
@@ -300,20 +304,8 @@ def test_equalization_keeps_the_float_function_and_helps_per_tensor_depthwise_in
     reference = session_for(str(artifact.path)).run(None, test)[0]
     assert np.allclose(session_for(equalized).run(None, test)[0], reference, atol=1e-4 * np.abs(reference).max())
     feeds = [{"image": (rng.standard_normal((1, 3, 16, 16)) + 0.5).astype(np.float32)} for _ in range(16)]
-
-    class Reader:
-        def __init__(self):
-            self.feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    results = {}
-    for name in ("model-fp32/model.onnx", "equalized.onnx"):
-        out = tmp_path / f"{name.replace('/', '-')}.int8.onnx"
-        quantize_static(str(tmp_path / name), str(out), Reader(), per_channel=False)
-        results[name] = session_for(str(out)).run(None, test)[0]
-    assert _sqnr(reference, results["equalized.onnx"]) > _sqnr(reference, results["model-fp32/model.onnx"]) + 3.0
+    plain, better = _plain_int8_outputs([artifact.path, tmp_path / "equalized.onnx"], feeds, test, per_channel=False)
+    assert _sqnr(reference, better) > _sqnr(reference, plain) + 3.0
 
 
 def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp_path, outlier_case):
