@@ -102,6 +102,9 @@ class OutputFolder:
         it cannot be done here (no renameat2, subfolders to carry, another filesystem)."""
         if self.path.is_symlink():
             return False  # exchanging would replace the user's link with a folder
+        cwd = Path.cwd().resolve()
+        if self.path.exists() and (cwd == self.path.resolve() or self.path.resolve() in cwd.parents):
+            return False  # `-o .`: the shell would be left in the old, deleted folder
         kept = [p for p in self.path.iterdir() if p.name not in order and p.name not in stale] if self.path.is_dir() else []
         if any(p.is_dir() or not p.is_file() for p in kept):
             return False

@@ -130,3 +130,16 @@ def test_an_artifact_the_user_replaced_is_not_ours_any_more(tmp_path, linear):
     result = _export(model, calib, out, "--no-quantize")  # would remove model.fp32.onnx as its own stale file
     assert result.exit_code == 2 and "model.fp32.onnx" in result.stderr and "--force" in result.stderr
     assert (out / "model.fp32.onnx").read_bytes() == b"the user's own model"
+
+
+def test_writing_into_the_current_folder_keeps_the_shell_in_a_live_folder(tmp_path, monkeypatch, linear):
+    """The whole-folder exchange would leave a shell inside `-o .` in a deleted directory."""
+    import os
+
+    model, calib = linear
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert _export(model, calib, ".").exit_code == 0
+    assert _export(model, calib, ".").exit_code == 0
+    assert os.path.samefile(os.getcwd(), work) and (work / "manifest.json").is_file()
