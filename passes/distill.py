@@ -110,7 +110,9 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     params = list(trainable.parameters())  # student and adapters
     optimizer = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True))
-    local_count = len(range(world.rank, len(train_index), world.size))
+    # every rank takes the same number of samples, so the same number of batches: a rank with one
+    # batch more would wait forever in DDP's all-reduce (DistributedSampler's drop_last)
+    local_count = len(train_index) // world.size
     steps_per_epoch = max(1, (local_count + config.batch_size - 1) // config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     loss_kind, loss_rule = (config.loss, "given in the config") if config.loss != "auto" else choose_loss(targets["logits"])
@@ -132,7 +134,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         wrapped.train()
         teacher_module.eval()
         shuffled = train_index[torch.randperm(len(train_index), generator=torch.Generator().manual_seed(config.seed + epoch))]
-        local = shuffled[world.rank :: world.size]
+        local = shuffled[: local_count * world.size][world.rank :: world.size]
         epoch_loss = 0.0
         for start in range(0, len(local), config.batch_size):
             idx = local[start : start + config.batch_size]

@@ -149,3 +149,21 @@ def test_a_collapsed_student_with_sigmoid_outputs_is_never_reported_as_a_success
     fidelity = report["fidelity_to_reference"]
     assert not fidelity["met"] and fidelity["cosine_mean"] < 0.9 and fidelity["top1_agreement"] is not None
     assert fidelity["data"].startswith("evaluation data")
+
+
+def test_torchrun_with_a_sample_count_the_ranks_cannot_share_evenly_finishes(tmp_path):
+    """129 samples over 2 ranks at batch 64 gave one rank 2 batches and the other 1: the extra
+    all-reduce waited forever. Ranks now take equal shares (one sample is left out per epoch)."""
+    import numpy as np
+
+    data = np.load(P["train"])
+    np.savez(tmp_path / "odd.npz", image=data["image"][:129], labels=data["labels"][:129])
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "edgeport.cli", "distill", *TEACHER,
+         "--student", "examples.digits.model:digits_student", "--data", str(tmp_path / "odd.npz"), "--val-data", str(P["test"]),
+         "--epochs", "1", "--batch-size", "64", "-o", str(out), "--quiet", "--min-fidelity", "0"],
+        capture_output=True, text=True, timeout=180, cwd=ROOT, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
