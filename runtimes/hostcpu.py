@@ -36,7 +36,11 @@ def host_cpu() -> HostCpu:
     flags: set[str] = set()
     model_name = platform.processor() or machine
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
+    if platform.system() == "Darwin":  # no /proc on macOS: sysctl names the same CPUID features
+        darwin_flags, brand = _darwin_flags()
+        flags.update(darwin_flags)
+        model_name = brand or model_name
+    elif cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             key = key.strip().lower()
@@ -45,3 +49,21 @@ def host_cpu() -> HostCpu:
             elif key == "model name" and value.strip():
                 model_name = value.strip()
     return HostCpu(arch, frozenset(flags), model_name, os.cpu_count() or 1)
+
+
+# macOS spells CPUID features its own way (AVX512VNNI); Linux's /proc/cpuinfo names are the reference.
+_DARWIN_NAMES = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "amx_int8": "amx_int8", "amxint8": "amx_int8"}
+
+
+def _darwin_flags() -> tuple[set[str], str | None]:
+    """CPU features and brand from sysctl (Intel Macs list them; Apple silicon has no VNNI to find)."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features", "machdep.cpu.brand_string"],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return set(), None
+    lines = done.stdout.splitlines()
+    flags = {_DARWIN_NAMES.get(token.lower(), token.lower()) for line in lines[:2] for token in line.split()}
+    return flags, (lines[2].strip() or None) if len(lines) > 2 else None

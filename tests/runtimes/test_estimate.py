@@ -45,3 +45,26 @@ def test_mobile_coverage_is_judged_at_the_shapes_validation_runs_at(tmp_path):
     assert fixed["input_shapes"] == {"x": [1, 4]} and fixed["note"] == "" and fixed["preferred_share"] == 1.0
     still_dynamic = static_coverage(str(path), "NnapiExecutionProvider")
     assert still_dynamic["input_shapes"] == {"x": ["batch", 4]} and "dynamic dims" in still_dynamic["note"]
+
+
+def test_vnni_is_seen_on_an_intel_mac(monkeypatch):
+    """CPU flags came only from /proc/cpuinfo, so an Intel Mac with AVX512-VNNI was taken for a
+    saturating AVX2 host. Faked here: the host's own facts must never decide a test."""
+    import subprocess
+    import types
+
+    from edgeport.runtimes import hostcpu
+
+    def sysctl(args, **_):
+        assert args[0] == "sysctl"
+        return types.SimpleNamespace(stdout="FPU SSE SSE2 AVX1.0\nAVX2 AVX512F AVX512VNNI\nIntel(R) Xeon(R) W-3245 CPU @ 3.20GHz\n")
+
+    monkeypatch.setattr(hostcpu.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(subprocess, "run", sysctl)
+    hostcpu.host_cpu.cache_clear()
+    try:
+        cpu = hostcpu.host_cpu()
+        assert cpu.has_vnni and "avx2" in cpu.flags and cpu.model_name.startswith("Intel(R) Xeon(R) W-3245")
+    finally:
+        hostcpu.host_cpu.cache_clear()
