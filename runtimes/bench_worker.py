@@ -71,35 +71,83 @@ def _options(request: dict, ort, profile_dir: str | None = None):
     return options
 
 
+_COPIES = ("MemcpyToHost", "MemcpyFromHost")  # ORT inserts these between devices; not the model's
+
+
+def _model_node_names(path: str) -> list[str]:
+    """The model's top-level nodes as ORT names them. ORT turns Constant nodes into initializers
+    when it loads a model, then names an unnamed node ``<OpType>_<index among the rest>``."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    kept = [node for node in graph.node if node.op_type != "Constant"]
+    return [node.name or f"{node.op_type}_{index}" for index, node in enumerate(kept)]
+
+
+def _is_compiled_partition(node: str, provider: str) -> bool:
+    """ORT names an EP's compiled partition ``<EP>_<subgraph>_<n>``: one event for many model nodes."""
+    return node.startswith(provider + "_")
+
+
 def _coverage(request: dict, ort, feed) -> dict:
-    """Which provider ran each node, from ORT's own profiler (one profiled inference)."""
+    """Which provider ran each of the model's nodes, from ORT's own profiler (one profiled inference).
+
+    Graph optimizations are off in this session, so every profiled node is one of the model's own
+    and fusion cannot shrink a provider's count. A compiled partition (OpenVINO, TensorRT, QNN,
+    CoreML, NNAPI) is one profiler event; it is credited with the model nodes no other event ran.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        session = ort.InferenceSession(request["model"], _options(request, ort, tmp), providers=request["providers"])
+        options = _options(request, ort, tmp)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(request["model"], options, providers=request["providers"])
         session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
-    by_node: dict[str, str] = {}
+    model_nodes = _model_node_names(request["model"])
+    known = set(model_nodes)
+    placed: dict[str, str] = {}
     op_of: dict[str, str] = {}
+    partitions: dict[str, str] = {}  # compiled partition -> its provider
     activation_bytes = 0
     for event in trace:
         args = event.get("args", {})
-        if event.get("cat") == "Node" and "provider" in args:
-            node = event["name"]
-            for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
-                node = node[: -len(suffix)] if node.endswith(suffix) else node
-            by_node[node] = args["provider"]
+        if event.get("cat") != "Node" or "provider" not in args or args.get("op_name") in _COPIES:
+            continue
+        node = event["name"]
+        for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
+            node = node[: -len(suffix)] if node.endswith(suffix) else node
+        activation_bytes = max(activation_bytes, int(args.get("activation_size", 0) or 0) + int(args.get("output_size", 0) or 0))
+        if node in known:
+            placed[node] = args["provider"]
             op_of[node] = args.get("op_name", "")
-            activation_bytes = max(activation_bytes, int(args.get("activation_size", 0) or 0) + int(args.get("output_size", 0) or 0))
-    counts = Counter(by_node.values())
-    total = sum(counts.values())
-    unassigned_ops = Counter(op_of[n] for n, p in by_node.items() if p != request["providers"][0])
-    return {
+        elif _is_compiled_partition(node, args["provider"]):
+            partitions[node] = args["provider"]
+    counts = Counter(placed.values())
+    fused_by_provider = Counter(partitions.values())
+    in_partitions = len(model_nodes) - len(placed)
+    note = ""
+    if fused_by_provider and in_partitions > 0:
+        if len(fused_by_provider) == 1:
+            counts[next(iter(fused_by_provider))] += in_partitions
+        else:  # several compiling providers: which of them took which node is not in the trace
+            total_parts = sum(fused_by_provider.values())
+            for provider, parts in fused_by_provider.items():
+                counts[provider] += round(in_partitions * parts / total_parts)
+            note = "nodes inside compiled partitions of several providers are split by partition count"
+    total = len(model_nodes)
+    preferred = request["providers"][0]
+    not_preferred = Counter(op_of[n] for n, p in placed.items() if p != preferred)
+    result = {
         "source": "onnxruntime profiler",
         "nodes": total,
         "by_provider": dict(counts),
-        "preferred_share": round(counts.get(request["providers"][0], 0) / total, 4) if total else None,
-        "ops_not_on_preferred": dict(unassigned_ops.most_common(10)),
+        "compiled_partitions": dict(fused_by_provider),
+        "preferred_share": round(min(counts.get(preferred, 0), total) / total, 4) if total else None,
+        "ops_not_on_preferred": dict(not_preferred.most_common(10)),
         "ort_max_node_activation_mb": round(activation_bytes / 2**20, 3),
     }
+    if note:
+        result["note"] = note
+    return result
 
 
 def run(request: dict) -> dict:

@@ -45,6 +45,25 @@ def test_latency_statistics_and_coverage(tmp_path):
     assert result["coverage"]["preferred_share"] == 1.0
 
 
+def test_coverage_counts_every_model_node_once_on_cpu(tmp_path):
+    """Unnamed nodes, a Constant (ORT makes it an initializer) and a node ORT would fuse at full
+    optimization: the coverage session counts the model's own nodes, 4 of 4 on CPU."""
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["bias"], value=numpy_helper.from_array(np.ones(4, np.float32))),
+         helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "bias"], ["a"]),
+         helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Identity", ["r"], ["y"])],
+        "fusable", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "fusable.onnx"))
+    coverage = measure(tmp_path / "fusable.onnx", ["CPUExecutionProvider"], [TensorSpec("x", (2, 4))], runs=3)["coverage"]
+    assert coverage["nodes"] == 4
+    assert coverage["by_provider"] == {"CPUExecutionProvider": 4}
+    assert coverage["preferred_share"] == 1.0 and coverage["compiled_partitions"] == {}
+
+
 def test_time_bound_stops_early(tmp_path):
     path = _activation_model(tmp_path / "m.onnx", 4096)
     result = measure(path, ["CPUExecutionProvider"], [TensorSpec("x", (1, 1024))], runs=100000, time_limit_s=0.3, coverage=False, warmup=1)

@@ -120,6 +120,26 @@ def test_node_coverage_splits_across_providers(tmp_path):
     assert "Unique" in coverage["ops_not_on_preferred"]
 
 
+def test_coverage_counts_the_nodes_inside_a_compiled_partition(tmp_path):
+    """Six elementwise nodes go to OpenVINO as one compiled partition (one profiler event); Unique
+    runs on CPU. Counting events would say 1 of 2; the model's nodes say 6 of 7."""
+    ops = ["Relu", "Sigmoid", "Relu", "Tanh", "Relu", "Sigmoid"]
+    names = ["x"] + [f"t{i}" for i in range(len(ops))]
+    nodes = [helper.make_node(op, [names[i]], [names[i + 1]]) for i, op in enumerate(ops)]
+    nodes.append(helper.make_node("Unique", [names[-1]], ["y"]))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "chain.onnx"))
+    coverage = edgeport.validate(tmp_path / "chain.onnx", profile="openvino-cpu", runs=5).verdicts[0].details["coverage"]
+    assert coverage["nodes"] == 7
+    assert coverage["by_provider"] == {"OpenVINOExecutionProvider": 6, "CPUExecutionProvider": 1}
+    assert coverage["compiled_partitions"] == {"OpenVINOExecutionProvider": 1}
+    assert coverage["preferred_share"] == round(6 / 7, 4)
+    assert coverage["ops_not_on_preferred"] == {"Unique": 1}
+
+
 def test_forbidden_fallback_fails_when_openvino_cannot_take_every_node(tmp_path):
     model = _partly_supported(tmp_path / "partly.onnx")
     profile = _profile(tmp_path, '["OpenVINOExecutionProvider"]', fallback=False)
