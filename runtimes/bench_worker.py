@@ -74,11 +74,14 @@ def _options(request: dict, ort, profile_dir: str | None = None):
 _COPIES = ("MemcpyToHost", "MemcpyFromHost")  # ORT inserts these between devices; not the model's
 
 
-def _model_node_names(path: str) -> list[str]:
+def _model_node_names(path: str) -> list[str] | None:
     """The model's top-level nodes as ORT names them. ORT turns Constant nodes into initializers
-    when it loads a model, then names an unnamed node ``<OpType>_<index among the rest>``."""
+    when it loads a model, then names an unnamed node ``<OpType>_<index among the rest>``.
+    None for an ORT-format file, which onnx cannot read."""
     import onnx
 
+    if path.endswith(".ort"):
+        return None
     graph = onnx.load(path, load_external_data=False).graph
     kept = [node for node in graph.node if node.op_type != "Constant"]
     return [node.name or f"{node.op_type}_{index}" for index, node in enumerate(kept)]
@@ -102,8 +105,8 @@ def _coverage(request: dict, ort, feed) -> dict:
         session = ort.InferenceSession(request["model"], options, providers=request["providers"])
         session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
-    model_nodes = _model_node_names(request["model"])
-    known = set(model_nodes)
+    listed = _model_node_names(request["model"])
+    known = set(listed) if listed is not None else None
     placed: dict[str, str] = {}
     op_of: dict[str, str] = {}
     partitions: dict[str, str] = {}  # compiled partition -> its provider
@@ -116,19 +119,26 @@ def _coverage(request: dict, ort, feed) -> dict:
         for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
             node = node[: -len(suffix)] if node.endswith(suffix) else node
         activation_bytes = max(activation_bytes, int(args.get("activation_size", 0) or 0) + int(args.get("output_size", 0) or 0))
-        if node in known:
+        compiled = _is_compiled_partition(node, args["provider"])
+        if (node in known) if known is not None else not compiled:
             placed[node] = args["provider"]
             op_of[node] = args.get("op_name", "")
-        elif _is_compiled_partition(node, args["provider"]):
+        elif compiled:
             partitions[node] = args["provider"]
     counts = Counter(placed.values())
     fused_by_provider = Counter(partitions.values())
-    in_partitions = len(model_nodes) - len(placed)
     note = ""
-    if fused_by_provider and in_partitions > 0:
+    if listed is None:  # an .ort file: its node list is not readable here, so a partition counts once
+        model_nodes = list(placed) + list(partitions)
+        counts.update(fused_by_provider)
+        if partitions:
+            note = "an ORT-format file's node list cannot be read here: each compiled partition counts as one node"
+    else:
+        model_nodes = listed
+        in_partitions = len(model_nodes) - len(placed)
         if len(fused_by_provider) == 1:
             counts[next(iter(fused_by_provider))] += in_partitions
-        else:  # several compiling providers: which of them took which node is not in the trace
+        elif fused_by_provider:  # several compiling providers: which of them took which node is not in the trace
             total_parts = sum(fused_by_provider.values())
             for provider, parts in fused_by_provider.items():
                 counts[provider] += round(in_partitions * parts / total_parts)
