@@ -36,11 +36,14 @@ def host_cpu() -> HostCpu:
     flags: set[str] = set()
     model_name = platform.processor() or machine
     cpuinfo = Path("/proc/cpuinfo")
-    if platform.system() == "Darwin":  # no /proc on macOS: sysctl names the same CPUID features
+    system = platform.system()
+    if system == "Darwin":  # no /proc on macOS: sysctl names the same CPUID features
         darwin_flags, brand = _darwin_flags()
         flags.update(darwin_flags)
         model_name = brand or model_name
-    elif cpuinfo.is_file():
+    elif system != "Linux" or not cpuinfo.is_file():  # Windows and the rest: numpy's own CPUID probe
+        flags.update(_numpy_flags())
+    else:
         for line in cpuinfo.read_text(errors="replace").splitlines():
             key, _, value = line.partition(":")
             key = key.strip().lower()
@@ -53,6 +56,24 @@ def host_cpu() -> HostCpu:
 
 # macOS spells CPUID features its own way (AVX512VNNI); Linux's /proc/cpuinfo names are the reference.
 _DARWIN_NAMES = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "amx_int8": "amx_int8", "amxint8": "amx_int8"}
+
+
+# numpy's names for the features that matter here, in /proc/cpuinfo's spelling; the rest are lower-cased.
+_NUMPY_NAMES = {"AVX512VNNI": "avx512_vnni", "AVXVNNI": "avx_vnni", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8"}
+
+
+def _numpy_flags(features: dict[str, bool] | None = None) -> set[str]:
+    """The CPU features numpy detected at import for its own kernel dispatch (CPUID on x86, the
+    OS's hwcaps on Arm): the one probe that works on Windows without a new dependency."""
+    if features is None:
+        try:
+            from numpy._core._multiarray_umath import __cpu_features__ as features
+        except ImportError:  # numpy < 2 kept it in numpy.core
+            try:
+                from numpy.core._multiarray_umath import __cpu_features__ as features
+            except ImportError:
+                return set()
+    return {_NUMPY_NAMES.get(name, name.lower()) for name, present in features.items() if present}
 
 
 def _darwin_flags() -> tuple[set[str], str | None]:

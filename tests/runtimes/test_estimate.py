@@ -68,3 +68,26 @@ def test_vnni_is_seen_on_an_intel_mac(monkeypatch):
         assert cpu.has_vnni and "avx2" in cpu.flags and cpu.model_name.startswith("Intel(R) Xeon(R) W-3245")
     finally:
         hostcpu.host_cpu.cache_clear()
+
+
+def test_vnni_is_seen_on_windows(monkeypatch):
+    """Windows has no /proc/cpuinfo and no sysctl: features come from numpy's CPUID probe. Faked:
+    a VNNI Xeon reported as numpy spells it."""
+    from edgeport.runtimes import hostcpu
+
+    reported = {"SSE": True, "AVX2": True, "AVX512F": True, "AVX512VNNI": True, "NEON": False}
+    real = hostcpu._numpy_flags
+    monkeypatch.setattr(hostcpu.platform, "system", lambda: "Windows")
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(hostcpu, "_numpy_flags", lambda: real(reported))
+    hostcpu.host_cpu.cache_clear()
+    try:
+        cpu = hostcpu.host_cpu()
+        assert cpu.arch == "x86_64" and cpu.is_x86 and cpu.has_vnni
+        assert "avx2" in cpu.flags and "neon" not in cpu.flags
+        reported["AVX512VNNI"] = False
+        hostcpu.host_cpu.cache_clear()
+        assert not hostcpu.host_cpu().has_vnni
+    finally:
+        hostcpu.host_cpu.cache_clear()
+    assert all(flag == flag.lower() for flag in real())  # numpy's real probe runs, in /proc/cpuinfo's spelling
