@@ -20,7 +20,8 @@ from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, ExportError, UsageError
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
-from edgeport.passes.distill import DistillConfig, distill as distill_pass, finish_distributed, is_main_process
+from edgeport.passes.distill import DistillConfig, distill as distill_pass
+from edgeport.passes.distill_world import finish_distributed, is_main_process
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune

@@ -4,7 +4,7 @@ Hinton's loss (KL between softened distributions, scaled by T^2) mixed with the 
 by alpha when labels exist; optional FitNets-style hints between named layers through a learned
 adapter. Offline mode stores the teacher's outputs in a cache keyed by teacher and data, so later
 runs and other students never call the teacher. Under torchrun it trains with
-DistributedDataParallel (gloo on CPU, nccl on GPU).
+DistributedDataParallel (gloo on CPU, nccl on GPU: ``distill_world``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from edgeport.artifacts import StepRecord, TorchArtifact
 from edgeport.data import DataSource
 from edgeport.errors import DataError, UsageError
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.distill_world import DEVICES, World
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -47,13 +48,14 @@ class DistillConfig:
     offline: bool = False
     resume: bool = False
     seed: int = 0
+    device: str = "auto"  # auto: cuda:LOCAL_RANK where CUDA is, else cpu
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise UsageError(f"temperature {self.temperature} must be positive", fix="use e.g. 4.0")
         if not 0.0 <= self.alpha <= 1.0:
             raise UsageError(f"alpha {self.alpha} is not within [0, 1]", fix="use e.g. 0.9 (the weight of the teacher's soft targets)")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES), ("device", DEVICES)):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"{name} '{getattr(self, name)}' is unknown", fix=f"use one of {', '.join(allowed)}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -70,13 +72,13 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     """Train ``student`` against ``teacher`` on ``data``; returns the best student (by validation)."""
     import torch
     import torch.distributed as dist
-    from torch import nn
 
     started = time.perf_counter()
-    world = _Distributed.setup()
+    world = World.setup(config.device)
+    device = world.device
     torch.manual_seed(config.seed)
-    model = copy.deepcopy(student.module)
-    teacher_module = teacher.module.eval()
+    model = copy.deepcopy(student.module).to(device)
+    teacher_module = teacher.module.eval().to(device)
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     inputs, labels = load_tensors(data, student.inputs)
     n = next(iter(inputs.values())).shape[0]
@@ -95,18 +97,16 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         val_inputs = {k: v[val_index] for k, v in inputs.items()}
         val_labels = labels[val_index] if labels is not None else None
     targets, teacher_calls, cache_state = _teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key)
-    _check_outputs_match(targets["logits"], model, inputs)
+    _check_outputs_match(targets["logits"], model, inputs, device)
     if val_data is not None:
         val_targets, val_calls = _run_teacher(teacher_module, val_inputs, hint_pairs)
         teacher_calls += val_calls
     else:
         val_targets = {k: v[val_index] for k, v in targets.items()}
 
-    adapters = _make_adapters(model, teacher_module, hint_pairs, {k: v[:2] for k, v in inputs.items()}, targets)
-    trainable = _trainable(model, adapters, hint_pairs)
-    wrapped = trainable
-    if world.size > 1:
-        wrapped = nn.parallel.DistributedDataParallel(trainable, find_unused_parameters=False)
+    adapters = _make_adapters(model, teacher_module, hint_pairs, {k: v[:2].to(device) for k, v in inputs.items()}, targets)
+    trainable = _trainable(model, adapters, hint_pairs).to(device)
+    wrapped = world.wrap(trainable)
     params = list(trainable.parameters())  # student and adapters
     optimizer = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True))
@@ -122,7 +122,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     checkpoint = checkpoint_dir / f"distill-{sum(r.name == 'distill' for r in ctx.records)}.pt"
     start_epoch, best, best_state, history, stale = 0, float("inf"), copy.deepcopy(model.state_dict()), [], 0
     if config.resume and checkpoint.is_file():
-        state = _load_checkpoint(checkpoint)
+        state = _load_checkpoint(checkpoint, device)
         trainable.load_state_dict(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -137,19 +137,19 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         local = shuffled[: local_count * world.size][world.rank :: world.size]
         epoch_loss = 0.0
         for start in range(0, len(local), config.batch_size):
-            idx = local[start : start + config.batch_size]
-            student_out, projected = wrapped(*[inputs[s.name][idx] for s in student.inputs])
-            loss = _loss(student_out, {k: v[idx] for k, v in targets.items()}, labels[idx] if labels is not None else None,
-                         projected, hint_pairs, config, loss_kind)
+            idx = local[start : start + config.batch_size]  # the data stays on the CPU; each batch goes to the device
+            student_out, projected = wrapped(*[inputs[s.name][idx].to(device) for s in student.inputs])
+            loss = _loss(student_out, {k: v[idx].to(device) for k, v in targets.items()},
+                         labels[idx].to(device) if labels is not None else None, projected, hint_pairs, config, loss_kind)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             epoch_loss += loss.item() * len(idx)
-        val = _evaluate(model, val_inputs, val_labels, val_targets, config, loss_kind, student.inputs)
+        val = _evaluate(model, val_inputs, val_labels, val_targets, config, loss_kind, student.inputs, device)
         train_loss = epoch_loss / max(1, len(local))
         if world.size > 1:
-            tensor = torch.tensor([train_loss])
+            tensor = torch.tensor([train_loss], device=device)  # nccl reduces CUDA tensors only
             dist.all_reduce(tensor)
             train_loss = float(tensor) / world.size
         history.append({"epoch": epoch + 1, "train_loss": round(train_loss, 5), **{k: round(v, 5) for k, v in val.items()}})
@@ -169,7 +169,8 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     if world.rank == 0:
         ctx.progress.finish()
     model.load_state_dict(best_state)
-    model.eval()
+    model.eval().cpu()  # export and fidelity checks run on the CPU
+    teacher_module.cpu()
     result = TorchArtifact(model, student.inputs, student.source, lineage=(*student.lineage, "distill"))
     ctx.record(StepRecord(
         name="distill",
@@ -178,18 +179,18 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         metrics={
             "epochs_run": len(history), "best_epoch": max(range(len(history)), key=lambda i: -_score(history[i])) + 1 if history else 0,
             "loss": loss_kind, "loss_rule": loss_rule, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
-            "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size,
+            "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size, "device": device,
             "hints": list(config.hints), "history": history,
         },
     ))
     return result
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+def _load_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only: no code runs
+        state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain values only: no code runs
         if not isinstance(state, dict) or "trainable" not in state:
             raise ValueError("not an edgeport distillation checkpoint")
         return state
@@ -204,42 +205,6 @@ def _score(entry: dict) -> float:
     if "val_accuracy" in entry:
         return -entry["val_accuracy"] + 1e-3 * min(entry["val_loss"], 1.0)
     return entry["val_loss"]
-
-
-class _Distributed:
-    def __init__(self, rank: int, size: int):
-        self.rank, self.size = rank, size
-
-    @classmethod
-    def setup(cls) -> "_Distributed":
-        import torch
-        import torch.distributed as dist
-
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        if size <= 1:
-            return cls(0, 1)
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size())
-
-
-def finish_distributed() -> None:
-    """All ranks meet, then tear the process group down: a gloo thread left running when the
-    interpreter exits aborts the process ("terminate called without an active exception")."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    """Rank 0, or no distributed run. Read from torchrun's RANK before the group exists."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_tensors(source: DataSource, specs) -> tuple[dict[str, Any], Any]:
@@ -265,12 +230,12 @@ def load_tensors(source: DataSource, specs) -> tuple[dict[str, Any], Any]:
     return tensors, labels
 
 
-def _check_outputs_match(teacher_logits, student, inputs) -> None:
+def _check_outputs_match(teacher_logits, student, inputs, device: str = "cpu") -> None:
     """Compare with the teacher's (possibly stored) outputs: the teacher itself need not run."""
     import torch
 
     with torch.no_grad():
-        s_out = _first(student(*[v[:2] for v in inputs.values()]))
+        s_out = _first(student(*[v[:2].to(device) for v in inputs.values()]))
     t_shape = (2, *teacher_logits.shape[1:])
     if t_shape != tuple(s_out.shape):
         raise UsageError(
@@ -337,13 +302,15 @@ def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 
     hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: feats.__setitem__(n, o)) for n in names]
     calls = 0
     n = next(iter(inputs.values())).shape[0]
+    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
-                outs["logits"].append(_first(teacher(*[v[start : start + batch_size] for v in inputs.values()])).float())
+                batch = [v[start : start + batch_size].to(device) for v in inputs.values()]
+                outs["logits"].append(_first(teacher(*batch)).float().cpu())  # targets are held on the CPU, like the data
                 calls += 1
                 for name in names:
-                    outs[f"hint:{name}"].append(feats[name].float())
+                    outs[f"hint:{name}"].append(feats[name].float().cpu())
     finally:
         for h in hooks:
             h.remove()
@@ -451,7 +418,7 @@ def _loss(student_out, targets, labels, projected_feats, hint_pairs, config, los
     return loss
 
 
-def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_size: int = 512) -> dict[str, float]:
+def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, device: str = "cpu", batch_size: int = 512) -> dict[str, float]:
     """Validation loss (the training objective) and accuracy when labels exist: the early-stopping score."""
     import torch
     from torch.nn import functional as F
@@ -461,13 +428,13 @@ def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_si
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            out = _first(model(*[inputs[s.name][start : start + batch_size] for s in specs]))
-            teacher_out = targets["logits"][start : start + batch_size]
+            out = _first(model(*[inputs[s.name][start : start + batch_size].to(device) for s in specs]))
+            teacher_out = targets["logits"][start : start + batch_size].to(device)
             if loss_kind == "kl":  # the training objective itself, so alpha = 0 never consults the teacher
                 t = config.temperature
                 loss = F.kl_div(F.log_softmax(out / t, -1), F.softmax(teacher_out / t, -1), reduction="sum") * t * t
                 if labels is not None:
-                    hard = F.cross_entropy(out, labels[start : start + batch_size], reduction="sum")
+                    hard = F.cross_entropy(out, labels[start : start + batch_size].to(device), reduction="sum")
                     loss = config.alpha * loss + (1 - config.alpha) * hard
             elif loss_kind == "bce":
                 loss = F.binary_cross_entropy(out.clamp(1e-6, 1 - 1e-6), teacher_out.clamp(0, 1), reduction="sum") / max(1, out[0].numel())
@@ -475,7 +442,7 @@ def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, batch_si
                 loss = F.mse_loss(out, teacher_out, reduction="sum") / max(1, out[0].numel())
             loss_sum += float(loss)
             if labels is not None and out.ndim == 2:
-                correct += int((out.argmax(1) == labels[start : start + batch_size]).sum())
+                correct += int((out.argmax(1) == labels[start : start + batch_size].to(device)).sum())
     result = {"val_loss": loss_sum / max(1, n)}
     if labels is not None and out.ndim == 2:
         result["val_accuracy"] = correct / max(1, n)

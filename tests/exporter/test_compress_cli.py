@@ -76,7 +76,7 @@ def test_torchrun_trains_with_two_processes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no rank left a staging or checkpoint folder
     report = json.loads((out / "report.json").read_text())
     metrics = report["steps"][0]["metrics"]
-    assert metrics["world_size"] == 2
+    assert metrics["world_size"] == 2 and metrics["device"] == "cpu"  # torch here is the CPU build
     assert len(metrics["history"]) == 2
 
 
@@ -167,3 +167,19 @@ def test_torchrun_with_a_sample_count_the_ranks_cannot_share_evenly_finishes(tmp
         capture_output=True, text=True, timeout=180, cwd=ROOT, env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_each_rank_trains_on_its_own_gpu_and_the_backend_follows_the_device():
+    """Under torchrun with CUDA present, nccl was chosen while every tensor stayed on the CPU, which
+    nccl cannot reduce. The device now comes first and the backend follows it. (No GPU here: the
+    decision is checked for both cases, and the CPU case runs for real in the torchrun tests.)"""
+    from edgeport.errors import UsageError
+    from edgeport.passes.distill_world import backend_for, training_device
+
+    assert training_device("auto", 1, cuda_available=True) == "cuda:1"
+    assert training_device("auto", 1, cuda_available=False) == "cpu"
+    assert training_device("cpu", 0, cuda_available=True) == "cpu"
+    assert backend_for(training_device("auto", 0, cuda_available=True)) == "nccl"
+    assert backend_for(training_device("auto", 0, cuda_available=False)) == "gloo"
+    with pytest.raises(UsageError, match="no CUDA device"):
+        training_device("cuda", 0, cuda_available=False)
