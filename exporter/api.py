@@ -31,6 +31,7 @@ from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import fidelity_target, quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
+from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.validation import validate
 from edgeport.validation_report import render_markdown as render_validation_markdown
@@ -79,6 +80,7 @@ def export(
     train_data: str | Path | DataSource | None = None,
     use_cache: bool = True,
     force: bool = False,
+    stateful: Sequence[str] | StateCarry | None = None,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -97,12 +99,16 @@ def export(
     budgets, else cosine >= 0.99 per sample) is met on held-out evaluation data, with at most
     ``max_fallback`` of the MACs in float and within ``search_budget`` ("300s" or "80t"). If no
     mix meets it, the best candidate is written and ``exit_code`` is 1.
+
+    ``stateful`` (``["state:stateN"]``) judges a streaming model as it runs: evaluation feeds run
+    in order, each run taking the state the previous run returned.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     precision = precision if quantize else "fp32"
     if precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
     specs = parse_input_specs(inputs)
+    carry = stateful if isinstance(stateful, StateCarry) else StateCarry.parse(stateful)
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
     if precision == "int8" and calibration is None:
@@ -122,6 +128,9 @@ def export(
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
             quant_target=quant_target(profiles[0]) if profiles else None,
         )
+        if carry is not None and isinstance(artifact, OnnxArtifact):
+            carry.check([s.name for s in artifact.inputs], [s.name for s in artifact.outputs], str(model))
+            ctx.state_carry = carry
         seed_everything(seed)
         fp32_steps: list[Any] = []
         if isinstance(artifact, TorchArtifact):
@@ -136,6 +145,9 @@ def export(
             fp32_steps.append(OpsetUpgradeConfig())  # files from other converters are often opset 11-12: int8 needs 13
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
+        if carry is not None:  # a torch model's output names are known once it is exported
+            carry.check([s.name for s in fp32.inputs], [s.name for s in fp32.outputs], "the exported model")
+            ctx.state_carry = carry
         quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
         if not use_cache:  # --no-cache means no cached calibration ranges either
             quant_config = _without_range_cache(quant_config)
@@ -153,7 +165,8 @@ def export(
             source=str(model) if isinstance(model, (str, Path)) else type(model).__name__,
             inputs=[s.to_dict() for s in fp32.inputs],
             outputs=[s.to_dict() for s in fp32.outputs],
-            data={"calibration": calibration.description if calibration else None, "evaluation": evaluation.description if evaluation else None},
+            data={"calibration": calibration.description if calibration else None, "evaluation": evaluation.description if evaluation else None,
+                  "state_carried": carry.to_dict() if carry else None},
             steps=[r.to_dict() for r in ctx.records],
             artifacts={n: {"bytes": output.stage(n).stat().st_size, "sha256": file_sha256(output.stage(n))} for n in names},
             versions=runtime_versions(),
@@ -166,7 +179,7 @@ def export(
         if profiles:
             validation = validate(
                 output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if reduced else None,
-                data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress,
+                data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress, stateful=carry,
             )
             # Name the files where they will live, not where they were staged.
             validation.report["model"]["path"] = str(output.path / names[0])

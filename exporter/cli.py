@@ -56,6 +56,7 @@ def cli() -> None:
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="Model input, e.g. image:batchx3x224x224:float32. Repeat per input.")
 @click.option("--calib", metavar="DATA", help="Calibration data: .npz, folder of .npy/.npz, module:attr, or random[:N].")
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
+@click.option("--stateful", "stateful", multiple=True, metavar="IN:OUT", help="Streaming model: run evaluation feeds in order, input IN taking output OUT of the previous run (e.g. state:stateN). Repeatable.")
 @click.option("--precision", type=click.Choice(["int8", "dynamic-int8", "fp16", "fp32"]), default="int8", show_default=True,
               help="int8: static, calibrated; dynamic-int8: weights only, no calibration; fp16: for GPUs/NPUs; fp32: optimized only.")
 @click.option("--no-quantize", is_flag=True, help="Stop at the optimized fp32 model (as --precision fp32).")
@@ -153,6 +154,7 @@ def export_command(model: str, **opts: Any) -> None:
             profile=profiles or None,
             runs=opts["runs"],
             use_cache=not opts["no_cache"],
+            stateful=opts["stateful"] or None,
         )
         if opts["as_json"]:
             click.echo(dumps_strict(result.report))
@@ -178,6 +180,7 @@ def export_command(model: str, **opts: Any) -> None:
 @click.option("--profile", "profiles", multiple=True, required=True, metavar="P", help="Device profile (name or TOML file). Repeat for a matrix.")
 @click.option("--reference", metavar="REF.onnx", help="The model to compare outputs with (e.g. model.fp32.onnx).")
 @click.option("--data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
+@click.option("--stateful", "stateful", multiple=True, metavar="IN:OUT", help="Streaming model: run evaluation feeds in order, input IN taking output OUT of the previous run (e.g. state:stateN). Repeatable.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs per profile.")
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Seconds of timed runs at most per profile.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim for the budgets' input shape.")
@@ -202,7 +205,7 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
         result = validate(
             model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
             time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
-            out_dir=opts["out_dir"], junit=opts["junit"], force=opts["force"],
+            out_dir=opts["out_dir"], junit=opts["junit"], force=opts["force"], stateful=opts["stateful"] or None,
         )
         if opts["as_json"]:
             click.echo(dumps_strict(result.report))
@@ -316,6 +319,8 @@ _distill_options = [
 
 _compress_common_options = [
     click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="Where training runs: auto takes cuda:LOCAL_RANK when CUDA is there, else the CPU."),
     click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models (runs code from the file)."),
     click.option("--cache-dir", metavar="DIR", help="Where offline teacher outputs are stored (default ~/.cache/edgeport)."),
     click.option("-o", "--output", "out_dir", required=True, metavar="OUTDIR"),
@@ -354,7 +359,8 @@ def _with(options):
 def distill_command(**opts: Any) -> None:
     """Distill a teacher into a smaller student; writes OUTDIR/model.pt2 and report.json.
 
-    Run under torchrun to train with DistributedDataParallel (gloo on CPU, nccl on GPU).
+    Run under torchrun to train with DistributedDataParallel: each rank on its own GPU with nccl
+    where CUDA is there, else on the CPU with gloo.
     """
 
     def action() -> int:
@@ -365,7 +371,7 @@ def distill_command(**opts: Any) -> None:
         config = DistillConfig(
             temperature=opts["temperature"], alpha=opts["alpha"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
             patience=opts["patience"], hints=tuple(opts["hints"]), hint_weight=opts["hint_weight"], offline=opts["offline"],
-            resume=opts["resume"], seed=opts["seed"],
+            resume=opts["resume"], seed=opts["seed"], device=opts["device"],
         )
         quiet = opts["quiet"] or opts["as_json"]
         result = distill(
@@ -409,7 +415,7 @@ def prune_command(model: str, **opts: Any) -> None:
         from edgeport.progress import TerminalProgress
 
         quiet = opts["quiet"] or opts["as_json"]
-        recover = DistillConfig(epochs=opts["recover_epochs"], seed=opts["seed"]) if opts["recover_epochs"] > 0 else None
+        recover = DistillConfig(epochs=opts["recover_epochs"], seed=opts["seed"], device=opts["device"]) if opts["recover_epochs"] > 0 else None
         result = prune(
             model, method=opts["method"], ratio=opts["ratio"], out_dir=opts["out_dir"], inputs=opts["inputs"] or None, weights=opts["weights"],
             data=opts["data"], teacher=opts["teacher"], teacher_weights=opts["teacher_weights"], steps=opts["steps"], recover=recover,

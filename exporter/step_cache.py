@@ -38,6 +38,7 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         "config": config_to_dict(config),
         "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime")},
         "quant_target": repr(ctx.quant_target),
+        "state_carry": ctx.state_carry.to_dict() if ctx.state_carry else None,  # carried evaluation is another verdict
         "seed": ctx.seed,
     }
     for role, source in (("calibration", ctx.calibration), ("evaluation", ctx.evaluation)):

@@ -23,6 +23,7 @@ from edgeport.passes.context import NullProgress, Progress
 from edgeport.runtimes import benchmark, coverage, estimate
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.state_carry import CarriedSession, StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
 from edgeport.validation_report import render_junit, render_markdown
@@ -80,17 +81,20 @@ def validate(
     out_dir: str | Path | None = None,
     junit: str | Path | None = None,
     force: bool = False,
+    stateful: Sequence[str] | StateCarry | None = None,
 ) -> ValidationResult:
     """Validate ``model`` against one profile or several (a matrix in one report). With
     ``out_dir``, writes validation.json and validation.md there (beside an export's files, which it
     never touches); with ``junit``, JUnit XML to that file. ``force`` replaces files of those names
-    that an earlier validate did not write."""
+    that an earlier validate did not write. ``stateful`` (``["state:stateN"]``) runs the data's
+    feeds in order as one stream, each run taking the state the previous run returned."""
     if runs < 1:
         raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
     # an unwritable or foreign folder fails before measuring
     output = OutputFolder(out_dir, "validate", force=force) if out_dir is not None else None
     try:
-        result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress)
+        carry = stateful if isinstance(stateful, StateCarry) else StateCarry.parse(stateful)
+        result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress, carry)
         if output is not None:
             files = ["validation.json", "validation.md"]
             output.stage("validation.md").write_text(render_markdown(result.report))
@@ -105,7 +109,8 @@ def validate(
     return result
 
 
-def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress) -> ValidationResult:
+def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress,
+              carry: StateCarry | None = None) -> ValidationResult:
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])]
     if not profiles:
         raise UsageError("no profile given", fix="pass --profile NAME (see 'edgeport profiles list')")
@@ -118,16 +123,19 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
         _check_same_io(artifact, ref)
     source = open_data(data, role="evaluation", seed=seed)
     data_dims = _data_dims(artifact.inputs, source)  # also: bad data fails here, before any measurement
+    if carry is not None:
+        carry.check([s.name for s in artifact.inputs], [s.name for s in artifact.outputs], str(artifact.path))
 
     verdicts = []
     for prof in profiles:
         progress.note(f"validating against {prof.name} ...")
-        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed))
+        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed, carry))
     report = _report(artifact, ref, source, verdicts)
     return ValidationResult(artifact.path, verdicts, report)
 
 
-def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, data_dims, max_eval_samples, seed) -> ProfileVerdict:
+def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, data_dims, max_eval_samples, seed,
+                  carry: StateCarry | None = None) -> ProfileVerdict:
     import onnxruntime as ort
 
     cpu = host_cpu()
@@ -183,7 +191,7 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         cover = coverage.static_coverage(str(graph), preferred, {s.name: s.shape for s in shapes}) if graph is not None else None
     details["coverage"] = cover
 
-    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed) if ref is not None and providers else None
+    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed, carry) if ref is not None and providers else None
     details["parity"] = parity
 
     results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source)
@@ -305,14 +313,18 @@ def _data_dims(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dic
     return found
 
 
-def _parity(artifact, ref, source, providers, shapes, max_samples, seed) -> dict[str, Any]:
+def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None) -> dict[str, Any]:
     cand = create_session(artifact.path, providers)
     reference = create_session(ref.path)
-    acc = ParityAccumulator()
+    acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()])
     if source is not None:
-        for batch in source.batches(artifact.inputs, batch_size=8, max_samples=max_samples):
-            acc.update(run_session(reference, batch.inputs), run_session(cand, batch.inputs), batch.labels)
+        # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
+        ref_run, cand_run = CarriedSession(reference, carry), CarriedSession(cand, carry)
+        for batch in source.batches(artifact.inputs, batch_size=1 if carry else 8, max_samples=max_samples):
+            acc.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
         kind = f"{source.role} data: {source.description}"
+        if carry is not None:
+            kind += f", run in order with the state carried ({', '.join(f'output {o} -> input {i}' for i, o in carry.pairs)})"
         if source.role == "calibration":  # export --profile with only --calib
             kind += " (the samples the int8 ranges came from, so this parity is optimistic: pass --eval for held-out data)"
     else:

@@ -62,6 +62,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         if profile.get("coverage"):
             c = profile["coverage"]
             out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider.")
+        parity = profile.get("parity")
+        if parity:
+            out.append(f"Parity on {parity['data']}.")
+            for name, figures in parity.get("outputs", {}).items():
+                shown = ", ".join(f"{k} {_cell(v)}" for k, v in figures.items() if v is not None)
+                out.append(f"- output `{name}`: {shown}")
     return "\n".join(out) + "\n"
 
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from edgeport.artifacts import StepRecord
 from edgeport.data import DataSource
+from edgeport.runtimes.state_carry import StateCarry
 
 
 class Progress(Protocol):
@@ -65,6 +66,9 @@ class PassContext:
     progress: Progress = field(default_factory=NullProgress)
     cache_dir: Path = field(default_factory=default_cache_dir)
     quant_target: QuantTarget | None = None
+    # A streaming model's state pairs: evaluation runs feeds in order, each run taking the state the
+    # previous one returned (None: every feed as its data gives it).
+    state_carry: StateCarry | None = None
     # Runtime objects for torch passes (never config fields): distillation's teacher and training data.
     teacher: Any = None
     training: DataSource | None = None

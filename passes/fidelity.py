@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeport.errors import UsageError
+from edgeport.runtimes.parity import centred_cosine
 
 Outputs = list[np.ndarray]  # one model run's outputs, in the model's output order
 MetricFn = Callable[[list[Outputs], list[Outputs], list[Any]], float]
@@ -117,6 +118,7 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
     """Score candidate outputs against reference outputs, one list entry per model run (a batch).
     Top-1 agreement is judged on the outputs in ``class_outputs`` (None: every rank-2 score output)."""
     cosines: list[float] = []
+    scalars: dict[int, tuple[list[float], list[float]]] = {}  # outputs with one value per sample
     signal = noise = 0.0
     agree = total = correct_ref = correct_cand = labelled = 0
     for ref_run, cand_run, batch_labels in zip(reference, candidate, labels):
@@ -125,7 +127,12 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
                 continue  # integer outputs (ids, masks): compared by the user's metric, if any
             rows = ref.shape[0] if ref.ndim else 1
             r, c = np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)
-            cosines.extend(_row_cosines(r, c))
+            if r.shape[1] == 1:  # a row's cosine would be +-1 whatever int8 did: compared across samples below
+                pair = scalars.setdefault(index, ([], []))
+                pair[0].extend(r[:, 0].tolist())
+                pair[1].extend(c[:, 0].tolist())
+            else:
+                cosines.extend(_row_cosines(r, c))
             signal += float(np.sum(r * r))
             noise += float(np.sum((r - c) ** 2)) if np.all(np.isfinite(c)) else math.inf
             if is_class_scores(ref) and (class_outputs is None or index in class_outputs):
@@ -137,10 +144,14 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
                     labelled += flat.size
                     correct_ref += int(np.sum(ref_top == flat))
                     correct_cand += int(np.sum(cand_top == flat))
+    for ref_values, cand_values in scalars.values():
+        correlation = centred_cosine(np.array(ref_values), np.array(cand_values))
+        cosines.extend([] if correlation is None else [correlation])
+    has_float = bool(cosines) or bool(scalars)
     values: dict[str, float | None] = {
         "cosine_min": min(cosines) if cosines else None,
         "cosine_mean": float(np.mean(cosines)) if cosines else None,
-        "sqnr_db": _sqnr(signal, noise) if cosines else None,
+        "sqnr_db": _sqnr(signal, noise) if has_float else None,
         "top1_agreement": agree / total if total else None,
         "accuracy_drop": (correct_ref - correct_cand) / labelled if labelled else None,
     }
@@ -170,6 +181,8 @@ def per_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:
         if np.asarray(ref).dtype.kind != "f":
             continue
         rows = ref.shape[0] if ref.ndim else 1
+        if ref.size == rows:  # one value per sample: no cosine of its own (score() compares these across samples)
+            continue
         cos = np.array(_row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
         worst = cos if worst is None or worst.shape != cos.shape else np.minimum(worst, cos)
     return worst if worst is not None else np.ones(1)

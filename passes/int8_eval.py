@@ -19,6 +19,7 @@ from onnx import helper
 from edgeport.data import Batch, DataSource
 from edgeport.errors import DataError
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, MetricFn, Outputs, per_sample_cosine, score
+from edgeport.runtimes.state_carry import StateCarry, carried_outputs
 from edgeport.specs import TensorSpec
 
 
@@ -27,9 +28,17 @@ class EvalSplit:
     feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
     labels: list[Any] = field(default_factory=list)
     reference: list[Outputs] = field(default_factory=list)
+    carry: StateCarry | None = None  # set: the feeds are one stream, run in order with the state carried
 
     def subset(self, indices: list[int]) -> "EvalSplit":
+        if self.carry is not None:  # a feed's outputs depend on every feed before it: no subset is faithful
+            return self
         return EvalSplit([self.feeds[i] for i in indices], [self.labels[i] for i in indices], [self.reference[i] for i in indices])
+
+    def outputs(self, session: ort.InferenceSession) -> list[Outputs]:
+        if self.carry is not None:
+            return carried_outputs(session, self.feeds, self.carry)
+        return [run(session, feed) for feed in self.feeds]
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -88,11 +97,15 @@ def session_for(model: onnx.ModelProto | str, threads: int | None = None) -> ort
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def load_splits(data: DataSource, specs: tuple[TensorSpec, ...], max_samples: int) -> tuple[EvalSplit, EvalSplit]:
-    """Samples alternate between the search split (even) and the held-out split (odd)."""
-    search, held_out = EvalSplit(), EvalSplit()
-    for index, batch in enumerate(data.batches(specs, batch_size=1, max_samples=max_samples)):
-        split = search if index % 2 == 0 else held_out
+def load_splits(data: DataSource, specs: tuple[TensorSpec, ...], max_samples: int,
+                carry: StateCarry | None = None) -> tuple[EvalSplit, EvalSplit]:
+    """Samples alternate between the search split (even) and the held-out split (odd). A carried
+    stream is cut in two instead (first half, second half), each half a stream of its own."""
+    search, held_out = EvalSplit(carry=carry), EvalSplit(carry=carry)
+    batches = list(data.batches(specs, batch_size=1, max_samples=max_samples))
+    for index, batch in enumerate(batches):
+        first_half = index < (len(batches) + 1) // 2
+        split = (search if first_half else held_out) if carry is not None else (search if index % 2 == 0 else held_out)
         split.feeds.append(batch.inputs)
         split.labels.append(batch.labels)
     if len(held_out) == 0:
@@ -103,7 +116,7 @@ def load_splits(data: DataSource, specs: tuple[TensorSpec, ...], max_samples: in
 
 
 def add_reference(split: EvalSplit, session: ort.InferenceSession) -> None:
-    split.reference = [run(session, feed) for feed in split.feeds]
+    split.reference = split.outputs(session)
 
 
 def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Outputs:
@@ -140,7 +153,7 @@ class Scorer:
 
     def outputs(self, session: ort.InferenceSession, split: EvalSplit) -> list[Outputs]:
         self.runs += len(split)
-        return [run(session, feed) for feed in split.feeds]
+        return split.outputs(session)
 
     def score(self, session: ort.InferenceSession, split: EvalSplit) -> FidelityScore:
         return self.evaluate(session, split)[0]
@@ -153,11 +166,24 @@ class Scorer:
 
 def worst_samples(split: EvalSplit, outputs: list[Outputs], count: int) -> list[int]:
     """Indices of the samples on which a candidate's ``outputs`` deviate most (lowest cosine)."""
-    worst = [float(per_sample_cosine(ref, cand).min()) for ref, cand in zip(split.reference, outputs)]
+    worst = [_deviation(ref, cand) for ref, cand in zip(split.reference, outputs)]
     return sorted(range(len(worst)), key=lambda i: worst[i])[:count]
 
 
-def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+def _deviation(reference: Outputs, candidate: Outputs) -> tuple[float, float]:
+    """Lowest cosine of the vector outputs, then the largest error of outputs with one value per
+    sample (whose cosine says nothing): lower sorts as worse."""
+    scalar_error = 0.0
+    for ref, cand in zip(reference, candidate):
+        ref = np.asarray(ref)
+        if ref.dtype.kind == "f" and ref.size == (ref.shape[0] if ref.ndim else 1):
+            error = np.abs(ref.astype(np.float64) - np.asarray(cand, np.float64))
+            scalar_error = max(scalar_error, float(np.nan_to_num(error, nan=np.inf).max(initial=0.0)))
+    return float(per_sample_cosine(reference, candidate).min()), -scalar_error
+
+
+def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]],
+                 carry: StateCarry | None = None) -> dict[str, list[np.ndarray]]:
     """Run ``model`` with extra graph outputs; names whose type is unknown or not a tensor are skipped."""
     existing = {o.name for o in model.graph.output}
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
@@ -170,8 +196,9 @@ def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str,
     session = session_for(exposed)
     out_names = [o.name for o in session.get_outputs()]
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        for name, value in zip(out_names, run(session, feed)):
+    runs = carried_outputs(session, feeds, carry) if carry is not None else (run(session, feed) for feed in feeds)
+    for outputs in runs:
+        for name, value in zip(out_names, outputs):
             if name in values:
                 values[name].append(np.asarray(value))
     return {k: v for k, v in values.items() if v}

@@ -10,6 +10,7 @@ from edgeport.artifacts import OnnxArtifact
 from edgeport.passes.context import PassContext
 from edgeport.runtimes.parity import ParityAccumulator
 from edgeport.runtimes.session import create_session, run_session
+from edgeport.runtimes.state_carry import CarriedSession
 from edgeport.specs import example_array
 
 
@@ -19,12 +20,15 @@ def parity_between(
     """Compare outputs on evaluation data (else calibration data, else seeded synthetic inputs)."""
     ref_session = create_session(reference.path)
     cand_session = create_session(candidate.path)
-    accumulator = ParityAccumulator()
+    accumulator = ParityAccumulator(names=[o.name for o in ref_session.get_outputs()])
     data = ctx.evaluation or ctx.calibration
     if data is not None:
-        for batch in data.batches(reference.inputs, batch_size=batch_size, max_samples=samples):
-            accumulator.update(run_session(ref_session, batch.inputs), run_session(cand_session, batch.inputs), batch.labels)
+        ref_run, cand_run = CarriedSession(ref_session, ctx.state_carry), CarriedSession(cand_session, ctx.state_carry)
+        for batch in data.batches(reference.inputs, batch_size=1 if ctx.state_carry else batch_size, max_samples=samples):
+            accumulator.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
         source = "evaluation" if ctx.evaluation is not None else "calibration"
+        if ctx.state_carry:
+            source += f" (state carried: {', '.join(f'{o} -> {i}' for i, o in ctx.state_carry.pairs)})"
     else:
         rng = np.random.default_rng(ctx.seed)
         feed = {s.name: example_array(s, rng, {d: 2 for d in s.shape if isinstance(d, str)}) for s in reference.inputs}

@@ -37,6 +37,8 @@ from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, significant, weight_bytes,
 )
 from edgeport.passes.sensitivity import node_mac_counts
+from edgeport.runtimes.state_carry import StateCarry
+from edgeport.specs import TensorSpec
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
 
@@ -109,7 +111,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                                 fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8")
     work = ctx.work_dir / "int8-search"
     work.mkdir(parents=True, exist_ok=True)
-    calibration, evaluation, data_note = _calibration_and_evaluation(ctx)
+    calibration, evaluation, data_note = _calibration_and_evaluation(ctx, model.inputs)
     if data_note:
         notes.append(data_note)
 
@@ -122,7 +124,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     op_types = op_types_to_quantize(quant, all_quantizable_op_types())
     reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx)
 
-    search, held_out = load_splits(evaluation, model.inputs, config.eval_samples)
+    search, held_out = load_splits(evaluation, model.inputs, config.eval_samples, ctx.state_carry)
     reference = session_for(str(model.path))
     add_reference(search, reference)
     add_reference(held_out, reference)
@@ -274,7 +276,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "held_out": held_out_score.to_dict(),
                 "search_split": search_score.to_dict(),
                 "before_search": start_score.to_dict(),
-                "data": f"{evaluation.description}: {len(search)} samples searched on, {len(held_out)} held out for this verdict",
+                "data": f"{evaluation.description}: {len(search)} samples searched on, {len(held_out)} held out for this verdict"
+                        + (f"; state carried from feed to feed ({_carried(ctx.state_carry)})" if ctx.state_carry else ""),
                 "blockers": verdict["blockers"],
                 "reason": verdict["reason"],
             },
@@ -428,11 +431,19 @@ def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> s
     return {n.name for n in source.graph.node if bad & set(n.input)}
 
 
-def _calibration_and_evaluation(ctx: PassContext) -> tuple[Any, Any, str | None]:
-    """Evaluation data apart from calibration: given, or every fourth calibration sample set aside."""
+def _calibration_and_evaluation(ctx: PassContext, specs: tuple[TensorSpec, ...]) -> tuple[Any, Any, str | None]:
+    """Evaluation data apart from calibration: given, or every fourth calibration sample set aside
+    (for a carried stream, its last quarter: the stream must stay in one piece)."""
     if ctx.evaluation is not None:
         return ctx.calibration, ctx.evaluation, None
     source = ctx.calibration
+    if ctx.state_carry is not None:
+        count = sum(1 for _ in source.batches(specs, batch_size=1))
+        cut = count - max(2, count // 4)
+        calibration = SampleSubset(source, lambda i: i < cut, f"{source.description} (its first {cut} feeds)")
+        evaluation = SampleSubset(source, lambda i: i >= cut, f"{source.description} (its last {count - cut} feeds, held apart from calibration)")
+        return calibration, evaluation, (f"no evaluation data was given: the last {count - cut} calibration feeds were held apart "
+                                         "as one stream to judge fidelity on (pass --eval for a verdict on data of your own)")
     calibration = SampleSubset(source, lambda i: i % 4 != 3, f"{source.description} (3 of every 4 samples)")
     evaluation = SampleSubset(source, lambda i: i % 4 == 3, f"{source.description} (every 4th sample, held apart from calibration)")
     return calibration, evaluation, ("no evaluation data was given: every 4th calibration sample was held apart to judge fidelity on "
@@ -457,6 +468,10 @@ def _name_nodes(model: onnx.ModelProto) -> None:
                 name += "_"
             node.name = name
             taken.add(name)
+
+
+def _carried(carry: StateCarry) -> str:
+    return ", ".join(f"output {output} -> input {name}" for name, output in carry.pairs)
 
 
 def _parity_view(score: FidelityScore) -> dict[str, Any]:

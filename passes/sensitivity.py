@@ -76,8 +76,8 @@ def proxy_ranking(qdq: QdqModel, reverted: set[str], candidates: list[str], subs
         plan[name] = (out[1], inputs)
     float_names = {fp for fp, _ in pairs.values()}
     int8_names = {q for _, q in pairs.values()}
-    fp_values = run_exposing(qdq.source, sorted(float_names), subset.feeds)
-    q_values = run_exposing(model, sorted(int8_names), subset.feeds)
+    fp_values = run_exposing(qdq.source, sorted(float_names), subset.feeds, subset.carry)
+    q_values = run_exposing(model, sorted(int8_names), subset.feeds, subset.carry)
     noise = {key: _relative_error(fp_values.get(fp), q_values.get(q)) for key, (fp, q) in pairs.items()}
     added = {}
     for name, (out_key, input_keys) in plan.items():

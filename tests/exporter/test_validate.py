@@ -217,3 +217,36 @@ def test_nan_outputs_fail_parity_explicitly_and_the_report_stays_strict_json(tmp
     budgets = {b["name"]: b for b in report["profiles"][0]["budgets"]}
     assert budgets["parity.non_finite_outputs_max"]["status"] == "fail"
     assert budgets["parity.non_finite_outputs_max"]["measured"] == 2  # the model's output and the reference's
+
+
+def _two_output_model(path, second_scale: float):
+    """y1 = x @ w (unchanged), y2 = (x @ w) * second_scale: a candidate can break only its second output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32), "w")
+    scale = numpy_helper.from_array(np.array([1.0, 1.0, 1.0, 1.0, 1.0, second_scale], np.float32), "s")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"], name="head"), helper.make_node("Mul", ["scores", "s"], ["boxes"], name="box")],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 6]), helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", 6])],
+        [weight, scale])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_parity_is_per_output_and_budgets_judge_the_worst(tmp_path):
+    """Only the first output used to be compared by cosine: a broken second output passed."""
+    reference = _two_output_model(tmp_path / "ref.onnx", 1.0)
+    candidate = _two_output_model(tmp_path / "cand.onnx", -5.0)  # the last box coordinate flips and grows
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32))
+    result = edgeport.validate(candidate, profile="ci-x86-avx2", reference=reference, data=tmp_path / "d.npz", runs=3)
+    parity = result.verdicts[0].details["parity"]
+    assert parity["outputs"]["scores"]["cosine_min"] == 1.0 and parity["outputs"]["scores"]["top1_agreement"] == 1.0
+    assert parity["outputs"]["boxes"]["cosine_min"] < 0.9
+    assert parity["cosine_min"] == parity["outputs"]["boxes"]["cosine_min"]
+    assert parity["sqnr_db"] == parity["outputs"]["boxes"]["sqnr_db"]
+    cosine = next(r for r in result.verdicts[0].results if r.name == "parity.cosine_min")
+    assert cosine.status == "fail"

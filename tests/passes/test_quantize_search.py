@@ -423,3 +423,22 @@ def test_the_int8_speed_up_behind_the_estimate_names_its_source():
     unknown = int8_speedup(QuantTarget("arm64", False, "this host"))
     assert unknown.value is None and "--profile" in unknown.rule
     assert int8_speedup(QuantTarget("arm64", False, "profile pi", int8_speedup=2.5)).value == 2.5
+
+
+def test_an_output_with_one_value_per_sample_is_judged_across_samples():
+    """A VAD's probability, a quality score: one value per sample, so each row's cosine is 1 whatever
+    int8 does (0.2 against 0.9 is a cosine of 1). Such outputs are compared across samples."""
+    from edgeport.passes.fidelity import score
+    from edgeport.runtimes.parity import ParityAccumulator
+
+    reference = [[np.array([[p]], np.float32)] for p in (0.1, 0.9, 0.2, 0.8, 0.5, 0.3)]
+    unrelated = [[np.array([[p]], np.float32)] for p in (0.6, 0.2, 0.7, 0.3, 0.5, 0.9)]
+    target = FidelityTarget(min_cosine=0.99)
+    labels = [None] * len(reference)
+    assert score(target, reference, reference, labels).values["cosine_min"] == pytest.approx(1.0)
+    judged = score(target, reference, unrelated, labels)
+    assert judged.values["cosine_min"] < 0 and not judged.met
+    parity = ParityAccumulator()
+    for ref, cand in zip(reference, unrelated):
+        parity.update(ref, cand)
+    assert parity.result()["cosine_min"] < 0 and parity.result()["samples"] == 6
