@@ -111,6 +111,8 @@ def export(
     carry = stateful if isinstance(stateful, StateCarry) else StateCarry.parse(stateful)
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
+    if carry is not None and calibration is None and evaluation is None:
+        raise UsageError("--stateful carries state through evaluation, which needs data", fix="give --eval (or --calib) feeds, or drop --stateful")
     if precision == "int8" and calibration is None:
         raise QuantizationError(
             "static int8 quantization needs calibration data",

@@ -22,7 +22,7 @@ from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.runtimes import benchmark, coverage, estimate
 from edgeport.runtimes.hostcpu import host_cpu
-from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.state_carry import CarriedSession, StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
@@ -125,6 +125,9 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
     data_dims = _data_dims(artifact.inputs, source)  # also: bad data fails here, before any measurement
     if carry is not None:
         carry.check([s.name for s in artifact.inputs], [s.name for s in artifact.outputs], str(artifact.path))
+        if ref is None or source is None:
+            raise UsageError("--stateful carries state through parity, which needs a --reference model and --data feeds",
+                             fix="give --reference and --data, or drop --stateful")
 
     verdicts = []
     for prof in profiles:
@@ -222,15 +225,29 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     parity_basis = f"measured on this host ({', '.join(providers or [])}) vs reference on CPU"
     results = [
         latency, memory, size, coverage_result,
-        judge("parity.top1_agreement_min", p.get("top1_agreement"), pb.top1_agreement_min, basis=parity_basis, skip_reason=no_parity if not p else "outputs are not class scores"),
-        judge("parity.cosine_min", p.get("cosine_min"), pb.cosine_min, basis=parity_basis, skip_reason=no_parity),
-        judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, unit=" dB", basis=parity_basis, skip_reason=no_parity),
+        _agreement(p, pb.top1_agreement_min, parity_basis, no_parity),
+        judge("parity.cosine_min", p.get("cosine_min"), pb.cosine_min, basis=parity_basis,
+              skip_reason=no_parity if not p else "no float output to compare (integer outputs are judged by exact match)"),
+        judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, unit=" dB", basis=parity_basis,
+              skip_reason=no_parity if not p else "no float output with signal to compare"),
         judge("parity.max_abs_diff_max", p.get("max_abs_diff"), pb.max_abs_diff_max, basis=parity_basis, skip_reason=no_parity),
         judge("accuracy_drop_max", p.get("accuracy_drop"), budgets.accuracy_drop_max, basis=parity_basis,
               skip_reason=no_parity if not p else "evaluation data has no labels" if source is not None else "no --data with labels given"),
         _finite_outputs(p, parity_basis),
     ]
     return results
+
+
+def _agreement(parity: dict, limit: float | None, basis: str, no_parity: str) -> BudgetResult:
+    """Top-1 agreement of class-score outputs; where there are none but integer outputs (ids,
+    masks), their exact match stands in: both say how often the decision is the same."""
+    top1, exact = parity.get("top1_agreement"), parity.get("exact_match")
+    if top1 is None and exact is not None:
+        return judge("parity.top1_agreement_min", exact, limit, basis=f"{basis}; integer outputs: exact match")
+    if top1 is not None and exact is not None:
+        return judge("parity.top1_agreement_min", min(top1, exact), limit, basis=f"{basis}; the lower of top-1 and integer outputs' exact match")
+    return judge("parity.top1_agreement_min", top1, limit, basis=basis,
+                 skip_reason=no_parity if not parity else "no output is class scores or integer decisions")
 
 
 def _finite_outputs(parity: dict, basis: str) -> BudgetResult | None:
@@ -316,7 +333,7 @@ def _data_dims(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dic
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None) -> dict[str, Any]:
     cand = create_session(artifact.path, providers)
     reference = create_session(ref.path)
-    acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()])
+    acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()], class_outputs=model_class_outputs(ref.path))
     if source is not None:
         # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
         ref_run, cand_run = CarriedSession(reference, carry), CarriedSession(cand, carry)

@@ -61,7 +61,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"Estimate for the target: {est['latency_ms']} ms ({est['bound']}-bound; {est['assumptions']}); graph: {est['graph']}.")
         if profile.get("coverage"):
             c = profile["coverage"]
-            out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider.")
+            out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider."
+                       + (f" Note: {c['note']}." if c.get("note") else ""))
         parity = profile.get("parity")
         if parity:
             out.append(f"Parity on {parity['data']}.")

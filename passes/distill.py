@@ -74,11 +74,21 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     import torch.distributed as dist
 
     started = time.perf_counter()
-    world = World.setup(config.device)
+    choice, notes = config.device, []
+    if choice != "cpu" and student.program is not None and torch.cuda.is_available():
+        # A torch.export graph can hold device constants that .to() does not move, and the student
+        # must come back to the CPU for export: it trains where it was made, and so does every rank.
+        choice = "cpu"
+        notes.append("the student is a torch.export program (.pt2), whose graph can hold device constants: it trains on the CPU")
+    world = World.setup(choice)
     device = world.device
     torch.manual_seed(config.seed)
     model = copy.deepcopy(student.module).to(device)
-    teacher_module = teacher.module.eval().to(device)
+    teacher_module = teacher.module.eval()
+    if device != "cpu" and teacher.program is not None:  # the same for a .pt2 teacher: a moved copy
+        from torch.export.passes import move_to_device_pass
+
+        teacher_module = move_to_device_pass(teacher.program, device).module().eval()
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     inputs, labels = load_tensors(data, student.inputs)
     n = next(iter(inputs.values())).shape[0]
@@ -96,10 +106,10 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
             val_index = train_index
         val_inputs = {k: v[val_index] for k, v in inputs.items()}
         val_labels = labels[val_index] if labels is not None else None
-    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key)
+    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key, device)
     _check_outputs_match(targets["logits"], model, inputs, device)
     if val_data is not None:
-        val_targets, val_calls = _run_teacher(teacher_module, val_inputs, hint_pairs)
+        val_targets, val_calls = _run_teacher(teacher_module, val_inputs, hint_pairs, device)
         teacher_calls += val_calls
     else:
         val_targets = {k: v[val_index] for k, v in targets.items()}
@@ -170,7 +180,6 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         ctx.progress.finish()
     model.load_state_dict(best_state)
     model.eval().cpu()  # export and fidelity checks run on the CPU
-    teacher_module.cpu()
     result = TorchArtifact(model, student.inputs, student.source, lineage=(*student.lineage, "distill"))
     ctx.record(StepRecord(
         name="distill",
@@ -182,6 +191,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
             "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size, "device": device,
             "hints": list(config.hints), "history": history,
         },
+        notes=notes,
     ))
     return result
 
@@ -292,7 +302,9 @@ def _trainable(student, adapters, hint_pairs):
     return Trainable()
 
 
-def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 256) -> tuple[dict[str, Any], int]:
+def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, device: str = "cpu", batch_size: int = 256) -> tuple[dict[str, Any], int]:
+    """The teacher's outputs (and hint features) on ``inputs``, held on the CPU. The teacher visits
+    ``device`` only while it runs: it need not sit in GPU memory through training."""
     import torch
 
     names = [p[0] for p in hint_pairs]
@@ -302,7 +314,8 @@ def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 
     hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: feats.__setitem__(n, o)) for n in names]
     calls = 0
     n = next(iter(inputs.values())).shape[0]
-    device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    home = next((p.device for p in teacher.parameters()), torch.device("cpu"))
+    teacher.to(device)
     try:
         with torch.no_grad():
             for start in range(0, n, batch_size):
@@ -314,15 +327,16 @@ def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, batch_size: int = 
     finally:
         for h in hooks:
             h.remove()
+        teacher.to(home)
     return {k: torch.cat(v) for k, v in outs.items()}, calls
 
 
-def _teacher_targets(teacher_module, inputs, hint_pairs, config: DistillConfig, ctx: PassContext, teacher_key: str | None):
+def _teacher_targets(teacher_module, inputs, hint_pairs, config: DistillConfig, ctx: PassContext, teacher_key: str | None, device: str = "cpu"):
     """Online: run the teacher now. Offline: load its stored outputs, or compute and store them."""
     import torch
 
     if not config.offline:
-        targets, calls = _run_teacher(teacher_module, inputs, hint_pairs)
+        targets, calls = _run_teacher(teacher_module, inputs, hint_pairs, device)
         return targets, calls, "computed (online)"
     key = teacher_key or _teacher_digest(teacher_module)
     digest = hashlib.sha256()
@@ -335,7 +349,7 @@ def _teacher_targets(teacher_module, inputs, hint_pairs, config: DistillConfig, 
     if path.is_file():
         with np.load(path) as stored:
             return {k: torch.from_numpy(stored[k]) for k in stored.files}, 0, f"loaded from {path}"
-    targets, calls = _run_teacher(teacher_module, inputs, hint_pairs)
+    targets, calls = _run_teacher(teacher_module, inputs, hint_pairs, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(temp, **{k: v.numpy() for k, v in targets.items()})

@@ -15,14 +15,22 @@ from edgeport.errors import UsageError
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def training_device(choice: str, local_rank: int, cuda_available: bool) -> str:
-    """The torch device string a rank trains on: ``cpu`` or ``cuda:<local rank>``."""
+def training_device(choice: str, local_rank: int, cuda_devices: int) -> str:
+    """The torch device string a rank trains on: ``cpu`` or ``cuda:<n>``. ``cuda_devices`` is how
+    many GPUs this process sees: one means each rank was given its own (CUDA_VISIBLE_DEVICES)."""
     if choice not in DEVICES:
         raise UsageError(f"device '{choice}' is unknown", fix=f"use one of {', '.join(DEVICES)}")
-    if choice == "cuda" and not cuda_available:
+    if choice == "cuda" and cuda_devices == 0:
         raise UsageError("device 'cuda' was asked for, but torch sees no CUDA device here",
                          fix="use --device cpu (or auto), or install a CUDA build of torch")
-    return f"cuda:{local_rank}" if choice != "cpu" and cuda_available else "cpu"
+    if choice == "cpu" or cuda_devices == 0:
+        return "cpu"
+    if cuda_devices == 1:
+        return "cuda:0"
+    if local_rank >= cuda_devices:
+        raise UsageError(f"rank {local_rank} on this node has no GPU of its own ({cuda_devices} are visible)",
+                         fix="run as many ranks per node as there are GPUs (--nproc_per_node), or use --device cpu")
+    return f"cuda:{local_rank}"
 
 
 def backend_for(device: str) -> str:
@@ -41,7 +49,7 @@ class World:
         import torch.distributed as dist
 
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        device = training_device(device_choice, local_rank, torch.cuda.is_available())
+        device = training_device(device_choice, local_rank, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
         size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -25,7 +25,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact
 from edgeport.errors import DataError, ExportError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
-from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
 
@@ -107,8 +107,8 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
 def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.ndarray]], config: OnnxExportConfig) -> dict[str, Any]:
     import torch
 
-    parity = ParityAccumulator()
     session = create_session(path, optimization="all")
+    parity = ParityAccumulator(names=[o.name for o in session.get_outputs()], class_outputs=model_class_outputs(path))
     with torch.no_grad():
         for feed in feeds:
             reference = _flatten(model.module(*[torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in model.inputs]))

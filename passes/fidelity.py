@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeport.errors import UsageError
-from edgeport.runtimes.parity import centred_cosine
+from edgeport.runtimes.parity import is_class_scores, row_cosines, spread_cosine
 
 Outputs = list[np.ndarray]  # one model run's outputs, in the model's output order
 MetricFn = Callable[[list[Outputs], list[Outputs], list[Any]], float]
@@ -61,7 +61,7 @@ class FidelityTarget:
     def describe(self) -> str:
         parts = []
         if self.min_cosine is not None:
-            parts.append(f"cosine >= {self.min_cosine:g} per sample")
+            parts.append(f"cosine >= {self.min_cosine:g} per sample (one-value outputs: across samples)")
         if self.min_top1_agreement is not None:
             parts.append(f"top-1 agreement >= {self.min_top1_agreement:.2%} (class scores)")
         if self.max_accuracy_drop is not None:
@@ -127,12 +127,14 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
                 continue  # integer outputs (ids, masks): compared by the user's metric, if any
             rows = ref.shape[0] if ref.ndim else 1
             r, c = np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)
+            if r.size == 0:
+                continue  # an empty output (no detections): nothing to compare
             if r.shape[1] == 1:  # a row's cosine would be +-1 whatever int8 did: compared across samples below
                 pair = scalars.setdefault(index, ([], []))
                 pair[0].extend(r[:, 0].tolist())
                 pair[1].extend(c[:, 0].tolist())
             else:
-                cosines.extend(_row_cosines(r, c))
+                cosines.extend(row_cosines(r, c))
             signal += float(np.sum(r * r))
             noise += float(np.sum((r - c) ** 2)) if np.all(np.isfinite(c)) else math.inf
             if is_class_scores(ref) and (class_outputs is None or index in class_outputs):
@@ -145,8 +147,7 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
                     correct_ref += int(np.sum(ref_top == flat))
                     correct_cand += int(np.sum(cand_top == flat))
     for ref_values, cand_values in scalars.values():
-        correlation = centred_cosine(np.array(ref_values), np.array(cand_values))
-        cosines.extend([] if correlation is None else [correlation])
+        cosines.append(spread_cosine(np.array(ref_values), np.array(cand_values)))
     has_float = bool(cosines) or bool(scalars)
     values: dict[str, float | None] = {
         "cosine_min": min(cosines) if cosines else None,
@@ -181,28 +182,11 @@ def per_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:
         if np.asarray(ref).dtype.kind != "f":
             continue
         rows = ref.shape[0] if ref.ndim else 1
-        if ref.size == rows:  # one value per sample: no cosine of its own (score() compares these across samples)
+        if ref.size == rows:  # one value per sample (or none): no cosine of its own (score() compares these across samples)
             continue
-        cos = np.array(_row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
+        cos = np.array(row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
         worst = cos if worst is None or worst.shape != cos.shape else np.minimum(worst, cos)
     return worst if worst is not None else np.ones(1)
-
-
-def is_class_scores(output: np.ndarray) -> bool:
-    """A batch of score vectors: rank 2, float, more than one class."""
-    return output.ndim == 2 and output.shape[-1] > 1 and output.dtype.kind == "f"
-
-
-def _row_cosines(ref: np.ndarray, cand: np.ndarray) -> list[float]:
-    """Cosine per row; a candidate row holding NaN or Inf scores -1 (a failure, never skipped), two
-    all-zero rows agree (1) and one zero row against a non-zero one scores 0."""
-    bad = ~np.all(np.isfinite(cand), axis=1)
-    cand = np.where(np.isfinite(cand), cand, 0.0)
-    ref_norm, cand_norm = np.linalg.norm(ref, axis=1), np.linalg.norm(cand, axis=1)
-    norms = ref_norm * cand_norm
-    cos = np.sum(ref * cand, axis=1) / np.where(norms == 0, 1.0, norms)
-    cos = np.where(norms == 0, np.where((ref_norm == 0) & (cand_norm == 0), 1.0, 0.0), cos)
-    return np.where(bad, -1.0, cos).tolist()
 
 
 def _sqnr(signal: float, noise: float) -> float:

@@ -29,11 +29,24 @@ class EvalSplit:
     labels: list[Any] = field(default_factory=list)
     reference: list[Outputs] = field(default_factory=list)
     carry: StateCarry | None = None  # set: the feeds are one stream, run in order with the state carried
+    reference_session: ort.InferenceSession | None = None  # the fp32 model, for a carried subset's own reference
 
     def subset(self, indices: list[int]) -> "EvalSplit":
-        if self.carry is not None:  # a feed's outputs depend on every feed before it: no subset is faithful
-            return self
-        return EvalSplit([self.feeds[i] for i in indices], [self.labels[i] for i in indices], [self.reference[i] for i in indices])
+        if self.carry is None or not indices:
+            return EvalSplit([self.feeds[i] for i in indices], [self.labels[i] for i in indices], [self.reference[i] for i in indices])
+        # A carried feed depends on the feeds before it, so the subset is the run of consecutive feeds
+        # that ends at the worst one. It is a stream of its own, starting from the state its first
+        # feed's data gives, so its fp32 reference is run again the same way.
+        end = indices[0] + 1
+        start = max(0, end - len(indices))
+        window = list(range(start, min(len(self.feeds), start + len(indices))))
+        part = EvalSplit([self.feeds[i] for i in window], [self.labels[i] for i in window], carry=self.carry,
+                         reference_session=self.reference_session)
+        if self.reference_session is not None:
+            part.reference = part.outputs(self.reference_session)
+        else:
+            part.reference = [self.reference[i] for i in window]
+        return part
 
     def outputs(self, session: ort.InferenceSession) -> list[Outputs]:
         if self.carry is not None:
@@ -117,29 +130,12 @@ def load_splits(data: DataSource, specs: tuple[TensorSpec, ...], max_samples: in
 
 def add_reference(split: EvalSplit, session: ort.InferenceSession) -> None:
     split.reference = split.outputs(session)
+    split.reference_session = session
 
 
 def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Outputs:
     names = {i.name for i in session.get_inputs()}
     return session.run(None, {k: v for k, v in feed.items() if k in names})
-
-
-CLASSIFIER_HEADS = ("Gemm", "MatMul", "Softmax", "LogSoftmax")
-
-
-def class_score_outputs(model: onnx.ModelProto) -> frozenset[int]:
-    """Indices of the outputs a classifier head makes (Gemm, MatMul [+ bias Add], Softmax): the
-    ones top-1 agreement is judged on. An embedding normalized at the end, a sigmoid's independent
-    probabilities or a feature map has the same rank-2 shape but no top-1 to agree on."""
-    producer = {o: n for n in model.graph.node for o in n.output}
-    heads = set()
-    for index, output in enumerate(model.graph.output):
-        node = producer.get(output.name)
-        if node is not None and node.op_type == "Add":  # MatMul + bias
-            node = next((producer[i] for i in node.input if i in producer and producer[i].op_type == "MatMul"), node)
-        if node is not None and node.op_type in CLASSIFIER_HEADS:
-            heads.add(index)
-    return frozenset(heads)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgeport.artifacts import OnnxArtifact
 from edgeport.passes.context import PassContext
-from edgeport.runtimes.parity import ParityAccumulator
+from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.runtimes.state_carry import CarriedSession
 from edgeport.specs import example_array
@@ -20,7 +20,7 @@ def parity_between(
     """Compare outputs on evaluation data (else calibration data, else seeded synthetic inputs)."""
     ref_session = create_session(reference.path)
     cand_session = create_session(candidate.path)
-    accumulator = ParityAccumulator(names=[o.name for o in ref_session.get_outputs()])
+    accumulator = ParityAccumulator(names=[o.name for o in ref_session.get_outputs()], class_outputs=model_class_outputs(reference.path))
     data = ctx.evaluation or ctx.calibration
     if data is not None:
         ref_run, cand_run = CarriedSession(ref_session, ctx.state_carry), CarriedSession(cand_session, ctx.state_carry)

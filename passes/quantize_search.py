@@ -23,7 +23,7 @@ from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
-    SampleSubset, Scorer, add_reference, class_score_outputs, load_splits, session_for, worst_samples,
+    SampleSubset, Scorer, add_reference, load_splits, session_for, worst_samples,
 )
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
@@ -37,6 +37,7 @@ from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, significant, weight_bytes,
 )
 from edgeport.passes.sensitivity import node_mac_counts
+from edgeport.runtimes.parity import class_score_outputs
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec
 
@@ -439,6 +440,9 @@ def _calibration_and_evaluation(ctx: PassContext, specs: tuple[TensorSpec, ...])
     source = ctx.calibration
     if ctx.state_carry is not None:
         count = sum(1 for _ in source.batches(specs, batch_size=1))
+        if count < 8:
+            raise DataError(f"calibration data '{source.description}' holds {count} feeds: too few to hold a carried stream apart "
+                            "for evaluation", fix="give at least 8 feeds, or separate evaluation feeds with --eval")
         cut = count - max(2, count // 4)
         calibration = SampleSubset(source, lambda i: i < cut, f"{source.description} (its first {cut} feeds)")
         evaluation = SampleSubset(source, lambda i: i >= cut, f"{source.description} (its last {count - cut} feeds, held apart from calibration)")

@@ -74,7 +74,7 @@ def _options(request: dict, ort, profile_dir: str | None = None):
 _COPIES = ("MemcpyToHost", "MemcpyFromHost")  # ORT inserts these between devices; not the model's
 
 
-def _model_node_names(path: str) -> list[str] | None:
+def _model_node_names(path: str) -> set[str] | None:
     """The model's top-level nodes as ORT names them. ORT turns Constant nodes into initializers
     when it loads a model, then names an unnamed node ``<OpType>_<index among the rest>``.
     None for an ORT-format file, which onnx cannot read."""
@@ -84,7 +84,7 @@ def _model_node_names(path: str) -> list[str] | None:
         return None
     graph = onnx.load(path, load_external_data=False).graph
     kept = [node for node in graph.node if node.op_type != "Constant"]
-    return [node.name or f"{node.op_type}_{index}" for index, node in enumerate(kept)]
+    return {node.name or f"{node.op_type}_{index}" for index, node in enumerate(kept)}
 
 
 def _is_compiled_partition(node: str, provider: str) -> bool:
@@ -95,9 +95,10 @@ def _is_compiled_partition(node: str, provider: str) -> bool:
 def _coverage(request: dict, ort, feed) -> dict:
     """Which provider ran each of the model's nodes, from ORT's own profiler (one profiled inference).
 
-    Graph optimizations are off in this session, so every profiled node is one of the model's own
-    and fusion cannot shrink a provider's count. A compiled partition (OpenVINO, TensorRT, QNN,
-    CoreML, NNAPI) is one profiler event; it is credited with the model nodes no other event ran.
+    Graph optimizations are off in this session, so fusion cannot shrink a provider's count: every
+    node that runs as its own event counts once. A compiled partition (OpenVINO, TensorRT, QNN,
+    CoreML, NNAPI) is one profiler event; it is credited with the model's top-level nodes that no
+    other event ran.
     """
     with tempfile.TemporaryDirectory() as tmp:
         options = _options(request, ort, tmp)
@@ -106,8 +107,7 @@ def _coverage(request: dict, ort, feed) -> dict:
         session.run(None, feed)
         trace = json.loads(Path(session.end_profiling()).read_text())
     listed = _model_node_names(request["model"])
-    known = set(listed) if listed is not None else None
-    placed: dict[str, str] = {}
+    placed: dict[str, str] = {}  # every node that ran as an event of its own -> its provider
     op_of: dict[str, str] = {}
     partitions: dict[str, str] = {}  # compiled partition -> its provider
     activation_bytes = 0
@@ -119,31 +119,36 @@ def _coverage(request: dict, ort, feed) -> dict:
         for suffix in ("_kernel_time", "_fence_before", "_fence_after"):
             node = node[: -len(suffix)] if node.endswith(suffix) else node
         activation_bytes = max(activation_bytes, int(args.get("activation_size", 0) or 0) + int(args.get("output_size", 0) or 0))
-        compiled = _is_compiled_partition(node, args["provider"])
-        if (node in known) if known is not None else not compiled:
+        if _is_compiled_partition(node, args["provider"]) and (listed is None or node not in listed):
+            partitions[node] = args["provider"]
+        else:
             placed[node] = args["provider"]
             op_of[node] = args.get("op_name", "")
-        elif compiled:
-            partitions[node] = args["provider"]
     counts = Counter(placed.values())
     fused_by_provider = Counter(partitions.values())
     note = ""
-    if listed is None:  # an .ort file: its node list is not readable here, so a partition counts once
-        model_nodes = list(placed) + list(partitions)
+    model_nodes = len(placed)
+    if partitions and listed is None:  # an .ort file: its node list is not readable here
         counts.update(fused_by_provider)
-        if partitions:
-            note = "an ORT-format file's node list cannot be read here: each compiled partition counts as one node"
-    else:
-        model_nodes = listed
-        in_partitions = len(model_nodes) - len(placed)
+        model_nodes += len(partitions)
+        note = "an ORT-format file's node list cannot be read here: each compiled partition counts as one node"
+    elif partitions:
+        # The model nodes no event ran are inside the partitions. Exact when every event is a listed
+        # top-level node; subgraph nodes and inlined functions make it an estimate, said as such.
+        in_partitions = len(listed - placed.keys())
+        model_nodes += in_partitions
+        unlisted = len(placed.keys() - listed)
         if len(fused_by_provider) == 1:
             counts[next(iter(fused_by_provider))] += in_partitions
-        elif fused_by_provider:  # several compiling providers: which of them took which node is not in the trace
+        else:  # several compiling providers: which of them took which node is not in the trace
             total_parts = sum(fused_by_provider.values())
             for provider, parts in fused_by_provider.items():
                 counts[provider] += round(in_partitions * parts / total_parts)
-            note = "nodes inside compiled partitions of several providers are split by partition count"
-    total = len(model_nodes)
+            note = "nodes inside compiled partitions of several providers are split by partition count; "
+        if unlisted:
+            note += (f"{unlisted} profiled nodes are not top-level model nodes (subgraph bodies or inlined functions): "
+                     "the count inside compiled partitions is an estimate")
+    total = model_nodes
     preferred = request["providers"][0]
     not_preferred = Counter(op_of[n] for n, p in placed.items() if p != preferred)
     result = {
@@ -153,10 +158,10 @@ def _coverage(request: dict, ort, feed) -> dict:
         "compiled_partitions": dict(fused_by_provider),
         "preferred_share": round(min(counts.get(preferred, 0), total) / total, 4) if total else None,
         "ops_not_on_preferred": dict(not_preferred.most_common(10)),
-        "ort_max_node_activation_mb": round(activation_bytes / 2**20, 3),
+        "max_node_activation_mb_unoptimized_graph": round(activation_bytes / 2**20, 3),  # this session runs without fusion
     }
     if note:
-        result["note"] = note
+        result["note"] = note.rstrip("; ")
     return result
 
 

@@ -64,7 +64,9 @@ _NUMPY_NAMES = {"AVX512VNNI": "avx512_vnni", "AVXVNNI": "avx_vnni", "AVX_VNNI": 
 
 def _numpy_flags(features: dict[str, bool] | None = None) -> set[str]:
     """The CPU features numpy detected at import for its own kernel dispatch (CPUID on x86, the
-    OS's hwcaps on Arm): the one probe that works on Windows without a new dependency."""
+    OS's hwcaps on Arm): the one probe that works on Windows without a new dependency. numpy 2.4
+    lists AVX512VNNI but not the VEX-encoded AVX-VNNI, so a Windows Alder Lake (or later) client
+    without AVX-512 still reads as a saturating AVX2 host; Linux and macOS name it."""
     if features is None:
         try:
             from numpy._core._multiarray_umath import __cpu_features__ as features

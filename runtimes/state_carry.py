@@ -4,7 +4,9 @@ A stateful model (a voice-activity detector, a wake-word net, streaming ASR) tak
 input and returns the next state as an output. Judged feed by feed with the state the data gives,
 an int8 model never sees its own rounding fed back; carried, its error accumulates as it will on
 the device. ``--stateful state:stateN`` names the pairs: input ``state`` takes output ``stateN``
-of the previous run. The first feed of a stream keeps the state its data gives.
+of the previous run. The feeds a command is given are one stream, in their order (a folder's files
+sorted by name); the first feed of a stream keeps the state its data gives. (The int8 search cuts
+its evaluation data into two streams, one to search on and one held out.)
 """
 
 from __future__ import annotations
@@ -61,18 +63,14 @@ class CarriedSession:
         self._index = {o.name: i for i, o in enumerate(session.get_outputs())}
         self._state: dict[str, np.ndarray] = {}
 
-    def restart(self) -> None:
-        """A new stream: the next feed keeps the state its data gives."""
-        self._state = {}
-
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.carry is None:
             return run_session(self.session, feed)
         for name, array in self._state.items():
             given = feed.get(name)
-            if given is not None and given.shape != array.shape:
-                raise DataError(f"--stateful {name}: the model returned a state of shape {array.shape}, but input '{name}' "
-                                f"is given as {given.shape}", fix="name the output that returns this input's next state")
+            if given is not None and (given.shape != array.shape or given.dtype != array.dtype):
+                raise DataError(f"--stateful {name}: the model returned a state of {array.dtype}{list(array.shape)}, but input '{name}' "
+                                f"is given as {given.dtype}{list(given.shape)}", fix="name the output that returns this input's next state")
         outputs = run_session(self.session, {**feed, **self._state})
         self._state = {name: outputs[self._index[output]] for name, output in self.carry.pairs}
         return outputs

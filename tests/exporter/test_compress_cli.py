@@ -176,10 +176,13 @@ def test_each_rank_trains_on_its_own_gpu_and_the_backend_follows_the_device():
     from edgeport.errors import UsageError
     from edgeport.passes.distill_world import backend_for, training_device
 
-    assert training_device("auto", 1, cuda_available=True) == "cuda:1"
-    assert training_device("auto", 1, cuda_available=False) == "cpu"
-    assert training_device("cpu", 0, cuda_available=True) == "cpu"
-    assert backend_for(training_device("auto", 0, cuda_available=True)) == "nccl"
-    assert backend_for(training_device("auto", 0, cuda_available=False)) == "gloo"
+    assert training_device("auto", 1, cuda_devices=2) == "cuda:1"
+    assert training_device("auto", 1, cuda_devices=1) == "cuda:0"  # one GPU made visible per rank
+    assert training_device("auto", 1, cuda_devices=0) == "cpu"
+    assert training_device("cpu", 0, cuda_devices=2) == "cpu"
+    assert backend_for(training_device("auto", 0, cuda_devices=2)) == "nccl"
+    assert backend_for(training_device("auto", 0, cuda_devices=0)) == "gloo"
     with pytest.raises(UsageError, match="no CUDA device"):
-        training_device("cuda", 0, cuda_available=False)
+        training_device("cuda", 0, cuda_devices=0)
+    with pytest.raises(UsageError, match="no GPU of its own"):
+        training_device("auto", 3, cuda_devices=2)

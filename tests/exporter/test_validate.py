@@ -250,3 +250,57 @@ def test_parity_is_per_output_and_budgets_judge_the_worst(tmp_path):
     assert parity["sqnr_db"] == parity["outputs"]["boxes"]["sqnr_db"]
     cosine = next(r for r in result.verdicts[0].results if r.name == "parity.cosine_min")
     assert cosine.status == "fail"
+
+
+def test_parity_edge_cases_that_used_to_read_as_a_match_or_crash():
+    from edgeport.runtimes.parity import ParityAccumulator
+
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((4, 10)).astype(np.float32)
+    # a collapsed (all-zero) candidate row scored cosine 1
+    collapsed = ParityAccumulator()
+    collapsed.update([scores], [np.zeros_like(scores)])
+    assert collapsed.result()["cosine_min"] == 0.0
+    # a recurrent hidden state beside the class scores is not judged by top-1
+    hidden = rng.standard_normal((4, 8)).astype(np.float32)
+    two = ParityAccumulator(class_outputs=frozenset({0}))
+    two.update([scores, hidden], [scores, -hidden], labels=scores.argmax(1))
+    result = two.result()
+    assert result["top1_agreement"] == 1.0 and result["accuracy_drop"] == 0.0
+    assert result["outputs"]["output_1"]["top1_agreement"] is None and result["cosine_min"] == -1.0
+    # an empty output (no detections) is compared without a crash
+    empty = ParityAccumulator()
+    empty.update([scores, np.zeros((0, 4), np.float32)], [scores, np.zeros((0, 4), np.float32)])
+    assert empty.result()["cosine_min"] == pytest.approx(1.0)
+    # a reference output of zero energy has no SQNR to judge (it was -189 dB for 1e-6 of noise)
+    silent = ParityAccumulator()
+    silent.update([np.zeros((2, 3), np.float32)], [np.full((2, 3), 1e-6, np.float32)])
+    assert silent.result()["sqnr_db"] is None
+
+
+def test_integer_outputs_are_judged_by_exact_match(tmp_path):
+    """An ArgMax-ids model got no cosine, no SQNR and no top-1: every budget skipped and it passed
+    whatever its ids were."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def ids_model(path, flip: bool):
+        weight = np.eye(5, dtype=np.float32)[:, ::-1] if flip else np.eye(5, dtype=np.float32)
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["s"], name="mm"), helper.make_node("ArgMax", ["s"], ["ids"], name="argmax", axis=1, keepdims=0)],
+            "ids", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5])],
+            [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"])], [numpy_helper.from_array(weight, "w")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+        return path
+
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(2).standard_normal((16, 5)).astype(np.float32))
+    reference = ids_model(tmp_path / "ref.onnx", flip=False)
+    same = edgeport.validate(reference, profile="ci-x86-avx2", reference=reference, data=tmp_path / "d.npz", runs=3).verdicts[0]
+    agreement = next(r for r in same.results if r.name == "parity.top1_agreement_min")
+    assert agreement.status == "pass" and agreement.measured == 1.0 and "exact match" in agreement.basis
+    flipped = edgeport.validate(ids_model(tmp_path / "flip.onnx", flip=True), profile="ci-x86-avx2", reference=reference,
+                                data=tmp_path / "d.npz", runs=3).verdicts[0]
+    agreement = next(r for r in flipped.results if r.name == "parity.top1_agreement_min")
+    assert agreement.status == "fail" and agreement.measured < 0.5

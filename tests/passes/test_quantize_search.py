@@ -319,7 +319,7 @@ def test_without_evaluation_data_calibration_is_split_and_the_report_says_so(tmp
 def test_top1_is_judged_on_classifier_heads_not_on_normalized_embeddings(tmp_path):
     from torch import nn
 
-    from edgeport.passes.int8_eval import class_score_outputs
+    from edgeport.runtimes.parity import class_score_outputs
 
     class Embedder(nn.Module):
         def __init__(self):
@@ -427,18 +427,24 @@ def test_the_int8_speed_up_behind_the_estimate_names_its_source():
 
 def test_an_output_with_one_value_per_sample_is_judged_across_samples():
     """A VAD's probability, a quality score: one value per sample, so each row's cosine is 1 whatever
-    int8 does (0.2 against 0.9 is a cosine of 1). Such outputs are compared across samples."""
+    int8 does (0.2 against 0.9 is a cosine of 1). Such outputs are judged by their error against the
+    reference's spread across samples, so offset and gain errors count too."""
     from edgeport.passes.fidelity import score
     from edgeport.runtimes.parity import ParityAccumulator
 
-    reference = [[np.array([[p]], np.float32)] for p in (0.1, 0.9, 0.2, 0.8, 0.5, 0.3)]
-    unrelated = [[np.array([[p]], np.float32)] for p in (0.6, 0.2, 0.7, 0.3, 0.5, 0.9)]
+    probabilities = np.array([0.1, 0.9, 0.2, 0.8, 0.5, 0.3], np.float32)
+
+    def runs(values):
+        return [[np.array([[v]], np.float32)] for v in values]
+
     target = FidelityTarget(min_cosine=0.99)
-    labels = [None] * len(reference)
-    assert score(target, reference, reference, labels).values["cosine_min"] == pytest.approx(1.0)
-    judged = score(target, reference, unrelated, labels)
-    assert judged.values["cosine_min"] < 0 and not judged.met
-    parity = ParityAccumulator()
-    for ref, cand in zip(reference, unrelated):
-        parity.update(ref, cand)
-    assert parity.result()["cosine_min"] < 0 and parity.result()["samples"] == 6
+    labels = [None] * len(probabilities)
+    close = probabilities + np.float32(0.003) * np.array([1, -1, 1, -1, 1, -1], np.float32)
+    for candidate, met in ((probabilities, True), (close, True), (probabilities[::-1], False), (0.5 * probabilities + 0.4, False)):
+        judged = score(target, runs(probabilities), runs(candidate), labels)
+        assert judged.met == met, (candidate, judged.values)
+        parity = ParityAccumulator()
+        for ref, cand in zip(runs(probabilities), runs(candidate)):
+            parity.update(ref, cand)
+        assert (parity.result()["cosine_min"] >= 0.99) == met and parity.result()["samples"] == 6
+        assert "one value per sample" in parity.result()["cosine_basis"]

@@ -64,6 +64,24 @@ def test_coverage_counts_every_model_node_once_on_cpu(tmp_path):
     assert coverage["preferred_share"] == 1.0 and coverage["compiled_partitions"] == {}
 
 
+def test_coverage_of_inlined_functions_and_colliding_names_stays_whole_on_cpu(tmp_path):
+    """A model-local function runs as its inlined nodes, and an unnamed Add at index 1 is named
+    'Add_1' by ORT, like the node explicitly named so: neither may cost CPU coverage."""
+    function = helper.make_function("local", "act", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["r"]), helper.make_node("Neg", ["r"], ["b"])],
+                                    [helper.make_opsetid("", 17)])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["p"], name="first"), helper.make_node("Add", ["p", "p"], ["q"]),
+         helper.make_node("Mul", ["q", "q"], ["m"], name="Add_1"), helper.make_node("act", ["m"], ["y"], domain="local")],
+        "functions", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=[function])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "functions.onnx"))
+    coverage = measure(tmp_path / "functions.onnx", ["CPUExecutionProvider"], [TensorSpec("x", (2, 4))], runs=3)["coverage"]
+    assert coverage["preferred_share"] == 1.0, coverage
+    assert coverage["by_provider"] == {"CPUExecutionProvider": coverage["nodes"]}
+
+
 def test_time_bound_stops_early(tmp_path):
     path = _activation_model(tmp_path / "m.onnx", 4096)
     result = measure(path, ["CPUExecutionProvider"], [TensorSpec("x", (1, 1024))], runs=100000, time_limit_s=0.3, coverage=False, warmup=1)

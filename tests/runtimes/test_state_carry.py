@@ -88,3 +88,47 @@ def test_export_judges_int8_on_a_carried_stream(vad, tmp_path):
     assert "state carried from feed to feed" in search["metrics"]["fidelity"]["data"]
     assert any("held apart as one stream" in note for note in search["notes"])
     assert json.loads((out / "manifest.json").read_text())["recipe"]["data"]["state_carried"] == {"state": "stateN"}
+
+
+def test_stateful_without_anything_to_carry_through_is_refused(vad, tmp_path):
+    model, data = vad
+    result = CliRunner().invoke(cli, ["validate", str(model), "--profile", "ci-x86-avx2", "--data", str(data), "--runs", "2",
+                                      "--stateful", "state:stateN"])
+    assert result.exit_code == 2 and "needs a --reference model and --data" in result.stderr
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(data.glob("*.npz"))[:5]:
+        (few / path.name).write_bytes(path.read_bytes())
+    result = CliRunner().invoke(cli, ["export", str(model), "--calib", str(few), "--stateful", "state:stateN", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "too few to hold a carried stream apart" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_carried_ranking_subset_is_a_stream_of_its_own(vad):
+    """The worst feeds of a carried stream are taken as the consecutive run that ends at the worst
+    one, and the fp32 reference is run again on that run from its own first state."""
+    from edgeport.passes.int8_eval import EvalSplit, add_reference, session_for
+
+    model, data = vad
+    carry = StateCarry.parse(["state:stateN"])
+    feeds = [{**feed, "state": np.zeros_like(feed["state"])} for feed in _feeds(data)]
+    split = EvalSplit(feeds, [None] * len(feeds), carry=carry)
+    add_reference(split, session_for(str(model)))
+    part = split.subset([9, 2, 5])
+    assert [id(f) for f in part.feeds] == [id(f) for f in feeds[7:10]]
+    expected = carried_outputs(session_for(str(model)), feeds[7:10], carry)
+    for got, want in zip(part.reference, expected):
+        np.testing.assert_allclose(got[1], want[1])
+    assert not np.allclose(part.reference[0][1], split.reference[7][1])  # not the whole stream's state at feed 7
+
+
+def test_a_carried_state_of_another_dtype_is_named(vad):
+    model, data = vad
+    session = create_session(model)
+    carry = StateCarry.parse(["state:stateN"])
+    first, second = _feeds(data)[:2]
+    second = {**second, "state": second["state"].astype(np.float64)}  # the data's own state, in another dtype
+    from edgeport.errors import DataError
+
+    with pytest.raises(DataError, match=r"returned a state of float32\[2, 1, 16\], but input 'state' is given as float64"):
+        carried_outputs(session, [first, second], carry)
