@@ -223,6 +223,11 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     qdq_model, groups = space.qdq, space.groups
     if not groups:
         notes.append(_nothing_quantized(source))
+    else:
+        hidden = _compute_in_subgraphs(source)
+        if hidden:
+            notes.append(f"{', '.join(f'{count} {op}' for op, count in hidden.items())} inside If/Loop/Scan bodies stay float: ONNX Runtime's "
+                         "quantizer does not enter subgraphs, and the float-MAC share counts top-level nodes only")
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
     first_types = tuple(sorted({space.op_of[g] for g in groups if space.op_of.get(g) not in family_types})) if family_types else ()
@@ -283,6 +288,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "reason": verdict["reason"],
             },
             "float_mac_share": round(float_share, 4),
+            "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if _compute_in_subgraphs(source) else ""),
             "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "reverted": [space.describe(g) for g in sorted(reverted)],
@@ -411,6 +417,26 @@ def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: Fid
                 "weights scored better than 7-bit ones" if kept else "",
     }
     return other if kept else best
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
+
+
+def _compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:
+    """Compute nodes (MAC-bearing op types) inside If/Loop/Scan bodies, at any depth, by op type."""
+    found: dict[str, int] = {}
+
+    def visit(graph: onnx.GraphProto, nested: bool) -> None:
+        for node in graph.node:
+            if nested and node.op_type in COMPUTE_OPS:
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+            for attribute in node.attribute:
+                for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
+                             attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
+                    visit(body, True)
+
+    visit(source.graph, False)
+    return dict(sorted(found.items()))
 
 
 def _nothing_quantized(source: onnx.ModelProto) -> str:

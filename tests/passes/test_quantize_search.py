@@ -448,3 +448,22 @@ def test_an_output_with_one_value_per_sample_is_judged_across_samples():
             parity.update(ref, cand)
         assert (parity.result()["cosine_min"] >= 0.99) == met and parity.result()["samples"] == 6
         assert "one value per sample" in parity.result()["cosine_basis"]
+
+
+def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
+    """silero-vad's LSTMs sit in If branches: ORT's quantizer leaves them float, and the float-MAC
+    share (top-level nodes) read 0.0%. The report now names them."""
+    from onnx import TensorProto, helper
+
+    from edgeport.passes.quantize_search import _compute_in_subgraphs
+
+    inner = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["deep"])], "inner", [],
+                              [helper.make_tensor_value_info("deep", TensorProto.FLOAT, [2, 2])])
+    then = helper.make_graph([helper.make_node("If", ["c"], ["t"], then_branch=inner, else_branch=inner),
+                              helper.make_node("Gemm", ["x", "x"], ["g"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 2])])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 2])])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["top"]), helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
+    assert _compute_in_subgraphs(helper.make_model(graph)) == {"Gemm": 1, "MatMul": 2}
