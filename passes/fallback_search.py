@@ -1,7 +1,10 @@
 """Which quantized groups go back to float, and in what order: whole op types that cost nothing
 in the MAC budget first (revert_free_types), then single groups by sensitivity (re-ranked when steps stop
-helping), then give back to int8 what the target no longer needs, largest MACs then largest
-weights first, so the result has the fewest float MACs, then the smallest file, the search found.
+helping), then, when single steps stall, blocks: the top of the ranking reverted together, in
+prefixes of doubling size, bisected to the smallest that meets the target (as NNCF's accuracy
+control keeps reverting down its ranking). Last, give back to int8 what the target no longer
+needs, largest MACs then largest weights first, so the result has the fewest float MACs, then the
+smallest file, the search found.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from edgeport.passes.sensitivity import GroupRank, rank_groups
 
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
 MAX_RERANKS = 4
+# Misses in a row, once re-ranking is spent, before single reverts give way to blocks: where the
+# error is spread over many layers (depthwise CNNs), one revert moves the worst sample by less
+# than the noise of which sample is worst, or even the wrong way (errors of layers partly cancel).
+MISSES_BEFORE_BLOCKS = 4
 _SMALL_WEIGHTS = 64 * 1024  # bytes of constants above which give-back tries a MAC-free node in int8 again
 # A revert that costs MACs or file size must move the worst margin by this much (in units of the
 # error the target allows), or SQNR by MIN_SQNR_GAIN_DB where the margin is flat (top-1 targets):
@@ -120,14 +127,29 @@ def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSpli
         trial = scorer.score(session_for(space.qdq.with_float(reverted | nodes)), search)
         budget.spend()
         helped = trial.key() > current.key()
-        steps.append({"reverted_op_type": op_type, "nodes": len(nodes), "kept": helped, "margin": significant(trial.margin),
-                      "values": trial.to_dict()["values"], "float_mac_share": round(space.share(reverted | nodes), 4),
-                      "size_estimate_bytes": space.size_estimate(reverted | nodes),
-                      "compute_time_vs_fp32_estimate": space.compute_estimate(reverted | nodes)})
+        steps.append(_type_step(space, op_type, nodes, reverted | nodes, trial, helped))
         if helped:
             reverted |= nodes
             current = trial
+    rest = free - reverted
+    rejected_types = sorted({space.op_of.get(g, "?") for g in rest})
+    if len(rejected_types) > 1 and current.margin < guard and budget.ok():
+        # Each type alone can move nothing while together they do: in a MobileNetV3-style detector
+        # the hard-swish Mul/Clip/Div and the residual Adds each round a little of the same signal.
+        trial = scorer.score(session_for(space.qdq.with_float(reverted | rest)), search)
+        budget.spend()
+        helped = trial.key() > current.key()
+        steps.append(_type_step(space, "+".join(rejected_types), rest, reverted | rest, trial, helped))
+        if helped:
+            reverted |= rest
+            current = trial
     return reverted, current, steps
+
+
+def _type_step(space: SearchSpace, op_type: str, nodes: set[str], in_float: set[str], trial: FidelityScore, kept: bool) -> dict[str, Any]:
+    return {"reverted_op_type": op_type, "nodes": len(nodes), "kept": kept, "margin": significant(trial.margin),
+            "values": trial.to_dict()["values"], "float_mac_share": round(space.share(in_float), 4),
+            "size_estimate_bytes": space.size_estimate(in_float), "compute_time_vs_fp32_estimate": space.compute_estimate(in_float)}
 
 
 def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit, subset: EvalSplit, scorer: Scorer, budget: SearchBudget,
@@ -181,6 +203,18 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
             misses += 1
             if misses == MISSES_BEFORE_RERANK and reranks < MAX_RERANKS:  # the ranking has gone stale
                 ranking, misses, reranks = rerank(), 0, reranks + 1
+            elif reranks >= MAX_RERANKS and misses >= MISSES_BEFORE_BLOCKS:
+                break
+    if not done(current) and budget.ok():
+        order = [r.node for r in (ranking or full_ranking) if r.node not in reverted]
+        block, block_score, block_steps = revert_blocks(space, order, reverted, current, search, scorer, budget, guard=guard,
+                                                        max_fallback=max_fallback)
+        kept = bool(block) and worth_it(block_score, current, costly=any(not space.is_free(n) or space.costs_size(n) for n in block))
+        for step, nodes in block_steps:
+            record({**step, "kept": kept and step["block_size"] == len(block)}, nodes)
+        if kept:
+            reverted |= block
+            current = block_score
     if done(current):  # give back what the target no longer needs, largest first
         costly = (n for n in reverted if not space.is_free(n) or space.costs_size(n))
         for node in sorted(costly, key=lambda n: (-macs.get(n, 0), -space.weight_bytes.get(n, 0))):
@@ -193,6 +227,55 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
                 current = trial
                 record({"requantized": node, "op_type": op_of.get(node, "?"), "margin": significant(trial.margin)}, reverted)
     return SearchResult(reverted, current, steps, full_ranking or ranking, budget.ok())
+
+
+def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], current: FidelityScore, search: EvalSplit, scorer: Scorer,
+                  budget: SearchBudget, *, guard: float, max_fallback: float) -> tuple[set[str], FidelityScore, list[tuple[dict[str, Any], set[str]]]]:
+    """Revert the first 2, 4, 8 ... groups of ``order`` (most harmful first) together, within the
+    MAC budget, until a prefix meets the target with the guard band; then bisect to the smallest
+    such prefix. Without one, the best-scoring prefix. About 2*log2(len(order)) trials, where
+    single reverts would take one each. Returns the block (empty: none scored above ``current``),
+    its score and the steps as (record, float nodes)."""
+    affordable: list[str] = []
+    for node in order:  # the ranking's order, skipping what would overrun the MAC budget
+        if space.share(reverted | set(affordable) | {node}) <= max_fallback + 1e-9:
+            affordable.append(node)
+    steps: list[tuple[dict[str, Any], set[str]]] = []
+    tried: dict[int, FidelityScore] = {}
+    if not affordable:
+        return set(), current, steps
+
+    def trial(size: int) -> FidelityScore:
+        nodes = reverted | set(affordable[:size])
+        score = scorer.score(session_for(space.qdq.with_float(nodes)), search)
+        budget.spend()
+        tried[size] = score
+        steps.append(({"reverted_block": affordable[:size], "block_size": size, "kept": False,
+                       "margin": significant(score.margin), "values": score.to_dict()["values"]}, nodes))
+        return score
+
+    size, met_at, below = 2, None, 1
+    while size <= len(affordable) * 2 and budget.ok():
+        size = min(size, len(affordable))
+        if trial(size).margin >= guard:
+            met_at = size
+            break
+        below = size
+        if size == len(affordable):
+            break
+        size *= 2
+    while met_at is not None and met_at - below > 1 and budget.ok():  # the smallest prefix that meets it
+        middle = (below + met_at) // 2
+        if trial(middle).margin >= guard:
+            met_at = middle
+        else:
+            below = middle
+    if not tried:
+        return set(), current, steps
+    chosen = met_at if met_at is not None else max(tried, key=lambda k: (tried[k].key(), -k))
+    if not tried[chosen].key() > current.key():
+        return set(), current, steps
+    return set(affordable[:chosen]), tried[chosen], steps
 
 
 def worth_it(trial: FidelityScore, current: FidelityScore, *, costly: bool) -> bool:

@@ -107,6 +107,57 @@ def test_reverting_every_group_gives_back_the_float_model(tmp_path, outlier_case
     assert np.abs(all_float - reference).max() < 0.05 * np.abs(all_int8 - reference).max()
 
 
+def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
+    """Where single reverts stall (error spread over many layers, as in a real PP-OCR detector), the
+    top of the ranking is reverted in prefixes of doubling size, then bisected: here the culprit sits
+    third in the order, so prefixes 2 (miss), 4 (meet) and 3 (meet) are tried and 3 is kept."""
+    import torch
+    from onnxruntime.quantization import quantize_static
+    from torch import nn
+
+    from edgeport.passes.fallback_search import SearchBudget, SearchSpace, revert_blocks
+    from edgeport.passes.int8_eval import EvalSplit, Scorer, add_reference
+
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+              nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)]
+    with torch.no_grad():  # the outlier trick of _outlier_mlp, planted in the fourth Linear
+        layers[4].weight[3:5] /= 1000.0
+        layers[4].bias[3:5] /= 1000.0
+        layers[6].weight[:, 3:5] *= 1000.0
+    artifact = _export(nn.Sequential(*layers).eval(), tmp_path, ["x:batchx16"])
+    rng = np.random.default_rng(0)
+    calib = rng.standard_normal((64, 16)).astype(np.float32)
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter([{"x": a[None]} for a in calib])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
+    source = onnx.load(str(artifact.path))
+    qdq = QdqModel(onnx.load(str(qdq_path)), source)
+    gemms = [n.name for n in source.graph.node if n.op_type in ("Gemm", "MatMul") and n.name in qdq.quantized]
+    culprit = gemms[3]  # reads the outlier column
+    others = [g for g in sorted(qdq.quantized) if g != culprit]
+    assert len(others) >= 5
+    order = [others[0], others[1], culprit, *others[2:]]
+    space = SearchSpace(qdq, sorted(qdq.quantized), {n: 1 for n in qdq.quantized}, {n.name: n.op_type for n in source.graph.node})
+    split = EvalSplit([{"x": a[None]} for a in rng.standard_normal((16, 16)).astype(np.float32)], [None] * 16)
+    add_reference(split, session_for(str(artifact.path)))
+    scorer = Scorer(FidelityTarget(min_cosine=0.995, min_top1_agreement=None))
+    start = scorer.score(session_for(qdq.with_float(set())), split)
+    assert not start.met
+    budget = SearchBudget(float("inf"), 20)
+    block, score, steps = revert_blocks(space, order, set(), start, split, scorer, budget, guard=0.0, max_fallback=1.0)
+    assert [step["block_size"] for step, _ in steps] == [2, 4, 3]
+    assert block == {others[0], others[1], culprit} and score.met
+    assert budget.trials_left == 17
+
+
 def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
     from examples.models import tiny_transformer
 
