@@ -183,6 +183,20 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         budget.spend()
     full_ranking = list(ranking)
     misses = reranks = 0
+    blocks_tried = False
+
+    def try_blocks() -> None:
+        nonlocal current
+        order = [r.node for r in (ranking or full_ranking) if r.node not in reverted]
+        block, block_score, block_steps = revert_blocks(space, order, reverted, current, search, scorer, budget, guard=guard,
+                                                        max_fallback=max_fallback)
+        kept = bool(block) and worth_it(block_score, current, costly=any(not space.is_free(n) or space.costs_size(n) for n in block))
+        for step, nodes in block_steps:
+            record({**step, "kept": kept and step["block_size"] == len(block)}, nodes)
+        if kept:
+            reverted.update(block)
+            current = block_score
+
     while not done(current) and budget.ok():
         affordable = [r for r in ranking if r.node not in reverted and r.node not in rejected
                       and space.share(reverted | {r.node}) <= max_fallback + 1e-9]
@@ -203,18 +217,13 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
             misses += 1
             if misses == MISSES_BEFORE_RERANK and reranks < MAX_RERANKS:  # the ranking has gone stale
                 ranking, misses, reranks = rerank(), 0, reranks + 1
-            elif reranks >= MAX_RERANKS and misses >= MISSES_BEFORE_BLOCKS:
-                break
-    if not done(current) and budget.ok():
-        order = [r.node for r in (ranking or full_ranking) if r.node not in reverted]
-        block, block_score, block_steps = revert_blocks(space, order, reverted, current, search, scorer, budget, guard=guard,
-                                                        max_fallback=max_fallback)
-        kept = bool(block) and worth_it(block_score, current, costly=any(not space.is_free(n) or space.costs_size(n) for n in block))
-        for step, nodes in block_steps:
-            record({**step, "kept": kept and step["block_size"] == len(block)}, nodes)
-        if kept:
-            reverted |= block
-            current = block_score
+            elif reranks >= MAX_RERANKS and misses >= MISSES_BEFORE_BLOCKS and not blocks_tried:
+                # Single steps have stalled: try blocks once, then go on down the ranking one by one
+                # (a single revert further down can still help, as on a MobileNetV2).
+                blocks_tried, misses = True, 0
+                try_blocks()
+    if not done(current) and not blocks_tried and budget.ok():
+        try_blocks()
     if done(current):  # give back what the target no longer needs, largest first
         costly = (n for n in reverted if not space.is_free(n) or space.costs_size(n))
         for node in sorted(costly, key=lambda n: (-macs.get(n, 0), -space.weight_bytes.get(n, 0))):
