@@ -341,7 +341,7 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
             acc.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
         kind = f"{source.role} data: {source.description}"
         if carry is not None:
-            kind += f", run in order with the state carried ({', '.join(f'output {o} -> input {i}' for i, o in carry.pairs)})"
+            kind += f", run in order with the state carried ({carry.describe()})"
         if source.role == "calibration":  # export --profile with only --calib
             kind += " (the samples the int8 ranges came from, so this parity is optimistic: pass --eval for held-out data)"
     else:

@@ -100,6 +100,29 @@ def _joined(parts: list[Batch]) -> Batch:
     return Batch(inputs, np.concatenate([np.asarray(p.labels) for p in parts]) if labelled else None)
 
 
+def calibration_and_evaluation(calibration_data: DataSource, evaluation_data: DataSource | None, carry: StateCarry | None,
+                               specs: tuple[TensorSpec, ...]) -> tuple[DataSource, DataSource, str | None]:
+    """Evaluation data apart from calibration: given, or every fourth calibration sample set aside
+    (for a carried stream, its last quarter: the stream must stay in one piece)."""
+    if evaluation_data is not None:
+        return calibration_data, evaluation_data, None
+    source = calibration_data
+    if carry is not None:
+        count = sum(1 for _ in source.batches(specs, batch_size=1))
+        if count < 8:
+            raise DataError(f"calibration data '{source.description}' holds {count} feeds: too few to hold a carried stream apart "
+                            "for evaluation", fix="give at least 8 feeds, or separate evaluation feeds with --eval")
+        cut = count - max(2, count // 4)
+        calibration = SampleSubset(source, lambda i: i < cut, f"{source.description} (its first {cut} feeds)")
+        evaluation = SampleSubset(source, lambda i: i >= cut, f"{source.description} (its last {count - cut} feeds, held apart from calibration)")
+        return calibration, evaluation, (f"no evaluation data was given: the last {count - cut} calibration feeds were held apart "
+                                         "as one stream to judge fidelity on (pass --eval for a verdict on data of your own)")
+    calibration = SampleSubset(source, lambda i: i % 4 != 3, f"{source.description} (3 of every 4 samples)")
+    evaluation = SampleSubset(source, lambda i: i % 4 == 3, f"{source.description} (every 4th sample, held apart from calibration)")
+    return calibration, evaluation, ("no evaluation data was given: every 4th calibration sample was held apart to judge fidelity on "
+                                     "(pass --eval for a verdict on data of your own)")
+
+
 def session_for(model: onnx.ModelProto | str, threads: int | None = None) -> ort.InferenceSession:
     """A CPU session as the artifact will run (all graph optimizations, so QDQ fuses to int8 kernels)."""
     options = ort.SessionOptions()

@@ -28,7 +28,7 @@ def parity_between(
             accumulator.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
         source = "evaluation" if ctx.evaluation is not None else "calibration"
         if ctx.state_carry:
-            source += f" (state carried: {', '.join(f'{o} -> {i}' for i, o in ctx.state_carry.pairs)})"
+            source += f", run in order with the state carried ({ctx.state_carry.describe()})"
     else:
         rng = np.random.default_rng(ctx.seed)
         feed = {s.name: example_array(s, rng, {d: 2 for d in s.shape if isinstance(d, str)}) for s in reference.inputs}

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
@@ -23,8 +22,9 @@ from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
-    SampleSubset, Scorer, add_reference, load_splits, session_for, worst_samples,
+    Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
 )
+from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
@@ -38,8 +38,6 @@ from edgeport.passes.fallback_search import (
 )
 from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.runtimes.parity import class_score_outputs
-from edgeport.runtimes.state_carry import StateCarry
-from edgeport.specs import TensorSpec
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
 
@@ -112,13 +110,13 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                                 fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8")
     work = ctx.work_dir / "int8-search"
     work.mkdir(parents=True, exist_ok=True)
-    calibration, evaluation, data_note = _calibration_and_evaluation(ctx, model.inputs)
+    calibration, evaluation, data_note = calibration_and_evaluation(ctx.calibration, ctx.evaluation, ctx.state_carry, model.inputs)
     if data_note:
         notes.append(data_note)
 
     source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
     source = onnx.load(str(source_path))
-    _name_nodes(source)
+    name_nodes(source)
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
@@ -141,7 +139,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
     # minmax first; each further technique only while the target is not met with the guard band
     ranges, _ = calibrate(source_path, model.inputs, op_types, methods[0], quant, calib_ctx, scan, work)
-    unbounded = _nodes_reading_unbounded_tensors(source, ranges)
+    unbounded = nodes_reading_unbounded_tensors(source, ranges)
     if unbounded:
         notes.append(f"kept float from the start: {', '.join(sorted(unbounded)[:5])}{' ...' if len(unbounded) > 5 else ''} read tensors whose "
                      "calibrated range is not finite (e.g. attention masks filled with -inf), which int8 cannot represent")
@@ -222,9 +220,9 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     space.int8_speedup = speedup.value
     qdq_model, groups = space.qdq, space.groups
     if not groups:
-        notes.append(_nothing_quantized(source))
+        notes.append(nothing_quantized(source))
     else:
-        hidden = _compute_in_subgraphs(source)
+        hidden = compute_in_subgraphs(source)
         if hidden:
             notes.append(f"{', '.join(f'{count} {op}' for op, count in hidden.items())} inside If/Loop/Scan bodies stay float: ONNX Runtime's "
                          "quantizer does not enter subgraphs, and the float-MAC share counts top-level nodes only")
@@ -283,12 +281,12 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "search_split": search_score.to_dict(),
                 "before_search": start_score.to_dict(),
                 "data": f"{evaluation.description}: {len(search)} samples searched on, {len(held_out)} held out for this verdict"
-                        + (f"; state carried from feed to feed ({_carried(ctx.state_carry)})" if ctx.state_carry else ""),
+                        + (f"; state carried from feed to feed ({ctx.state_carry.describe()})" if ctx.state_carry else ""),
                 "blockers": verdict["blockers"],
                 "reason": verdict["reason"],
             },
             "float_mac_share": round(float_share, 4),
-            "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if _compute_in_subgraphs(source) else ""),
+            "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
             "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "reverted": [space.describe(g) for g in sorted(reverted)],
@@ -419,89 +417,12 @@ def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: Fid
     return other if kept else best
 
 
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
-
-
-def _compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:
-    """Compute nodes (MAC-bearing op types) inside If/Loop/Scan bodies, at any depth, by op type."""
-    found: dict[str, int] = {}
-
-    def visit(graph: onnx.GraphProto, nested: bool) -> None:
-        for node in graph.node:
-            if nested and node.op_type in COMPUTE_OPS:
-                found[node.op_type] = found.get(node.op_type, 0) + 1
-            for attribute in node.attribute:
-                for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
-                             attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
-                    visit(body, True)
-
-    visit(source.graph, False)
-    return dict(sorted(found.items()))
-
-
-def _nothing_quantized(source: onnx.ModelProto) -> str:
-    """Why the int8 file holds no int8 node, so the report never calls a float file int8 silently."""
-    branches = sorted({n.op_type for n in source.graph.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
-    if branches:
-        return (f"no node was quantized: the compute sits inside {'/'.join(branches)} subgraphs, which ONNX Runtime's QDQ quantizer "
-                "does not enter, so the int8 file computes in float (export the model with its branch resolved, e.g. traced for one path)")
-    return "no node was quantized: the graph has no op type ONNX Runtime quantizes; the int8 file computes in float"
-
-
-def _nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:
-    """Nodes that read a tensor whose calibrated range is infinite: every consumer of such a tensor
-    must stay float together, and no single revert can fix it, so they never enter the search."""
-    from onnxruntime.quantization.calibrate import load_tensors_data
-
-    data = load_tensors_data(ranges)
-    bad = {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
-    return {n.name for n in source.graph.node if bad & set(n.input)}
-
-
-def _calibration_and_evaluation(ctx: PassContext, specs: tuple[TensorSpec, ...]) -> tuple[Any, Any, str | None]:
-    """Evaluation data apart from calibration: given, or every fourth calibration sample set aside
-    (for a carried stream, its last quarter: the stream must stay in one piece)."""
-    if ctx.evaluation is not None:
-        return ctx.calibration, ctx.evaluation, None
-    source = ctx.calibration
-    if ctx.state_carry is not None:
-        count = sum(1 for _ in source.batches(specs, batch_size=1))
-        if count < 8:
-            raise DataError(f"calibration data '{source.description}' holds {count} feeds: too few to hold a carried stream apart "
-                            "for evaluation", fix="give at least 8 feeds, or separate evaluation feeds with --eval")
-        cut = count - max(2, count // 4)
-        calibration = SampleSubset(source, lambda i: i < cut, f"{source.description} (its first {cut} feeds)")
-        evaluation = SampleSubset(source, lambda i: i >= cut, f"{source.description} (its last {count - cut} feeds, held apart from calibration)")
-        return calibration, evaluation, (f"no evaluation data was given: the last {count - cut} calibration feeds were held apart "
-                                         "as one stream to judge fidelity on (pass --eval for a verdict on data of your own)")
-    calibration = SampleSubset(source, lambda i: i % 4 != 3, f"{source.description} (3 of every 4 samples)")
-    evaluation = SampleSubset(source, lambda i: i % 4 == 3, f"{source.description} (every 4th sample, held apart from calibration)")
-    return calibration, evaluation, ("no evaluation data was given: every 4th calibration sample was held apart to judge fidelity on "
-                                     "(pass --eval for a verdict on data of your own)")
-
-
 def _quantize(source_path: Path, out: Path, ranges: Path, method: str, op_types: list[str], quant: StaticInt8Config,
               reduce_range: bool, exclude: tuple[str, ...]) -> onnx.ModelProto:
     """Search candidates are QDQ whatever the final format: their float bypasses are built on Q/DQ pairs."""
     qdq_config = replace(quant, format="qdq")
     quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
     return onnx.load(str(out))
-
-
-def _name_nodes(model: onnx.ModelProto) -> None:
-    """Every node needs a name: groups are reverted by name (ORT's nodes_to_exclude)."""
-    taken = {n.name for n in model.graph.node if n.name}
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-
-
-def _carried(carry: StateCarry) -> str:
-    return ", ".join(f"output {output} -> input {name}" for name, output in carry.pairs)
 
 
 def _parity_view(score: FidelityScore) -> dict[str, Any]:

@@ -51,6 +51,9 @@ class StateCarry:
                 raise UsageError(f"--stateful {name}:{output}: model '{model}' has no output '{output}' (its outputs: {', '.join(outputs)})",
                                  fix="name the output that returns the next state after the colon")
 
+    def describe(self) -> str:
+        return ", ".join(f"output {output} -> input {name}" for name, output in self.pairs)
+
     def to_dict(self) -> dict[str, str]:
         return {name: output for name, output in self.pairs}
 

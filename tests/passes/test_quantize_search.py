@@ -506,7 +506,7 @@ def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
     share (top-level nodes) read 0.0%. The report now names them."""
     from onnx import TensorProto, helper
 
-    from edgeport.passes.quantize_search import _compute_in_subgraphs
+    from edgeport.passes.int8_graph_facts import compute_in_subgraphs
 
     inner = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["deep"])], "inner", [],
                               [helper.make_tensor_value_info("deep", TensorProto.FLOAT, [2, 2])])
@@ -517,4 +517,4 @@ def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["top"]), helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
-    assert _compute_in_subgraphs(helper.make_model(graph)) == {"Gemm": 1, "MatMul": 2}
+    assert compute_in_subgraphs(helper.make_model(graph)) == {"Gemm": 1, "MatMul": 2}

@@ -1,0 +1,60 @@
+"""Facts about a float graph that decide or explain its int8 search: where compute hides in
+subgraphs, why nothing was quantized, which nodes read tensors int8 cannot hold, node names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
+
+
+def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:
+    """Compute nodes (MAC-bearing op types) inside If/Loop/Scan bodies, at any depth, by op type."""
+    found: dict[str, int] = {}
+
+    def visit(graph: onnx.GraphProto, nested: bool) -> None:
+        for node in graph.node:
+            if nested and node.op_type in COMPUTE_OPS:
+                found[node.op_type] = found.get(node.op_type, 0) + 1
+            for attribute in node.attribute:
+                for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
+                             attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
+                    visit(body, True)
+
+    visit(source.graph, False)
+    return dict(sorted(found.items()))
+
+
+def nothing_quantized(source: onnx.ModelProto) -> str:
+    """Why the int8 file holds no int8 node, so the report never calls a float file int8 silently."""
+    branches = sorted({n.op_type for n in source.graph.node if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)})
+    if branches:
+        return (f"no node was quantized: the compute sits inside {'/'.join(branches)} subgraphs, which ONNX Runtime's QDQ quantizer "
+                "does not enter, so the int8 file computes in float (export the model with its branch resolved, e.g. traced for one path)")
+    return "no node was quantized: the graph has no op type ONNX Runtime quantizes; the int8 file computes in float"
+
+
+def nodes_reading_unbounded_tensors(source: onnx.ModelProto, ranges: Path) -> set[str]:
+    """Nodes that read a tensor whose calibrated range is infinite: every consumer of such a tensor
+    must stay float together, and no single revert can fix it, so they never enter the search."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    data = load_tensors_data(ranges)
+    bad = {name for name in data if not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in data[name].range_value)}
+    return {n.name for n in source.graph.node if bad & set(n.input)}
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Every node needs a name: groups are reverted by name (ORT's nodes_to_exclude)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
