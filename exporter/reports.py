@@ -147,7 +147,7 @@ def _search_markdown(report: dict[str, Any]) -> list[str]:
                 "| step | kept | margin | float MACs | size | compute vs fp32 |", "|---|---|---|---|---|---|"]
         for s in m["steps"]:
             what = s.get("reverted") or (f"all {s['reverted_op_type']} ({s['nodes']})" if "reverted_op_type" in s
-                                         else f"block of the {s['block_size']} most harmful groups" if "block_size" in s
+                                         else f"block of {s['block_size']} groups from the ranking" if "block_size" in s
                                          else f"back to int8: {s.get('requantized')}")
             compute = s.get("compute_time_vs_fp32_estimate")
             out.append(f"| `{what}` | {'yes' if s.get('kept', True) else 'no'} | {s['margin']} | {s.get('float_mac_share', '')} "

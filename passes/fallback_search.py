@@ -187,12 +187,16 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
 
     def try_blocks() -> None:
         nonlocal current
-        order = [r.node for r in (ranking or full_ranking) if r.node not in reverted]
+        # The groups rejected one by one first (each moved too little alone: the very ones to
+        # combine), in the first ranking's order, then the rest of the current ranking.
+        order = list(dict.fromkeys([*(r.node for r in full_ranking if r.node in rejected), *(r.node for r in ranking or full_ranking)]))
+        order = [node for node in order if node not in reverted]
         block, block_score, block_steps = revert_blocks(space, order, reverted, current, search, scorer, budget, guard=guard,
                                                         max_fallback=max_fallback)
         kept = bool(block) and worth_it(block_score, current, costly=any(not space.is_free(n) or space.costs_size(n) for n in block))
         for step, nodes in block_steps:
-            record({**step, "kept": kept and step["block_size"] == len(block)}, nodes)
+            chosen = kept and step["block_size"] == len(block)
+            record({**step, "kept": chosen, "reverted_block": step["reverted_block"] if chosen else None}, nodes)
         if kept:
             reverted.update(block)
             current = block_score
@@ -242,7 +246,8 @@ def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], curr
                   budget: SearchBudget, *, guard: float, max_fallback: float) -> tuple[set[str], FidelityScore, list[tuple[dict[str, Any], set[str]]]]:
     """Revert the first 2, 4, 8 ... groups of ``order`` (most harmful first) together, within the
     MAC budget, until a prefix meets the target with the guard band; then bisect to the smallest
-    such prefix. Without one, the best-scoring prefix. About 2*log2(len(order)) trials, where
+    such prefix (size 1 is taken to miss: single reverts have been tried). Without one, the smallest
+    prefix that scores within MIN_STEP_GAIN of the best. About 2*log2(len(order)) trials, where
     single reverts would take one each. Returns the block (empty: none scored above ``current``),
     its score and the steps as (record, float nodes)."""
     affordable: list[str] = []
@@ -281,10 +286,17 @@ def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], curr
             below = middle
     if not tried:
         return set(), current, steps
-    chosen = met_at if met_at is not None else max(tried, key=lambda k: (tried[k].key(), -k))
+    chosen = met_at if met_at is not None else smallest_near_best(tried)
     if not tried[chosen].key() > current.key():
         return set(), current, steps
     return set(affordable[:chosen]), tried[chosen], steps
+
+
+def smallest_near_best(tried: dict[int, FidelityScore]) -> int:
+    """Of prefixes by size, none meeting the target: the smallest whose margin is within
+    MIN_STEP_GAIN of the best one, so no MACs go float for a gain a smaller block already had."""
+    best = max(tried.values(), key=lambda score: score.key())
+    return min(size for size, score in tried.items() if score.margin >= best.margin - MIN_STEP_GAIN)
 
 
 def worth_it(trial: FidelityScore, current: FidelityScore, *, costly: bool) -> bool:

@@ -158,6 +158,19 @@ def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
     assert budget.trials_left == 17
 
 
+def test_when_no_block_meets_the_target_the_smallest_as_good_as_the_best_is_kept():
+    """The best-scoring prefix was kept: usually everything the MAC budget allows, for a gain the
+    smaller prefix already had, which left no budget for the single reverts after it."""
+    from edgeport.passes.fallback_search import MIN_STEP_GAIN, smallest_near_best
+    from edgeport.passes.fidelity import FidelityScore
+
+    def scored(margin):
+        return FidelityScore({"cosine_min": 0.9}, {"cosine_min": margin}, samples=16)
+
+    assert smallest_near_best({2: scored(-3.0), 4: scored(-1.0), 8: scored(-1.0 + MIN_STEP_GAIN / 2), 16: scored(-0.99)}) == 4
+    assert smallest_near_best({2: scored(-3.0), 4: scored(-2.0), 8: scored(-1.0)}) == 8
+
+
 def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
     from examples.models import tiny_transformer
 
