@@ -108,7 +108,7 @@ def export(
     if precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
     specs = parse_input_specs(inputs)
-    carry = stateful if isinstance(stateful, StateCarry) else StateCarry.parse(stateful)
+    carry = StateCarry.parse(stateful)
     calibration = open_data(calib, role="calibration", seed=seed)
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
     if carry is not None and calibration is None and evaluation is None:

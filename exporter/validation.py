@@ -20,10 +20,11 @@ from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
 from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
+from edgeport.passes.parity_check import accumulate_on_data
 from edgeport.runtimes import benchmark, coverage, estimate
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
-from edgeport.runtimes.state_carry import CarriedSession, StateCarry
+from edgeport.runtimes.state_carry import StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
 from edgeport.validation_report import render_junit, render_markdown
@@ -93,7 +94,7 @@ def validate(
     # an unwritable or foreign folder fails before measuring
     output = OutputFolder(out_dir, "validate", force=force) if out_dir is not None else None
     try:
-        carry = stateful if isinstance(stateful, StateCarry) else StateCarry.parse(stateful)
+        carry = StateCarry.parse(stateful)
         result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress, carry)
         if output is not None:
             files = ["validation.json", "validation.md"]
@@ -336,12 +337,8 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
     acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()], class_outputs=model_class_outputs(ref.path))
     if source is not None:
         # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
-        ref_run, cand_run = CarriedSession(reference, carry), CarriedSession(cand, carry)
-        for batch in source.batches(artifact.inputs, batch_size=1 if carry else 8, max_samples=max_samples):
-            acc.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
-        kind = f"{source.role} data: {source.description}"
-        if carry is not None:
-            kind += f", run in order with the state carried ({carry.describe()})"
+        how = accumulate_on_data(acc, reference, cand, source, artifact.inputs, carry=carry, max_samples=max_samples)
+        kind = f"{source.role} data: {source.description}{how}"
         if source.role == "calibration":  # export --profile with only --calib
             kind += " (the samples the int8 ranges came from, so this parity is optimistic: pass --eval for held-out data)"
     else:

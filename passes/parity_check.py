@@ -7,11 +7,22 @@ from typing import Any
 import numpy as np
 
 from edgeport.artifacts import OnnxArtifact
+from edgeport.data import DataSource
 from edgeport.passes.context import PassContext
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session, run_session
-from edgeport.runtimes.state_carry import CarriedSession
-from edgeport.specs import example_array
+from edgeport.runtimes.state_carry import CarriedSession, StateCarry
+from edgeport.specs import TensorSpec, example_array
+
+
+def accumulate_on_data(accumulator: ParityAccumulator, reference, candidate, data: DataSource, specs: tuple[TensorSpec, ...], *,
+                       carry: StateCarry | None, max_samples: int | None, batch_size: int = 8) -> str:
+    """Feed ``data`` to both sessions and accumulate their parity; a carried stream runs feed by
+    feed, each session with its own state. Returns how the data was run, for the report."""
+    ref_run, cand_run = CarriedSession(reference, carry), CarriedSession(candidate, carry)
+    for batch in data.batches(specs, batch_size=1 if carry else batch_size, max_samples=max_samples):
+        accumulator.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
+    return f", run in order with the state carried ({carry.describe()})" if carry else ""
 
 
 def parity_between(
@@ -23,12 +34,9 @@ def parity_between(
     accumulator = ParityAccumulator(names=[o.name for o in ref_session.get_outputs()], class_outputs=model_class_outputs(reference.path))
     data = ctx.evaluation or ctx.calibration
     if data is not None:
-        ref_run, cand_run = CarriedSession(ref_session, ctx.state_carry), CarriedSession(cand_session, ctx.state_carry)
-        for batch in data.batches(reference.inputs, batch_size=1 if ctx.state_carry else batch_size, max_samples=samples):
-            accumulator.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
-        source = "evaluation" if ctx.evaluation is not None else "calibration"
-        if ctx.state_carry:
-            source += f", run in order with the state carried ({ctx.state_carry.describe()})"
+        how = accumulate_on_data(accumulator, ref_session, cand_session, data, reference.inputs, carry=ctx.state_carry,
+                                 max_samples=samples, batch_size=batch_size)
+        source = ("evaluation" if ctx.evaluation is not None else "calibration") + how
     else:
         rng = np.random.default_rng(ctx.seed)
         feed = {s.name: example_array(s, rng, {d: 2 for d in s.shape if isinstance(d, str)}) for s in reference.inputs}

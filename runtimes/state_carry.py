@@ -26,8 +26,10 @@ class StateCarry:
     pairs: tuple[tuple[str, str], ...]  # (input that takes the state, output that returns it)
 
     @classmethod
-    def parse(cls, specs: Sequence[str] | None) -> "StateCarry | None":
-        """``["state:stateN", "h:hN"]`` -> the pairs; None when no spec is given."""
+    def parse(cls, specs: "Sequence[str] | StateCarry | None") -> "StateCarry | None":
+        """``["state:stateN", "h:hN"]`` -> the pairs (a StateCarry is taken as it is); None when no spec is given."""
+        if isinstance(specs, StateCarry):
+            return specs
         if not specs:
             return None
         pairs = []
