@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,20 +106,27 @@ def file_sha256(path: Path) -> str:
 def external_data_files(path: Path) -> list[Path]:
     """The side files holding the model's weights. A location that escapes the model's folder (an
     absolute path, '..', a symlink out) is refused: reading it would read any file (CVE-2024-27318)."""
-    model = _load_proto(path)
-    names: set[str] = set()
-    for tensor in _all_initializers(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    names.add(entry.value)
+    stat = path.stat()
+    names = _external_locations(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     folder = path.parent.resolve()
     for name in names:
         target = (path.parent / name).resolve()
         if Path(name).is_absolute() or (target != folder and folder not in target.parents):
             raise ModelLoadError(f"ONNX model '{path}' keeps weights at '{name}', outside its own folder",
                                  fix="keep external data files beside the model; paths that leave its folder are refused")
-    return [path.parent / name for name in sorted(names)]
+    return [path.parent / name for name in names]
+
+
+@functools.lru_cache(maxsize=64)
+def _external_locations(path_text: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    # keyed on the file's identity: a size or hash query would otherwise parse a large model each time
+    names: set[str] = set()
+    for tensor in _all_initializers(_load_proto(Path(path_text)).graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    names.add(entry.value)
+    return tuple(sorted(names))
 
 
 LARGE_MODEL_BYTES = 1_800_000_000  # protobuf cannot hold 2 GB: larger weights go to a side file

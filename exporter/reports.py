@@ -94,7 +94,11 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
     if not f["met"]:
         lines.append(f"  {f['reason']}")
         for b in f["blockers"]:
-            lines.append(f"  blocking: {b['op_type']} {b['node']} (adds noise {b['added_noise']})")
+            if "added_noise" in b:
+                lines.append(f"  blocking: {b['op_type']} {b['node']} (adds noise {b['added_noise']})")
+            else:  # the model's own sensitivity to rounded inputs
+                scores = ", ".join(f"{k} {v:.4g}" for k, v in b["fp32_with_rounded_inputs"].items() if isinstance(v, float))
+                lines.append(f"  blocking: the {b['node']}, rounded to int8 (the fp32 model then scores {scores})")
     return lines
 
 

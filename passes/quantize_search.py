@@ -24,6 +24,7 @@ from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
 )
+from edgeport.passes.int8_noise_floor import input_rounding_floor
 from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
@@ -155,6 +156,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                           *scorer.evaluate(session_for(scored), search), correction, seven_bit)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
+    plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
     # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
     # (a histogram pass each), each taken only when the target is not yet met with the guard band.
@@ -261,7 +263,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
     float_share = space.share(reverted)
     met = search_score.met and held_out_score.met
-    verdict = _verdict(config, met, search_score, held_out_score, result)
+    floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
+    verdict = _verdict(config, met, search_score, held_out_score, result, floor)
     if artifact.size_bytes > model.size_bytes:
         notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes (e.g. biases) are quantized once per node")
     family = model_family(source)
@@ -284,6 +287,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                         + (f"; state carried from feed to feed ({ctx.state_carry.describe()})" if ctx.state_carry else ""),
                 "blockers": verdict["blockers"],
                 "reason": verdict["reason"],
+                **({"input_rounding_floor": floor.to_dict()} if floor is not None else {}),
             },
             "float_mac_share": round(float_share, 4),
             "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
@@ -315,12 +319,21 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
 
 
 def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore,
-             result: SearchResult) -> dict[str, Any]:
+             result: SearchResult, floor: FidelityScore | None = None) -> dict[str, Any]:
     if met:
         return {"reason": None, "blockers": []}
     judged = held_out if held_out.failing() else search
     split = "held-out" if judged is held_out else "search split"
     short = ", ".join(f"{name} {significant(judged.values.get(name))} on the {split} (margin {significant(judged.margins[name])})" for name in judged.failing())
+    if floor is not None and not floor.met:
+        # the model itself, not any layer, stands in the way: no fallback behind a quantized input helps
+        floored = ", ".join(f"{name} {significant(floor.values.get(name))}" for name in floor.failing())
+        reason = (f"the fp32 model itself misses the target when only its inputs are rounded to the int8 grid of the plain all-int8 "
+                  f"model ({floored} on the search split): it amplifies rounding noise, so no mix behind a quantized input can "
+                  f"meet the target, and each int8 layer near the inputs costs more than it allows (the int8 file has {short}); "
+                  "relax the target or raise --max-fallback")
+        return {"reason": reason, "blockers": [{"node": "graph inputs", "op_type": "QuantizeLinear",
+                                                "fp32_with_rounded_inputs": floor.to_dict()["values"]}]}
     if search.met:
         reason = f"the target was met on the search split but not on held-out data: {short}; give more evaluation data"
     elif not result.budget_left:

@@ -228,6 +228,42 @@ def test_impossible_target_exits_1_with_the_best_candidate_and_the_blockers(tmp_
     assert "## int8 fidelity search" in markdown and "NOT met" in markdown and "Sensitivity ranking" in markdown
 
 
+def test_a_model_that_amplifies_input_rounding_is_named_as_its_own_blocker(tmp_path):
+    """A high-gain Linear then Sin: rounding the input to int8 steps alone turns each phase by up to
+    a radian, so the fp32 model itself misses the target and no layer is to blame."""
+    import torch
+    from torch import nn
+
+    class Chaotic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc = nn.Linear(16, 32)
+            with torch.no_grad():
+                self.fc.weight.mul_(400.0)
+
+        def forward(self, x):
+            return torch.sin(self.fc(x))
+
+    artifact = _export(Chaotic().eval(), tmp_path, ["x:batchx16"])
+    rng = np.random.default_rng(0)
+    calib = npz_file(tmp_path, "calib.npz", x=rng.standard_normal((32, 16)).astype(np.float32))
+    evaluation = npz_file(tmp_path, "eval.npz", x=rng.standard_normal((32, 16)).astype(np.float32))
+    config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.99, min_top1_agreement=None), max_fallback=0.25)
+    _, metrics = _search(artifact, tmp_path, config, calib, evaluation)
+    fidelity = metrics["fidelity"]
+    assert not fidelity["met"]
+    assert fidelity["input_rounding_floor"]["values"]["cosine_min"] < 0.9
+    assert fidelity["blockers"][0]["node"] == "graph inputs" and "amplifies rounding noise" in fidelity["reason"]
+
+
+def test_a_met_target_measures_no_input_rounding_floor(tmp_path, outlier_case):
+    artifact, calib, evaluation, _ = outlier_case
+    config = AccuracyAwareInt8Config(target=FidelityTarget(min_cosine=0.9, min_top1_agreement=None))
+    _, metrics = _search(artifact, tmp_path, config, calib, evaluation)
+    assert metrics["fidelity"]["met"] and "input_rounding_floor" not in metrics["fidelity"]
+
+
 def test_a_user_metric_drives_the_search(tmp_path, outlier_case, monkeypatch):
     artifact, calib, evaluation, fc2 = outlier_case
     module = tmp_path / "my_metric.py"
