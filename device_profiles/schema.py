@@ -7,6 +7,7 @@ wrong type, an impossible value, or a hardware number without a source.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -36,6 +37,7 @@ class Hardware:
     storage_mb: int | None = None
     cpu_features: tuple[str, ...] = ()  # e.g. avx2, avx512_vnni, neon, dotprod: they choose int8 defaults
     accelerator: str | None = None  # what runs the model when not the CPU (gpu, npu, ane)
+    cpu_model_pattern: str | None = None  # regex on the host's CPU name that on-target also requires, e.g. "Cortex-A76|BCM2712"
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,11 @@ def _check_values(p: Profile, problems: _Problems) -> None:
         value = getattr(hw, name)
         if value is not None and value <= 0:
             problems.add(f"hardware.{name}", f"must be positive, not {value}")
+    if hw.cpu_model_pattern is not None:
+        try:
+            re.compile(hw.cpu_model_pattern)
+        except re.error as exc:
+            problems.add("hardware.cpu_model_pattern", f"is not a regular expression ({exc})")
     for name in SOURCED_FIELDS:
         if name not in p.sources or not str(p.sources[name]).strip():
             problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")

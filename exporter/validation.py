@@ -26,6 +26,7 @@ from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.runtimes.session import create_session, run_session
+from edgeport.runtimes.target_match import claim_target
 from edgeport.specs import TensorSpec, example_array
 from edgeport.validation_report import render_junit, render_markdown
 from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
@@ -147,9 +148,11 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     available = ort.get_available_providers()
     wanted = list(prof.runtime.execution_providers)
     missing = [p for p in wanted if p not in available]
-    on_target = cpu.arch == prof.hardware.arch and not missing
+    claim = claim_target(prof, cpu, available)
+    on_target = claim.on_target
     details: dict[str, Any] = {
         "host": {"arch": cpu.arch, "cpu": cpu.model_name, "cores": cpu.cores, "providers_available": available},
+        "target": claim.to_dict(),
         "input_shapes": {s.name: list(s.shape) for s in shapes},
         "providers": {"requested": wanted, "missing_here": missing},
     }

