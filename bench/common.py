@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
@@ -49,3 +50,12 @@ def synthetic_images(count: int, size: int, seed: int) -> np.ndarray:
     coarse = torch.randn(count, 3, size // 16, size // 16, generator=generator)
     images = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
     return (images + 0.3 * torch.randn(images.shape, generator=generator)).numpy().astype(np.float32)
+
+
+def save_results(name: str, payload: dict) -> Path:
+    """bench/results/NAME.json, with the machine named beside the figures."""
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    return path

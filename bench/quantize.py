@@ -8,7 +8,6 @@ measures accuracy).
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import interleaved_latency, machine, synthetic_images  # noqa: E402
+from bench.common import interleaved_latency, machine, save_results, synthetic_images  # noqa: E402
 
 
 class _Reader:
@@ -90,9 +89,7 @@ def main() -> None:
             f"{r['parity_edgeport']['cosine']:>12.4f} {r['parity_plain']['cosine']:>9.4f}"
         )
         print(f"{'':<13} fp32 {l1['fp32']:.1f} ms / int8 {l1['int8']:.1f} ms at 1 thread; {r['decisions']['reduce_range']}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "quantize.json").write_text(json.dumps({"machine": machine(), "runs": runs, "rows": rows}, indent=2) + "\n")
+    save_results("quantize", {"runs": runs, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -83,6 +83,24 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class Measured:
+    """Rates measured on the device itself by `edgeport profiles calibrate`: the estimator prices
+    nodes with these where present, and with peaks times assumed efficiencies otherwise."""
+
+    threads: int  # the thread count they were measured at
+    gops: dict[str, float]  # "<op class>_<precision>" -> effective GOPS (2 per MAC; G elements/s for non-MAC classes)
+    bandwidth_gbs: float  # effective, from a large streaming copy
+    node_overhead_us: float  # what one tiny node costs beyond its work
+    mac_node_overhead_us: float | None = None  # the same for a Conv/MatMul, which wakes the thread pool
+    int8_speedup: dict[str, float] = field(default_factory=dict)  # op class -> int8 rate / fp32 rate
+    activation_bandwidth_gbs: float | None = None  # activations of a few MB stay in cache between nodes
+    estimate_error_median: float | None = None  # |predicted / measured - 1| over the calibration check models
+    estimate_error_max: float | None = None
+    estimate_error_models: int | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     description: str
@@ -90,6 +108,7 @@ class Profile:
     runtime: Runtime
     budgets: Budgets
     sources: dict[str, str]
+    measured: Measured | None = None
     path: str = ""
 
     @property

@@ -260,6 +260,31 @@ def profiles_show(name: str) -> None:
     _run(action)
 
 
+@profiles_group.command("calibrate")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="the profile file to write (TOML)")
+@click.option("--threads", type=int, default=None, help="intra-op threads to measure at (default: every core)")
+@click.option("--name", default=None, help="the profile's name (default: calibrated-host)")
+@click.option("--budgets-from", default=None, help="copy the budgets of this profile (a built-in name or a file)")
+@click.option("--quiet", is_flag=True, help="no progress")
+def profiles_calibrate(out: str, threads: int | None, name: str | None, budgets_from: str | None, quiet: bool) -> None:
+    """Measure this machine's ONNX Runtime CPU rates per op class and precision and write a profile
+    whose latency estimates use them, with the estimator's error measured on check networks."""
+
+    def action() -> int:
+        from edgeport.profile_calibration import calibrate_profile
+        from edgeport.progress import TerminalProgress
+        from edgeport.runtimes.estimate import band_text
+
+        profile = calibrate_profile(out, threads, name, budgets_from, progress=TerminalProgress(enabled=False if quiet else None))
+        m = profile.measured
+        click.echo(f"{out}: {profile.name}, {m.threads} threads; int8/fp32 speed: "
+                   + ", ".join(f"{k} {v:.2f}x" for k, v in m.int8_speedup.items())
+                   + f"; {band_text({'error_band': {'median_abs_error': m.estimate_error_median, 'max_abs_error': m.estimate_error_max, 'models': m.estimate_error_models}})}")
+        return 0
+
+    _run(action)
+
+
 @profiles_group.command("check")
 @click.argument("file")
 def profiles_check(file: str) -> None:

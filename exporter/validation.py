@@ -22,6 +22,7 @@ from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.passes.parity_check import accumulate_on_data
 from edgeport.runtimes import benchmark, coverage, estimate
+from edgeport.runtimes.graph_cost import graph_cost
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.state_carry import StateCarry
@@ -187,8 +188,8 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
     target_estimate = None
     if graph is not None:
-        cost = estimate.graph_cost(str(graph), shapes)
-        target_estimate = estimate.estimate_latency_ms(cost, prof.hardware.peak_gops_fp32, prof.hardware.peak_gops_int8, prof.hardware.mem_bandwidth_gbs)
+        cost = graph_cost(str(graph), shapes)
+        target_estimate = estimate.estimate_latency_ms(cost, estimate.rates_for(prof.hardware, prof.measured))
         details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
 
     preferred = prof.preferred_provider
@@ -211,9 +212,12 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     host_basis = "measured on target" if on_target else "measured on this host (not the target)"
     if on_target and measurement is not None:
         latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis="measured on target")
+    elif target_estimate is not None and "refused" in target_estimate:
+        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
+                        skip_reason=f"not on the target, and no estimate: {target_estimate['refused']}")
     elif target_estimate is not None:
         latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms, unit=" ms",
-                        basis=f"estimate for target ({target_estimate['bound']}-bound roofline)")
+                        basis=f"estimate for target (per-node roofline; {estimate.band_text(target_estimate)})")
     else:
         latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
                         skip_reason="not on the target, and an .ort file without its .onnx beside it cannot be estimated")

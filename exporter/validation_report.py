@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from edgeport.runtimes.estimate import band_text
 from edgeport.verdict import FAIL, SKIPPED, BudgetResult
 
 
@@ -33,8 +34,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                 f"peak memory +{measurement['memory']['peak_above_baseline_mb']:.1f} MB"
             )
         est = profile.get("estimate")
-        if est:
-            lines.append(f"  estimate for target: {est['latency_ms']:.3f} ms ({est['bound']}-bound; {est['assumptions']})")
+        if est and "refused" in est:
+            lines.append(f"  no estimate for target: {est['refused']}")
+        elif est:
+            lines.append(f"  estimate for target: {est['latency_ms']:.3f} ms ({band_text(est)}; {est['assumptions']})")
         note = profile["providers"].get("note")
         if note:
             lines.append(f"  note: {note}")
@@ -61,8 +64,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"mean {lat['mean']}, cv {lat['cv']}; session load {m['session_load_ms']} ms; cold first inference {m['cold_first_inference_ms']} ms; "
                     f"peak RSS {m['memory']['peak_rss_mb']} MB ({m['memory']['peak_above_baseline_mb']} MB above the runtime's baseline)."]
         est = profile.get("estimate")
-        if est:
-            out.append(f"Estimate for the target: {est['latency_ms']} ms ({est['bound']}-bound; {est['assumptions']}); graph: {est['graph']}.")
+        if est and "refused" in est:
+            out.append(f"No estimate for the target: {est['refused']}.")
+        elif est:
+            out.append(f"Estimate for the target: {est['latency_ms']} ms, {band_text(est)} (per-node roofline, mostly {est['bound']}-bound; "
+                       f"{est['assumptions']}); time by op class {est['by_op_class_ms']} ms; graph: {est['graph']}.")
         if profile.get("coverage"):
             c = profile["coverage"]
             out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider."

@@ -17,7 +17,7 @@ import onnx
 
 from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing, session_for
 from edgeport.passes.qdq_graph import QdqModel
-from edgeport.runtimes.estimate import node_macs
+from edgeport.runtimes.graph_cost import node_macs
 
 
 @dataclass

@@ -1,22 +1,29 @@
 
 from edgeport.runtimes.coverage import static_coverage
-from edgeport.runtimes.estimate import estimate_latency_ms, graph_cost
+from edgeport.runtimes.estimate import estimate_latency_ms, rates_for
+from edgeport.runtimes.graph_cost import graph_cost
 from edgeport.specs import TensorSpec
 from tests.conftest import make_linear_onnx
 
 
+def _rates(peak_fp32: float, peak_int8: float, bandwidth: float):
+    from edgeport.device_profiles.schema import Hardware
+
+    return rates_for(Hardware("x86_64", 1, 1024, peak_fp32, peak_int8, bandwidth), None)
+
+
 def test_matmul_macs_and_bytes(tmp_path):
     path = make_linear_onnx(tmp_path / "l.onnx", in_features=64, out_features=32)
-    cost = graph_cost(str(path), [TensorSpec("x", (8, 64))])
-    assert cost.macs_fp32 == 8 * 64 * 32 and cost.macs_int8 == 0
-    assert cost.other_ops == 8 * 32  # the bias Add
-    assert cost.weight_bytes == (64 * 32 + 32) * 4
-    faster = estimate_latency_ms(cost, 1000, 4000, 100)
-    slower = estimate_latency_ms(cost, 10, 40, 1)
+    cost = graph_cost(str(path), [TensorSpec("x", (8, 64))]).to_dict()
+    assert cost["macs_fp32"] == 8 * 64 * 32 and cost["macs_int8"] == 0
+    assert cost["other_ops"] == 8 * 32  # the bias Add
+    faster = estimate_latency_ms(graph_cost(str(path), [TensorSpec("x", (8, 64))]), _rates(1000, 4000, 100))
+    slower = estimate_latency_ms(graph_cost(str(path), [TensorSpec("x", (8, 64))]), _rates(10, 40, 1))
     assert slower["latency_ms"] > faster["latency_ms"] > 0
+    assert "error band" not in faster and faster["error_band"] is None  # spec-sheet peaks: no measured band
 
 
-def test_quantized_convs_count_as_int8(tmp_path, digits_onnx):
+def test_quantized_convs_count_as_int8_and_move_int8_bytes(tmp_path, digits_onnx):
     from edgeport.data import open_data
     from edgeport.artifacts import OnnxArtifact
     from edgeport.passes import PassContext, StaticInt8Config, quantize_static_int8
@@ -26,9 +33,110 @@ def test_quantized_convs_count_as_int8(tmp_path, digits_onnx):
     int8 = quantize_static_int8(OnnxArtifact.from_file(digits_onnx), StaticInt8Config(), ctx=ctx)
     fp32_cost = graph_cost(str(digits_onnx), [TensorSpec("image", (1, 1, 8, 8))])
     int8_cost = graph_cost(str(int8.path), [TensorSpec("image", (1, 1, 8, 8))])
-    assert fp32_cost.macs_int8 == 0 and fp32_cost.macs_fp32 > 2_000_000
-    assert int8_cost.macs_int8 == fp32_cost.macs_fp32  # the same work, on int8 kernels
-    assert int8_cost.weight_bytes < fp32_cost.weight_bytes / 3
+    assert fp32_cost.total("macs", "int8") == 0 and fp32_cost.total("macs", "fp32") > 2_000_000
+    assert int8_cost.total("macs", "int8") == fp32_cost.total("macs", "fp32")  # the same work, on int8 kernels
+    convs = [(f, i) for f, i in zip(fp32_cost.nodes, int8_cost.nodes) if f.op_type == "Conv"]
+    # weights and activations at one byte, Q/DQ fused: each int8 conv moves about a quarter of the bytes
+    assert convs and all(i.bytes_moved + i.weight_bytes < (f.bytes_moved + f.weight_bytes) / 3 for f, i in convs)
+    # every Q/DQ fuses into a kernel but the Quantize of the graph's input: that one is real work
+    assert [n.op_type for n in int8_cost.nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")] == ["QuantizeLinear"]
+
+
+def _if_model(path, conv_in_branch: bool = True):
+    """A VAD-like graph: every convolution sits in an If branch, the other branch is one Identity."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [16, 16, 3], np.ones(16 * 16 * 3, np.float32).tolist())
+    conv = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y_conv"], pads=[1, 1])], "then", [],
+                             [helper.make_tensor_value_info("y_conv", TensorProto.FLOAT, [1, 16, 512])])
+    skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_skip"])], "else", [],
+                             [helper.make_tensor_value_info("y_skip", TensorProto.FLOAT, [1, 16, 512])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=conv if conv_in_branch else skip, else_branch=skip)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 512]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 512])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_compute_inside_an_if_branch_is_counted(tmp_path):
+    cost = graph_cost(str(_if_model(tmp_path / "if.onnx")), [TensorSpec("x", (1, 16, 512)), TensorSpec("flag", ())])
+    assert cost.total("macs") == 16 * 512 * 16 * 3  # the costlier branch: the Conv
+    assert any("costlier branch" in n for n in cost.notes)
+    empty = graph_cost(str(_if_model(tmp_path / "skip.onnx", conv_in_branch=False)), [TensorSpec("x", (1, 16, 512)), TensorSpec("flag", ())])
+    assert empty.total("macs") == 0
+
+
+def test_a_loop_counts_its_body_per_trip_and_refuses_an_unknown_trip_count(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    def loop_model(path, trips_known: bool):
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8, dtype=np.float32).ravel().tolist())
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 8])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 8])])
+        inits = [weight, helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
+        inputs = [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])]
+        if trips_known:
+            inits.append(helper.make_tensor("trips", TensorProto.INT64, [], [5]))
+        else:
+            inputs.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
+        graph = helper.make_graph([helper.make_node("Loop", ["trips", "cond", "h"], ["y"], body=body)], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return str(path)
+
+    known = graph_cost(loop_model(tmp_path / "known.onnx", True), [TensorSpec("h", (1, 8))])
+    assert known.refused is None and known.total("macs") == 5 * 8 * 8
+    unknown = graph_cost(loop_model(tmp_path / "unknown.onnx", False), [TensorSpec("h", (1, 8)), TensorSpec("trips", ())])
+    assert unknown.refused and "known only at run time" in unknown.refused
+    assert "refused" in estimate_latency_ms(unknown, _rates(10, 40, 1))
+
+
+def test_shapes_static_inference_misses_come_from_a_run_and_refuse_where_none_can_run(tmp_path):
+    """A Reshape to a shape given as an input defeats static inference; a run on zeros learns it.
+    A vendor op this runtime lacks (as an NPU-only graph has) leaves the MatMul unknown: refused."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(path, first):
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [64, 64], np.ones(64 * 64, np.float32).tolist())
+        graph = helper.make_graph(
+            [first, helper.make_node("MatMul", ["r", "w"], ["y"])], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.vendor", 1)]), str(path))
+        return str(path)
+
+    specs = [TensorSpec("x", (4, 64)), TensorSpec("shape", (2,), "int64")]
+    learned = graph_cost(model(tmp_path / "reshape.onnx", helper.make_node("Reshape", ["x", "shape"], ["r"])), specs)
+    assert learned.refused is None and learned.total("macs") == 4 * 64 * 64
+    assert any("taken from one run" in n for n in learned.notes)
+    vendor = graph_cost(model(tmp_path / "vendor.onnx", helper.make_node("Mystery", ["x", "shape"], ["r"], domain="com.vendor")), specs)
+    assert vendor.refused and "100% of the weights" in vendor.refused
+
+
+def test_conv_transpose_macs_count_the_group_once(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    # 8 input channels, 2 groups, 4 output channels per group, 3x3: each input element meets 4 x 9 weights
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 4, 3, 3], np.ones(8 * 4 * 9, np.float32).tolist())
+    graph = helper.make_graph([helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = tmp_path / "ct.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    cost = graph_cost(str(path), [TensorSpec("x", (1, 8, 5, 5))])
+    assert cost.total("macs") == 8 * 5 * 5 * 4 * 9 and cost.nodes[0].op_class == "conv"  # grouped, not depthwise
 
 
 def test_static_coverage_for_mobile_providers(tmp_path):

@@ -1,0 +1,66 @@
+"""`edgeport profiles calibrate`: a device profile of the machine it runs on, with the rates its
+ONNX Runtime CPU kernels reach, whether int8 pays there, and the estimator's measured error."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from edgeport.device_profiles import load_profile
+from edgeport.device_profiles.schema import Budgets, Hardware, Profile, Quantization, Runtime
+from edgeport.device_profiles.toml_writer import profile_to_toml
+from edgeport.errors import UsageError
+from edgeport.outputs import write_atomic
+from edgeport.passes.context import NullProgress
+from edgeport.runtimes.hostcpu import host_cpu
+from edgeport.runtimes.host_calibration import calibrate_host
+
+# Features that decide int8 kernels and that profiles name; a calibrated profile lists those present.
+PROFILE_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "neon", "dotprod", "i8mm")
+
+
+def calibrate_profile(out: str | Path, threads: int | None = None, name: str | None = None, budgets_from: str | None = None,
+                      progress=None) -> Profile:
+    """Measure this machine at ``threads`` (all cores by default) and write its profile to ``out``."""
+    progress = progress or NullProgress()
+    cpu = host_cpu()
+    threads = cpu.cores if threads is None else threads
+    if not 1 <= threads <= 256:
+        raise UsageError(f"--threads {threads} is out of range", fix="give a thread count between 1 and 256")
+    budgets = load_profile(budgets_from).budgets if budgets_from else Budgets()
+    stamp = f"measured by edgeport profiles calibrate on {cpu.model_name}, {_dt.date.today().isoformat()}"
+    placeholder = Hardware(cpu.arch, cpu.cores, _memory_mb(), 1.0, 1.0, 1.0)  # the estimator's check needs only the measured rates
+    measured = calibrate_host(threads, placeholder, stamp, progress=progress.note)
+    fp32 = max(measured.gops[f"{k}_fp32"] for k in ("conv", "matmul"))
+    int8 = max(measured.gops[f"{k}_int8"] for k in ("conv", "matmul"))
+    hardware = replace(placeholder, peak_gops_fp32=fp32, peak_gops_int8=int8, mem_bandwidth_gbs=measured.bandwidth_gbs,
+                       cpu_features=tuple(f for f in PROFILE_FEATURES if cpu.has_feature(f)), cpu_model_pattern=re.escape(cpu.model_name))
+    x86_saturates = cpu.arch == "x86_64" and not cpu.has_vnni
+    profile = Profile(
+        name=name or "calibrated-host",
+        description=f"This machine as measured by edgeport profiles calibrate: {cpu.model_name}, {cpu.cores} cores, {threads} threads",
+        hardware=hardware,
+        runtime=Runtime(("CPUExecutionProvider",), intra_op_threads=threads, quantization=Quantization(reduce_range=x86_saturates)),
+        budgets=budgets,
+        sources={
+            "cores": f"os.cpu_count() on this machine; {stamp}",
+            "memory_mb": f"physical memory reported by the OS; {stamp}",
+            "peak_gops_fp32": f"effective fp32 rate of ONNX Runtime's Conv/MatMul kernels at {threads} threads (not a spec-sheet peak); {stamp}",
+            "peak_gops_int8": f"effective int8 (QDQ) rate of ONNX Runtime's Conv/MatMul kernels at {threads} threads; {stamp}",
+            "mem_bandwidth_gbs": f"effective bandwidth of a 64 MB streaming Add at {threads} threads; {stamp}",
+            **({"budgets": f"copied from profile {budgets_from}"} if budgets_from else {}),
+        },
+        measured=measured,
+    )
+    write_atomic(Path(out), profile_to_toml(profile))
+    return load_profile(out)  # what was written reads back as a valid profile, or this fails loudly
+
+
+def _memory_mb() -> int:
+    try:
+        return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a size the estimator never reads
+        return 1024

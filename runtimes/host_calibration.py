@@ -1,0 +1,237 @@
+"""Measure what this machine's ONNX Runtime CPU kernels reach, per op class and precision, for the
+latency estimator (`edgeport profiles calibrate`). Torch-free: the micro-benchmarks and the check
+models are built with onnx.helper, so a device with only onnxruntime can calibrate itself.
+
+Each op class runs one representative node at fp32 and as a QDQ int8 node (which ONNX Runtime
+fuses into its int8 kernel). Then a few small networks, priced by the estimator with the measured
+rates and timed for real, give the estimator's error band on this machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeport.device_profiles.schema import Hardware, Measured
+from edgeport.runtimes.estimate import estimate_latency_ms, rates_for
+from edgeport.runtimes.graph_cost import OP_CLASSES, graph_cost
+from edgeport.specs import TensorSpec
+
+OPSET = 17
+
+
+@dataclass
+class _Net:
+    """A graph under construction, with int8 weights and Q/DQ pairs where asked."""
+
+    int8: bool
+    nodes: list[onnx.NodeProto]
+    initializers: list[onnx.TensorProto]
+    count: int = 0
+    dequantized: set[str] = field(default_factory=set)  # already read through Q/DQ: not quantized twice
+
+    def name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def constant(self, value: np.ndarray) -> str:
+        name = self.name("c")
+        self.initializers.append(numpy_helper.from_array(value, name))
+        return name
+
+    def activation(self, x: str, scale: float = 0.05, zero_point: int = 128) -> str:
+        """x through QuantizeLinear/DequantizeLinear (uint8) when int8: where QDQ kernels fuse. After
+        a Relu the zero point is 0, as a calibrated range [0, max] gives, so ORT drops the Relu."""
+        if not self.int8 or x in self.dequantized:
+            return x
+        s, z = self.constant(np.array(scale, np.float32)), self.constant(np.array(zero_point, np.uint8))
+        q, dq = self.name("q"), self.name("dq")
+        self.nodes += [helper.make_node("QuantizeLinear", [x, s, z], [q]), helper.make_node("DequantizeLinear", [q, s, z], [dq])]
+        self.dequantized.add(dq)
+        return dq
+
+    def weight(self, shape: tuple[int, ...], rng: np.random.Generator) -> str:
+        value = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        if not self.int8:
+            return self.constant(value)
+        scale = float(np.abs(value).max() / 127)
+        q = self.constant(np.clip(np.rint(value / scale), -127, 127).astype(np.int8))
+        dq = self.name("w")
+        self.nodes.append(helper.make_node("DequantizeLinear", [q, self.constant(np.array(scale, np.float32)),
+                                                                 self.constant(np.array(0, np.int8))], [dq]))
+        return dq
+
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        out = self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def conv(self, x: str, cin: int, cout: int, rng: np.random.Generator, k: int = 3, group: int = 1, relu: bool = False) -> str:
+        # as ONNX Runtime's quantizer lays it out: Conv, its Relu, then the output's Q/DQ
+        y = self.op("Conv", [self.activation(x), self.weight((cout, cin // group, k, k), rng)], pads=[k // 2] * 4, group=group)
+        return self.activation(self.op("Relu", [y]), zero_point=0) if relu else self.activation(y)
+
+    def matmul(self, x: str, cin: int, cout: int, rng: np.random.Generator) -> str:
+        return self.activation(self.op("MatMul", [self.activation(x), self.weight((cin, cout), rng)]))
+
+    def save(self, x_shape: tuple[int, ...], y: str, path: Path) -> Path:
+        graph = helper.make_graph(self.nodes, "calibration", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                                  [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], self.initializers)
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
+        return path
+
+
+def _one_node(kind: str, int8: bool) -> tuple[_Net, tuple[int, ...], str]:
+    rng = np.random.default_rng(0)
+    net = _Net(int8, [], [])
+    if kind == "conv":
+        shape = (1, 64, 56, 56)
+        return net, shape, net.conv("x", 64, 64, rng)
+    if kind == "depthwise":
+        shape = (1, 256, 56, 56)
+        return net, shape, net.conv("x", 256, 256, rng, group=256)
+    if kind == "matmul":
+        shape = (1, 128, 768)
+        return net, shape, net.matmul("x", 768, 768, rng)
+    if kind == "recurrent":  # ONNX Runtime has no int8 GRU: measured at fp32 only
+        shape = (50, 1, 64)
+        out = net.name("gru")
+        net.nodes.append(helper.make_node("GRU", ["x", net.weight((1, 384, 64), rng), net.weight((1, 384, 128), rng)], [out],
+                                          hidden_size=128))
+        return net, shape, out
+    shape = (1, 256, 56, 56)
+    if kind == "elementwise":
+        x = net.activation("x")
+        return net, shape, net.activation(net.op("Add", [x, x]))
+    return net, shape, net.op("Transpose", ["x"], perm=[0, 2, 3, 1])  # data movement
+
+
+def _check_networks() -> dict[str, Callable[[_Net], tuple[tuple[int, ...], str]]]:
+    """Small networks unlike the single nodes: several op classes, small and large tensors."""
+    def cnn(net: _Net):
+        rng = np.random.default_rng(1)
+        x = net.conv("x", 3, 32, rng, relu=True)
+        for _ in range(2):
+            y = net.conv(x, 32, 32, rng, relu=True)
+            x = net.activation(net.op("Relu", [net.op("Add", [x, net.conv(y, 32, 32, rng)])]), zero_point=0)
+        return (1, 3, 64, 64), net.op("GlobalAveragePool", [x])
+
+    def separable(net: _Net):
+        rng = np.random.default_rng(2)
+        x = net.conv("x", 3, 48, rng, relu=True)
+        for _ in range(3):
+            x = net.conv(x, 48, 48, rng, group=48, relu=True)
+            x = net.conv(x, 48, 48, rng, k=1, relu=True)
+        return (1, 3, 96, 96), x
+
+    def mlp(net: _Net):
+        rng = np.random.default_rng(3)
+        x = "x"
+        for _ in range(2):
+            h = net.op("Relu", [net.matmul(x, 256, 1024, rng)])
+            x = net.activation(net.op("Add", [x, net.matmul(h, 1024, 256, rng)]))
+        return (1, 64, 256), x
+
+    return {"cnn": cnn, "separable": separable, "mlp": mlp}
+
+
+def time_model(path: Path, x_shape: tuple[int, ...], threads: int, min_seconds: float = 0.4) -> float:
+    """Median seconds per run on the CPU provider at ``threads``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 7 or (time.perf_counter() - started < min_seconds and len(times) < 2000):
+        begin = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Callable[[str], None] = lambda _: None) -> Measured:
+    """The measured rates of this machine, and the estimator's error with them on the check networks."""
+    with tempfile.TemporaryDirectory(prefix="edgeport-calibrate-") as tmp:
+        folder = Path(tmp)
+        overhead = _node_overhead_s(folder, threads)
+        bandwidth = _bandwidth_gbs(folder, threads)
+        gops: dict[str, float] = {}
+        for kind in OP_CLASSES:
+            for precision in ("fp32", "int8") if kind not in ("recurrent", "data_movement") else ("fp32",):
+                progress(f"calibrating {kind} {precision}")
+                net, shape, y = _one_node(kind, precision == "int8")
+                path = net.save(shape, y, folder / f"{kind}-{precision}.onnx")
+                seconds = max(statistics.median(time_model(path, shape, threads) for _ in range(3)) - overhead, 1e-7)
+                cost = graph_cost(str(path), [TensorSpec("x", shape)])
+                work = sum(2 * n.macs if n.macs else n.elements for n in cost.nodes if n.op_class == kind)
+                gops[f"{kind}_{precision}"] = round(work / seconds / 1e9, 3)
+        speedup = {k: round(gops[f"{k}_int8"] / gops[f"{k}_fp32"], 3) for k in ("conv", "depthwise", "matmul", "elementwise")}
+        rates = dict(
+            threads=threads, gops=gops, bandwidth_gbs=round(bandwidth, 3), node_overhead_us=round(overhead * 1e6, 3),
+            mac_node_overhead_us=round(_mac_node_overhead_s(folder, threads, gops["conv_fp32"]) * 1e6, 3), int8_speedup=speedup,
+            # activations a few MB large stay in cache from one node to the next: their bandwidth is the
+            # elementwise benchmark's (one read, one write of each element), not a DRAM stream's
+            activation_bandwidth_gbs=round(gops["elementwise_fp32"] * 8, 3),
+        )
+        errors = []
+        for name, build in _check_networks().items():
+            for int8 in (False, True):
+                progress(f"checking the estimate on {name} {'int8' if int8 else 'fp32'}")
+                net = _Net(int8, [], [])
+                shape, y = build(net)
+                path = net.save(shape, y, folder / f"check-{name}-{int8}.onnx")
+                predicted = estimate_latency_ms(graph_cost(str(path), [TensorSpec("x", shape)]), rates_for(hardware, Measured(**rates)))["latency_ms"]
+                errors.append(abs(predicted / (time_model(path, shape, threads) * 1e3) - 1))
+    return Measured(**rates, estimate_error_median=round(statistics.median(errors), 3), estimate_error_max=round(max(errors), 3),
+                    estimate_error_models=len(errors), source=f"{source}; error band from {len(errors)} check networks (3 nets, fp32 and int8)")
+
+
+def _mac_node_overhead_s(folder: Path, threads: int, conv_gops: float, length: int = 32) -> float:
+    """What a Conv costs beyond its work: with more than one thread each one wakes the pool, which a
+    small network's many small nodes feel. A chain of small 3x3 convs, per node, less its work."""
+    rng = np.random.default_rng(4)
+    net = _Net(False, [], [])
+    weight = net.constant((rng.standard_normal((16, 16, 3, 3)) * 0.05).astype(np.float32))
+    x = "x"
+    for _ in range(length):
+        x = net.op("Conv", [x, weight], pads=[1, 1, 1, 1])
+    shape = (1, 16, 8, 8)
+    per_node = time_model(net.save(shape, x, folder / "mac-overhead.onnx"), shape, threads) / length
+    return max(per_node - 2 * 16 * 16 * 9 * 64 / (conv_gops * 1e9), 0.0)
+
+
+def _node_overhead_s(folder: Path, threads: int, length: int = 64) -> float:
+    """What a node costs beyond its work: a chain of Relus on a few elements, per node."""
+    nodes = [helper.make_node("Relu", ["x" if i == 0 else f"r{i - 1}"], [f"r{i}"]) for i in range(length)]
+    graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info(f"r{length - 1}", TensorProto.FLOAT, [1, 8])])
+    path = folder / "overhead.onnx"
+    options_free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.save(options_free, str(path))
+    return time_model(path, (1, 8), threads) / length
+
+
+def _bandwidth_gbs(folder: Path, threads: int) -> float:
+    """Bytes a large Add streams (two reads, one write of 64 MB each) per second."""
+    shape = (16, 1024, 1024)
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "bandwidth",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
+    path = folder / "bandwidth.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
+    return 2 * int(np.prod(shape)) * 4 / time_model(path, shape, threads) / 1e9
