@@ -54,6 +54,10 @@ class QuantizationError(UsageError):
     """Quantization cannot run with the given model, data and options."""
 
 
+class RemoteError(UsageError):
+    """A device reached over SSH could not be used: unreachable, refused, missing onnxruntime, dropped."""
+
+
 class InternalError(EdgeportError):
     """A failure that is edgeport's fault, not the user's."""
 

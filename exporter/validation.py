@@ -25,6 +25,7 @@ from edgeport.runtimes import benchmark, coverage, estimate
 from edgeport.runtimes.graph_cost import graph_cost
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
+from edgeport.runtimes.remote import RemoteDevice, RemoteTarget, device_cpu
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.runtimes.target_match import claim_target
@@ -85,19 +86,24 @@ def validate(
     junit: str | Path | None = None,
     force: bool = False,
     stateful: Sequence[str] | StateCarry | None = None,
+    remote: RemoteTarget | str | None = None,
 ) -> ValidationResult:
     """Validate ``model`` against one profile or several (a matrix in one report). With
     ``out_dir``, writes validation.json and validation.md there (beside an export's files, which it
     never touches); with ``junit``, JUnit XML to that file. ``force`` replaces files of those names
     that an earlier validate did not write. ``stateful`` (``["state:stateN"]``) runs the data's
-    feeds in order as one stream, each run taking the state the previous run returned."""
+    feeds in order as one stream, each run taking the state the previous run returned. ``remote``
+    (``ssh://user@host[:port]`` or a RemoteTarget) measures on that device over SSH instead of here."""
     if runs < 1:
         raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
     # an unwritable or foreign folder fails before measuring
     output = OutputFolder(out_dir, "validate", force=force) if out_dir is not None else None
     try:
         carry = StateCarry.parse(stateful)
-        result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress, carry)
+        device = RemoteDevice(RemoteTarget.parse(remote) if isinstance(remote, str) else remote) if remote is not None else None
+        if device is not None and carry is not None:
+            raise UsageError("--stateful and --remote together are not supported yet", fix="validate the stateful model here, or drop --stateful")
+        result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress, carry, device)
         if output is not None:
             files = ["validation.json", "validation.md"]
             output.stage("validation.md").write_text(render_markdown(result.report))
@@ -113,7 +119,7 @@ def validate(
 
 
 def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress,
-              carry: StateCarry | None = None) -> ValidationResult:
+              carry: StateCarry | None = None, device: RemoteDevice | None = None) -> ValidationResult:
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])]
     if not profiles:
         raise UsageError("no profile given", fix="pass --profile NAME (see 'edgeport profiles list')")
@@ -135,24 +141,27 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
     verdicts = []
     for prof in profiles:
         progress.note(f"validating against {prof.name} ...")
-        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed, carry))
+        verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed, carry,
+                                      device))
     report = _report(artifact, ref, source, verdicts)
     return ValidationResult(artifact.path, verdicts, report)
 
 
 def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, data_dims, max_eval_samples, seed,
-                  carry: StateCarry | None = None) -> ProfileVerdict:
+                  carry: StateCarry | None = None, device: RemoteDevice | None = None) -> ProfileVerdict:
     import onnxruntime as ort
 
-    cpu = host_cpu()
+    # where it runs: this host, or the device over SSH (its own CPU facts and providers)
+    cpu = device_cpu(device.facts) if device else host_cpu()
     shapes = concrete_inputs(artifact.inputs, prof, dims, data_dims)
-    available = ort.get_available_providers()
+    available = device.facts["providers"] if device else ort.get_available_providers()
     wanted = list(prof.runtime.execution_providers)
     missing = [p for p in wanted if p not in available]
     claim = claim_target(prof, cpu, available)
     on_target = claim.on_target
     details: dict[str, Any] = {
-        "host": {"arch": cpu.arch, "cpu": cpu.model_name, "cores": cpu.cores, "providers_available": available},
+        "host": {"arch": cpu.arch, "cpu": cpu.model_name, "cores": cpu.cores, "providers_available": available,
+                 **({"remote": device.target.describe(), "onnxruntime": device.facts["onnxruntime"]} if device else {})},
         "target": claim.to_dict(),
         "input_shapes": {s.name: list(s.shape) for s in shapes},
         "providers": {"requested": wanted, "missing_here": missing},
@@ -169,22 +178,24 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         if missing:
             details["providers"]["note"] = f"{', '.join(missing)} not available here: measured on {', '.join(providers)} (the profile allows CPU fallback)"
 
-    measurement, refused = None, None
+    measurement, refused, threads = None, None, None
     if providers is not None:
         threads = prof.runtime.intra_op_threads
         if threads and not on_target:
             threads = min(threads, cpu.cores)
-        measurement = benchmark.measure(
-            artifact.path, providers, shapes, threads=threads, runs=runs, time_limit_s=time_limit_s,
+        request = benchmark.worker_request(
+            artifact.path, providers, shapes, threads=threads, runs=runs, warmup=10, time_limit_s=time_limit_s, coverage=True,
             cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern,
             cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed,
         )
+        measurement = device.measure(_device_files(artifact), request) if device else benchmark.run_worker(artifact.path, providers, request)
         if "refused" in measurement:
             details["providers"]["note"] = measurement["refused"]
             refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])
             measurement, providers = None, None
         else:
-            details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement}
+            details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement,
+                                      **({"remote": device.target.describe()} if device else {})}
     graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
     target_estimate = None
     if graph is not None:
@@ -199,19 +210,23 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         cover = coverage.static_coverage(str(graph), preferred, {s.name: s.shape for s in shapes}) if graph is not None else None
     details["coverage"] = cover
 
-    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed, carry) if ref is not None and providers else None
+    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed, carry, device, threads) \
+        if ref is not None and providers else None
     details["parity"] = parity
 
-    results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source)
+    results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source,
+                     device.target.describe() if device else None)
     results += [_opset_check(graph, prof), _format_check(artifact, prof), refused]
     return ProfileVerdict(prof, on_target, [r for r in results if r is not None], details)
 
 
-def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source) -> list[BudgetResult | None]:
+def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source,
+           remote: str | None = None) -> list[BudgetResult | None]:
     budgets = prof.budgets
-    host_basis = "measured on target" if on_target else "measured on this host (not the target)"
+    where = f" (remote host {remote})" if remote else ""
+    host_basis = f"measured on target{where}" if on_target else f"measured on {'the remote host' + where if remote else 'this host'} (not the target)"
     if on_target and measurement is not None:
-        latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis="measured on target")
+        latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis=host_basis)
     elif target_estimate is not None and "refused" in target_estimate:
         latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
                         skip_reason=f"not on the target, and no estimate: {target_estimate['refused']}")
@@ -230,7 +245,7 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     no_parity = "no --reference model given" if ref is None else "no session could run on this host"
     p = parity or {}
     pb = budgets.parity
-    parity_basis = f"measured on this host ({', '.join(providers or [])}) vs reference on CPU"
+    parity_basis = f"measured on {'remote host ' + remote if remote else 'this host'} ({', '.join(providers or [])}) vs reference on CPU here"
     results = [
         latency, memory, size, coverage_result,
         _agreement(p, pb.top1_agreement_min, parity_basis, no_parity),
@@ -338,10 +353,21 @@ def _data_dims(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dic
     return found
 
 
-def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None) -> dict[str, Any]:
-    cand = create_session(artifact.path, providers)
+def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None,
+            device: RemoteDevice | None = None, threads: int | None = None) -> dict[str, Any]:
     reference = create_session(ref.path)
     acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()], class_outputs=model_class_outputs(ref.path))
+    if device is not None:  # the candidate runs on the device, the reference here: same feeds, in order
+        if source is not None:
+            batches = list(source.batches(artifact.inputs, batch_size=8, max_samples=max_samples))
+            feeds, labels, kind = [b.inputs for b in batches], [b.labels for b in batches], f"{source.role} data: {source.description}"
+        else:
+            rng = np.random.default_rng(seed)
+            feeds, labels, kind = [{s.name: example_array(s, rng) for s in shapes} for _ in range(4)], [None] * 4, "synthetic inputs"
+        for feed, label, outputs in zip(feeds, labels, device.outputs(_device_files(artifact), feeds, providers, threads)):
+            acc.update(run_session(reference, feed), outputs, label)
+        return {**acc.result(), "data": kind}
+    cand = create_session(artifact.path, providers)
     if source is not None:
         # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
         how = accumulate_on_data(acc, reference, cand, source, artifact.inputs, carry=carry, max_samples=max_samples)
@@ -355,6 +381,11 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
             acc.update(run_session(reference, feed), run_session(cand, feed))
         kind = "synthetic inputs"
     return {**acc.result(), "data": kind}
+
+
+def _device_files(artifact: OnnxArtifact) -> dict[str, Path]:
+    """The model and its external data by the names they keep beside each other on the device."""
+    return {path.name: path for path in artifact.files()}
 
 
 def _check_same_io(model: OnnxArtifact, ref: OnnxArtifact) -> None:

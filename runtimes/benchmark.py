@@ -31,7 +31,15 @@ def measure(
 ) -> dict[str, Any]:
     """Run the benchmark worker; ``inputs`` must have concrete shapes. Without ``cpu_fallback``
     the result may be ``{"refused": reason}``: the providers cannot run the whole model."""
-    request = {
+    request = worker_request(model, providers, inputs, threads=threads, runs=runs, warmup=warmup, time_limit_s=time_limit_s,
+                             coverage=coverage, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern, cpu_fallback=cpu_fallback, seed=seed)
+    return run_worker(model, providers, request)
+
+
+def worker_request(model: Path | str, providers: list[str], inputs: list[TensorSpec], *, threads: int | None, runs: int, warmup: int,
+                   time_limit_s: float, coverage: bool, cpu_mem_arena: bool, mem_pattern: bool, cpu_fallback: bool, seed: int) -> dict[str, Any]:
+    """The benchmark worker's request, here or on a remote device (bench_worker.run reads it)."""
+    return {
         "model": str(model),
         "providers": providers,
         "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in inputs],
@@ -45,6 +53,9 @@ def measure(
         "disable_cpu_fallback": not cpu_fallback and "CPUExecutionProvider" not in providers,
         "seed": seed,
     }
+
+
+def run_worker(model: Path, providers: list[str], request: dict[str, Any]) -> dict[str, Any]:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "edgeport.runtimes.bench_worker"],

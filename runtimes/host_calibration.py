@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeport.device_profiles.schema import Hardware, Measured
 from edgeport.runtimes.estimate import estimate_latency_ms, rates_for
+from edgeport.runtimes.device_job import time_model
 from edgeport.runtimes.graph_cost import OP_CLASSES, graph_cost
 from edgeport.specs import TensorSpec
 
@@ -85,7 +85,8 @@ class _Net:
     def save(self, x_shape: tuple[int, ...], y: str, path: Path) -> Path:
         graph = helper.make_graph(self.nodes, "calibration", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
                                   [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], self.initializers)
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
+        # IR 8: readable by the older onnxruntime a device may have
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8), str(path))
         return path
 
 
@@ -143,95 +144,91 @@ def _check_networks() -> dict[str, Callable[[_Net], tuple[tuple[int, ...], str]]
     return {"cnn": cnn, "separable": separable, "mlp": mlp}
 
 
-def time_model(path: Path, x_shape: tuple[int, ...], threads: int, min_seconds: float = 0.4) -> float:
-    """Median seconds per run on the CPU provider at ``threads``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
-    for _ in range(3):
-        session.run(None, feed)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 7 or (time.perf_counter() - started < min_seconds and len(times) < 2000):
-        begin = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+Timer = Callable[[list[dict[str, Any]], int], dict[str, float]]
 
 
-def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Callable[[str], None] = lambda _: None) -> Measured:
-    """The measured rates of this machine, and the estimator's error with them on the check networks."""
+def local_timer(entries: list[dict[str, Any]], threads: int) -> dict[str, float]:
+    """Median seconds per run of each entry ({key, path, shape, repeats}) on this machine."""
+    return {e["key"]: statistics.median(time_model(e["path"], tuple(e["shape"]), threads) for _ in range(e["repeats"])) for e in entries}
+
+
+def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Callable[[str], None] = lambda _: None,
+                   timer: Timer = local_timer) -> Measured:
+    """The measured rates of the machine ``timer`` runs on (this one, or a device over SSH), and
+    the estimator's error with them on the check networks. The models are built here, so the
+    device needs only onnxruntime and numpy."""
     with tempfile.TemporaryDirectory(prefix="edgeport-calibrate-") as tmp:
         folder = Path(tmp)
-        overhead = _node_overhead_s(folder, threads)
-        bandwidth = _bandwidth_gbs(folder, threads)
-        gops: dict[str, float] = {}
+        singles: dict[str, tuple[Path, tuple[int, ...]]] = {}
         for kind in OP_CLASSES:
             for precision in ("fp32", "int8") if kind not in ("recurrent", "data_movement") else ("fp32",):
-                progress(f"calibrating {kind} {precision}")
                 net, shape, y = _one_node(kind, precision == "int8")
-                path = net.save(shape, y, folder / f"{kind}-{precision}.onnx")
-                seconds = max(statistics.median(time_model(path, shape, threads) for _ in range(3)) - overhead, 1e-7)
-                cost = graph_cost(str(path), [TensorSpec("x", shape)])
-                work = sum(2 * n.macs if n.macs else n.elements for n in cost.nodes if n.op_class == kind)
-                gops[f"{kind}_{precision}"] = round(work / seconds / 1e9, 3)
+                singles[f"{kind}_{precision}"] = (net.save(shape, y, folder / f"{kind}-{precision}.onnx"), shape)
+        checks: dict[str, tuple[Path, tuple[int, ...]]] = {}
+        for name, build in _check_networks().items():
+            for int8 in (False, True):
+                net = _Net(int8, [], [])
+                shape, y = build(net)
+                checks[f"{name}_{'int8' if int8 else 'fp32'}"] = (net.save(shape, y, folder / f"check-{name}-{int8}.onnx"), shape)
+        fixed = {"overhead": _node_overhead_model(folder), "mac_overhead": _mac_overhead_model(folder), "bandwidth": _bandwidth_model(folder)}
+        entries = [{"key": k, "path": p, "shape": list(sh), "repeats": 3} for k, (p, sh) in singles.items()]
+        entries += [{"key": k, "path": p, "shape": list(sh), "repeats": 1} for k, (p, sh) in {**fixed, **checks}.items()]
+        progress(f"timing {len(entries)} calibration models at {threads} threads")
+        seconds = timer(entries, threads)
+        overhead = seconds["overhead"] / OVERHEAD_CHAIN
+        gops: dict[str, float] = {}
+        for key, (path, shape) in singles.items():
+            kind = key.rsplit("_", 1)[0]
+            cost = graph_cost(str(path), [TensorSpec("x", shape)])
+            work = sum(2 * n.macs if n.macs else n.elements for n in cost.nodes if n.op_class == kind)
+            gops[key] = round(work / max(seconds[key] - overhead, 1e-7) / 1e9, 3)
         speedup = {k: round(gops[f"{k}_int8"] / gops[f"{k}_fp32"], 3) for k in ("conv", "depthwise", "matmul", "elementwise")}
+        mac_overhead = max(seconds["mac_overhead"] / MAC_OVERHEAD_CHAIN - MAC_OVERHEAD_FLOP / (gops["conv_fp32"] * 1e9), 0.0)
         rates = dict(
-            threads=threads, gops=gops, bandwidth_gbs=round(bandwidth, 3), node_overhead_us=round(overhead * 1e6, 3),
-            mac_node_overhead_us=round(_mac_node_overhead_s(folder, threads, gops["conv_fp32"]) * 1e6, 3), int8_speedup=speedup,
+            threads=threads, gops=gops, bandwidth_gbs=round(BANDWIDTH_BYTES / seconds["bandwidth"] / 1e9, 3),
+            node_overhead_us=round(overhead * 1e6, 3), mac_node_overhead_us=round(mac_overhead * 1e6, 3), int8_speedup=speedup,
             # activations a few MB large stay in cache from one node to the next: their bandwidth is the
             # elementwise benchmark's (one read, one write of each element), not a DRAM stream's
             activation_bandwidth_gbs=round(gops["elementwise_fp32"] * 8, 3),
         )
         errors = []
-        for name, build in _check_networks().items():
-            for int8 in (False, True):
-                progress(f"checking the estimate on {name} {'int8' if int8 else 'fp32'}")
-                net = _Net(int8, [], [])
-                shape, y = build(net)
-                path = net.save(shape, y, folder / f"check-{name}-{int8}.onnx")
-                predicted = estimate_latency_ms(graph_cost(str(path), [TensorSpec("x", shape)]), rates_for(hardware, Measured(**rates)))["latency_ms"]
-                errors.append(abs(predicted / (time_model(path, shape, threads) * 1e3) - 1))
+        for key, (path, shape) in checks.items():
+            predicted = estimate_latency_ms(graph_cost(str(path), [TensorSpec("x", shape)]), rates_for(hardware, Measured(**rates)))["latency_ms"]
+            errors.append(abs(predicted / (seconds[key] * 1e3) - 1))
     return Measured(**rates, estimate_error_median=round(statistics.median(errors), 3), estimate_error_max=round(max(errors), 3),
                     estimate_error_models=len(errors), source=f"{source}; error band from {len(errors)} check networks (3 nets, fp32 and int8)")
 
 
-def _mac_node_overhead_s(folder: Path, threads: int, conv_gops: float, length: int = 32) -> float:
+OVERHEAD_CHAIN = 64
+MAC_OVERHEAD_CHAIN = 32
+MAC_OVERHEAD_FLOP = 2 * 16 * 16 * 9 * 64  # one 16-channel 3x3 conv on 8x8
+BANDWIDTH_SHAPE = (16, 1024, 1024)
+BANDWIDTH_BYTES = 2 * int(np.prod(BANDWIDTH_SHAPE)) * 4  # one read, one write of 64 MB
+
+
+def _mac_overhead_model(folder: Path) -> tuple[Path, tuple[int, ...]]:
     """What a Conv costs beyond its work: with more than one thread each one wakes the pool, which a
-    small network's many small nodes feel. A chain of small 3x3 convs, per node, less its work."""
+    small network's many small nodes feel. A chain of small 3x3 convs."""
     rng = np.random.default_rng(4)
     net = _Net(False, [], [])
     weight = net.constant((rng.standard_normal((16, 16, 3, 3)) * 0.05).astype(np.float32))
     x = "x"
-    for _ in range(length):
+    for _ in range(MAC_OVERHEAD_CHAIN):
         x = net.op("Conv", [x, weight], pads=[1, 1, 1, 1])
     shape = (1, 16, 8, 8)
-    per_node = time_model(net.save(shape, x, folder / "mac-overhead.onnx"), shape, threads) / length
-    return max(per_node - 2 * 16 * 16 * 9 * 64 / (conv_gops * 1e9), 0.0)
+    return net.save(shape, x, folder / "mac-overhead.onnx"), shape
 
 
-def _node_overhead_s(folder: Path, threads: int, length: int = 64) -> float:
-    """What a node costs beyond its work: a chain of Relus on a few elements, per node."""
-    nodes = [helper.make_node("Relu", ["x" if i == 0 else f"r{i - 1}"], [f"r{i}"]) for i in range(length)]
-    graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info(f"r{length - 1}", TensorProto.FLOAT, [1, 8])])
-    path = folder / "overhead.onnx"
-    options_free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    onnx.save(options_free, str(path))
-    return time_model(path, (1, 8), threads) / length
+def _node_overhead_model(folder: Path) -> tuple[Path, tuple[int, ...]]:
+    """What a node costs beyond its work: a chain of Relus on a few elements."""
+    net = _Net(False, [], [])
+    x = "x"
+    for _ in range(OVERHEAD_CHAIN):
+        x = net.op("Relu", [x])
+    return net.save((1, 8), x, folder / "overhead.onnx"), (1, 8)
 
 
-def _bandwidth_gbs(folder: Path, threads: int) -> float:
-    """Bytes a large Add streams (two reads, one write of 64 MB each) per second."""
-    shape = (16, 1024, 1024)
-    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "bandwidth",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))])
-    path = folder / "bandwidth.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), str(path))
-    return 2 * int(np.prod(shape)) * 4 / time_model(path, shape, threads) / 1e9
+def _bandwidth_model(folder: Path) -> tuple[Path, tuple[int, ...]]:
+    """A large Add (x + x): one read and one write of 64 MB, from and to memory."""
+    net = _Net(False, [], [])
+    return net.save(BANDWIDTH_SHAPE, net.op("Add", ["x", "x"]), folder / "bandwidth.onnx"), BANDWIDTH_SHAPE

@@ -39,6 +39,7 @@ def fake_host(monkeypatch):
         monkeypatch.setattr(hostcpu, "host_cpu", lambda: cpu)
         monkeypatch.setattr("edgeport.validation.host_cpu", lambda: cpu)
         monkeypatch.setattr("edgeport.passes.quantize_static.host_cpu", lambda: cpu)
+        monkeypatch.setattr("edgeport.profile_calibration.host_cpu", lambda: cpu)
     return use
 
 

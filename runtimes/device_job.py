@@ -1,0 +1,150 @@
+"""What runs on a remote device for `edgeport validate --remote`: standalone (the device has python,
+numpy and onnxruntime, not edgeport), shipped with bench_worker.py and hostcpu.py beside it.
+
+`BOOTSTRAP` is the whole remote command's program: it makes a private temporary folder, unpacks
+the tar the client streams on stdin into it, runs `job(folder)`, prints one JSON line, and removes
+the folder whatever happens: on success, on an error, on a signal, and when the connection drops
+(its parent process goes away or its stdout is hung up: a watchdog thread checks both).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import sys
+
+BOOTSTRAP = r"""
+import json, os, select, shutil, signal, sys, tarfile, tempfile, threading, time
+folder = tempfile.mkdtemp(prefix="edgeport-remote-")
+def clean_exit(*_):
+    shutil.rmtree(folder, ignore_errors=True)
+    os._exit(3)
+for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE, signal.SIGINT):
+    signal.signal(number, clean_exit)
+parent = os.getppid()
+def watchdog():
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+    while True:
+        if os.getppid() != parent or poller.poll(0):
+            clean_exit()
+        time.sleep(0.2)
+threading.Thread(target=watchdog, daemon=True).start()
+try:
+    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as archive:
+        for member in archive:
+            if not member.isfile() or "/" in member.name or member.name.startswith("."):
+                raise ValueError("unexpected entry in the job archive: " + member.name)
+            archive.extract(member, folder)
+    sys.path.insert(0, folder)
+    import device_job
+    result = device_job.job(folder)
+except SystemExit:
+    raise
+except BaseException as exc:
+    result = {"error": type(exc).__name__ + ": " + (str(exc).strip().splitlines() or [""])[0][:300]}
+try:
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+finally:
+    shutil.rmtree(folder, ignore_errors=True)
+"""
+
+
+def job(folder: str) -> dict:
+    """The request in ``folder``/request.json: device facts always; a measurement and the model's
+    outputs on the given feeds when asked."""
+    with open(os.path.join(folder, "request.json")) as handle:
+        request = json.load(handle)
+    result: dict = {"facts": facts()}
+    if "measure" in request:
+        import bench_worker
+
+        measure = dict(request["measure"], model=os.path.join(folder, request["measure"]["model"]))
+        try:
+            result["measurement"] = bench_worker.run(measure)
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            return {**result, "error": f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"}
+    if "time" in request:  # calibration: each model's median seconds per run
+        files = [dict(entry, path=os.path.join(folder, entry["path"])) for entry in request["time"]]
+        import statistics
+
+        result["seconds"] = {e["key"]: statistics.median(time_model(e["path"], tuple(e["shape"]), request["threads"]) for _ in range(e["repeats"]))
+                             for e in files}
+    if "outputs" in request:
+        result["outputs"] = outputs(os.path.join(folder, request["outputs"]["model"]), os.path.join(folder, "feeds.npz"),
+                                    request["outputs"]["providers"], request["outputs"].get("threads"))
+    return result
+
+
+def time_model(path: str, x_shape: tuple, threads: int, min_seconds: float = 0.4) -> float:
+    """Median seconds per run of a one-input float model on the CPU provider at ``threads``."""
+    import statistics
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)}
+    for _ in range(3):
+        session.run(None, feed)
+    times: list = []
+    started = time.perf_counter()
+    while len(times) < 7 or (time.perf_counter() - started < min_seconds and len(times) < 2000):
+        begin = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def facts() -> dict:
+    import platform
+
+    import onnxruntime as ort
+    from hostcpu import host_cpu
+
+    cpu = host_cpu()
+    try:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        memory_mb = None
+    return {"memory_mb": memory_mb, "arch": cpu.arch, "flags": sorted(cpu.flags), "model_name": cpu.model_name, "cores": cpu.cores,
+            "providers": ort.get_available_providers(), "onnxruntime": ort.__version__, "python": platform.python_version(),
+            "hostname": platform.node()}
+
+
+def outputs(model: str, feeds_path: str, providers: list[str], threads: int | None) -> str:
+    """Every feed of feeds.npz ('<index>/<input>') through the model; the outputs ('<index>/<position>')
+    as a base64 npz, so they travel in the one JSON line."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model, options, providers=providers)
+    stored = np.load(feeds_path)
+    feeds: dict[int, dict] = {}
+    for key in stored.files:
+        index, name = key.split("/", 1)
+        feeds.setdefault(int(index), {})[name] = stored[key]
+    results = {}
+    for index in sorted(feeds):
+        for position, value in enumerate(session.run(None, feeds[index])):
+            results[f"{index}/{position}"] = np.asarray(value)
+    buffer = io.BytesIO()
+    np.savez(buffer, **results)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+if __name__ == "__main__":  # run by hand on a device: python device_job.py FOLDER
+    print(json.dumps(job(sys.argv[1])))
