@@ -16,6 +16,7 @@ from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, QuantizationError, UsageError
 from edgeport.model_loading import load_model
+from edgeport.precision_choice import PAYS_ABOVE, choose_precision, target_int8_speedup
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.export_onnx import OnnxExportConfig
@@ -33,12 +34,12 @@ from edgeport.profile_defaults import fidelity_target, quant_config_for, quant_t
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
-from edgeport.validation import validate
+from edgeport.validation import concrete_inputs, dims_from_data, validate
 from edgeport.validation_report import render_markdown as render_validation_markdown
 from edgeport.versions import runtime_versions
 
 
-PRECISIONS = ("int8", "dynamic-int8", "fp16", "fp32")
+PRECISIONS = ("int8", "dynamic-int8", "fp16", "fp32", "auto")  # auto: int8 where the profile's target runs it faster
 
 
 @dataclass
@@ -113,6 +114,8 @@ def export(
     evaluation = open_data(eval, role="evaluation", seed=seed + 1)
     if carry is not None and calibration is None and evaluation is None:
         raise UsageError("--stateful carries state through evaluation, which needs data", fix="give --eval (or --calib) feeds, or drop --stateful")
+    if precision == "auto" and not profiles:
+        raise UsageError("--precision auto decides by the target's int8 speed, which needs a device profile", fix="pass --profile P, or name a precision")
     if precision == "int8" and calibration is None:
         raise QuantizationError(
             "static int8 quantization needs calibration data",
@@ -143,13 +146,19 @@ def export(
             fp32_steps.append(export_config or OnnxExportConfig())
         elif torch_steps:
             raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
-        if isinstance(artifact, OnnxArtifact) and precision in ("int8", "dynamic-int8"):
+        if isinstance(artifact, OnnxArtifact) and precision in ("int8", "dynamic-int8", "auto"):
             fp32_steps.append(OpsetUpgradeConfig())  # files from other converters are often opset 11-12: int8 needs 13
         fp32_steps.append(optimize_config or GraphOptimizeConfig())
         fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
         if carry is not None:  # a torch model's output names are known once it is exported
             carry.check([s.name for s in fp32.inputs], [s.name for s in fp32.outputs], "the exported model")
             ctx.state_carry = carry
+        choice = None
+        if precision == "auto":
+            shapes = concrete_inputs(fp32.inputs, profiles[0], {}, dims_from_data(fp32.inputs, evaluation or calibration))
+            choice = choose_precision(profiles[0], fp32, shapes, calibration is not None)
+            precision = choice.precision
+            ctx.progress.note(f"precision auto: {choice.precision} ({choice.reason})")
         quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
         if not use_cache:  # --no-cache means no cached calibration ranges either
             quant_config = _without_range_cache(quant_config)
@@ -174,6 +183,14 @@ def export(
             versions=runtime_versions(),
             warnings=data_warnings + [n for r in ctx.records for n in r.notes],
         )
+        if choice is not None:
+            report["precision"] = choice.to_dict()
+        elif precision == "int8" and profiles:  # asked for int8: say so where the target's int8 does not pay
+            shapes = concrete_inputs(fp32.inputs, profiles[0], {}, dims_from_data(fp32.inputs, evaluation or calibration))
+            speed, basis = target_int8_speedup(profiles[0], fp32, shapes)
+            if speed is not None and speed <= PAYS_ABOVE:
+                report["warnings"].append(f"int8 runs at {speed:.2f}x of fp32's speed on {profiles[0].name} ({basis}): it costs fidelity for "
+                                          "no speed there; --precision auto would ship fp32")
         exit_code = EXIT_OK
         search_record = next((r for r in ctx.records if r.name == "quantize_search"), None)
         if search_record is not None and not search_record.metrics["fidelity"]["met"]:

@@ -57,8 +57,9 @@ def cli() -> None:
 @click.option("--calib", metavar="DATA", help="Calibration data: .npz, folder of .npy/.npz, module:attr, or random[:N].")
 @click.option("--eval", "eval_data", metavar="DATA", help="Evaluation data for parity (and accuracy when it has labels).")
 @click.option("--stateful", "stateful", multiple=True, metavar="IN:OUT", help="Streaming model: run evaluation feeds in order, input IN taking output OUT of the previous run (e.g. state:stateN). Repeatable.")
-@click.option("--precision", type=click.Choice(["int8", "dynamic-int8", "fp16", "fp32"]), default="int8", show_default=True,
-              help="int8: static, calibrated; dynamic-int8: weights only, no calibration; fp16: for GPUs/NPUs; fp32: optimized only.")
+@click.option("--precision", type=click.Choice(["int8", "dynamic-int8", "fp16", "fp32", "auto"]), default="int8", show_default=True,
+              help="int8: static, calibrated; dynamic-int8: weights only, no calibration; fp16: for GPUs/NPUs; fp32: optimized only; "
+                   "auto (with --profile): int8 where the target runs it faster, else fp32.")
 @click.option("--no-quantize", is_flag=True, help="Stop at the optimized fp32 model (as --precision fp32).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model (runs code from the file).")
 @click.option("--profile", "profiles", multiple=True, metavar="P", help="Device profile (name or TOML file): int8 settings follow it and the result is validated against it. Repeatable.")

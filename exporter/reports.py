@@ -116,6 +116,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     for role, text in report["data"].items():
         if text:
             out.append(f"- {role} data: `{text}`")
+    if report.get("precision"):  # --precision auto
+        p = report["precision"]
+        out.append(f"- precision: **{p['chosen']}** (auto: {p['reason']}; int8 speed-up basis: {p['basis']})")
     out += ["", "## Steps", "", "| " + " | ".join(summary_rows(report)[0]) + " |", "|---|---|---|---|"]
     for row in summary_rows(report)[1:]:
         out.append("| " + " | ".join(row) + " |")

@@ -131,7 +131,7 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
         create_session(ref.path, optimization="disable")
         _check_same_io(artifact, ref)
     source = open_data(data, role="evaluation", seed=seed)
-    data_dims = _data_dims(artifact.inputs, source)  # also: bad data fails here, before any measurement
+    data_dims = dims_from_data(artifact.inputs, source)  # also: bad data fails here, before any measurement
     if carry is not None:
         carry.check([s.name for s in artifact.inputs], [s.name for s in artifact.outputs], str(artifact.path))
         if ref is None or source is None:
@@ -338,7 +338,7 @@ def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[st
     return out
 
 
-def _data_dims(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dict[str, int]:
+def dims_from_data(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dict[str, int]:
     """Sizes of symbolic non-batch dims as the first evaluation batch has them (e.g. sequence)."""
     if source is None:
         return {}
