@@ -90,12 +90,18 @@ class _Net:
         return path
 
 
-def _one_node(kind: str, int8: bool) -> tuple[_Net, tuple[int, ...], str]:
+# Convolutions reach different rates at different shapes: a CNN's early, wide-map layers and its
+# late, many-channel ones. Their time-weighted rate over three ResNet-like stages stands for all.
+CONV_STAGES = ((64, 56), (128, 28), (256, 14))
+
+
+def _one_node(kind: str, int8: bool, variant: int = 0) -> tuple[_Net, tuple[int, ...], str]:
     rng = np.random.default_rng(0)
     net = _Net(int8, [], [])
     if kind == "conv":
-        shape = (1, 64, 56, 56)
-        return net, shape, net.conv("x", 64, 64, rng)
+        channels, size = CONV_STAGES[variant]
+        shape = (1, channels, size, size)
+        return net, shape, net.conv("x", channels, channels, rng)
     if kind == "depthwise":
         shape = (1, 256, 56, 56)
         return net, shape, net.conv("x", 256, 256, rng, group=256)
@@ -159,11 +165,12 @@ def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Call
     device needs only onnxruntime and numpy."""
     with tempfile.TemporaryDirectory(prefix="edgeport-calibrate-") as tmp:
         folder = Path(tmp)
-        singles: dict[str, tuple[Path, tuple[int, ...]]] = {}
+        singles: dict[str, tuple[Path, tuple[int, ...]]] = {}  # "<class>_<precision>@<variant>"
         for kind in OP_CLASSES:
             for precision in ("fp32", "int8") if kind not in ("recurrent", "data_movement") else ("fp32",):
-                net, shape, y = _one_node(kind, precision == "int8")
-                singles[f"{kind}_{precision}"] = (net.save(shape, y, folder / f"{kind}-{precision}.onnx"), shape)
+                for variant in range(len(CONV_STAGES) if kind == "conv" else 1):
+                    net, shape, y = _one_node(kind, precision == "int8", variant)
+                    singles[f"{kind}_{precision}@{variant}"] = (net.save(shape, y, folder / f"{kind}-{precision}-{variant}.onnx"), shape)
         checks: dict[str, tuple[Path, tuple[int, ...]]] = {}
         for name, build in _check_networks().items():
             for int8 in (False, True):
@@ -176,12 +183,15 @@ def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Call
         progress(f"timing {len(entries)} calibration models at {threads} threads")
         seconds = timer(entries, threads)
         overhead = seconds["overhead"] / OVERHEAD_CHAIN
-        gops: dict[str, float] = {}
+        work: dict[str, float] = {}
+        spent: dict[str, float] = {}
         for key, (path, shape) in singles.items():
-            kind = key.rsplit("_", 1)[0]
+            rate_key = key.split("@")[0]
+            kind = rate_key.rsplit("_", 1)[0]
             cost = graph_cost(str(path), [TensorSpec("x", shape)])
-            work = sum(2 * n.macs if n.macs else n.elements for n in cost.nodes if n.op_class == kind)
-            gops[key] = round(work / max(seconds[key] - overhead, 1e-7) / 1e9, 3)
+            work[rate_key] = work.get(rate_key, 0.0) + sum(2 * n.macs if n.macs else n.elements for n in cost.nodes if n.op_class == kind)
+            spent[rate_key] = spent.get(rate_key, 0.0) + max(seconds[key] - overhead, 1e-7)
+        gops = {k: round(work[k] / spent[k] / 1e9, 3) for k in work}
         speedup = {k: round(gops[f"{k}_int8"] / gops[f"{k}_fp32"], 3) for k in ("conv", "depthwise", "matmul", "elementwise")}
         mac_overhead = max(seconds["mac_overhead"] / MAC_OVERHEAD_CHAIN - MAC_OVERHEAD_FLOP / (gops["conv_fp32"] * 1e9), 0.0)
         rates = dict(
