@@ -229,7 +229,7 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
         latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis=host_basis)
     elif target_estimate is not None and "refused" in target_estimate:
         latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
-                        skip_reason=f"not on the target, and no estimate: {target_estimate['refused']}")
+                        skip_reason=f"no measurement on the target, and no estimate: {target_estimate['refused']}")
     elif target_estimate is not None:
         latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms, unit=" ms",
                         basis=f"estimate for target (per-node roofline; {estimate.band_text(target_estimate)})")
@@ -361,6 +361,8 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
         if source is not None:
             batches = list(source.batches(artifact.inputs, batch_size=8, max_samples=max_samples))
             feeds, labels, kind = [b.inputs for b in batches], [b.labels for b in batches], f"{source.role} data: {source.description}"
+            if source.role == "calibration":
+                kind += " (the samples the int8 ranges came from, so this parity is optimistic: pass --eval for held-out data)"
         else:
             rng = np.random.default_rng(seed)
             feeds, labels, kind = [{s.name: example_array(s, rng) for s in shapes} for _ in range(4)], [None] * 4, "synthetic inputs"
@@ -385,7 +387,12 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
 
 def _device_files(artifact: OnnxArtifact) -> dict[str, Path]:
     """The model and its external data by the names they keep beside each other on the device."""
-    return {path.name: path for path in artifact.files()}
+    files = artifact.files()
+    for path in files[1:]:
+        if path.parent != artifact.path.parent:
+            raise UsageError(f"'{artifact.path}' keeps weights in a subfolder ('{path.relative_to(artifact.path.parent)}'), which --remote does not copy",
+                             fix="save the model with its external data beside it (onnx.save(..., location='model.onnx.data'))")
+    return {path.name: path for path in files}
 
 
 def _check_same_io(model: OnnxArtifact, ref: OnnxArtifact) -> None:

@@ -33,6 +33,16 @@ def input_quantizers(qdq: onnx.ModelProto) -> dict[str, tuple[float, int, np.dty
     return found
 
 
+def rounds_inputs(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` rounds a graph input to int8: a QuantizeLinear reads it directly, or through
+    a per-channel scale by a constant (a smoothing rewrite's Mul/Div)."""
+    constants = {t.name for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input} - constants
+    scaled = {n.output[0] for n in model.graph.node if n.op_type in ("Mul", "Div") and len(n.input) == 2
+              and n.input[0] in inputs and n.input[1] in constants}
+    return any(n.op_type == "QuantizeLinear" and n.input[0] in inputs | scaled for n in model.graph.node)
+
+
 def rounded_like_int8(feed: dict[str, np.ndarray], quantizers: dict[str, tuple[float, int, np.dtype]]) -> dict[str, np.ndarray]:
     """``feed`` with each quantized input taken to the int8 grid and back, exactly as QuantizeLinear
     then DequantizeLinear would (round half to even, saturate)."""

@@ -24,7 +24,8 @@ from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
 )
-from edgeport.passes.int8_noise_floor import input_rounding_floor
+from edgeport.passes.int8_noise_floor import input_rounding_floor, rounds_inputs
+from edgeport.passes.search_verdict import search_verdict
 from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
@@ -35,7 +36,7 @@ from edgeport.passes.quantize_static import (
 from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
-    SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, significant, weight_bytes,
+    SearchBudget, SearchSpace, revert_free_types, search_fallback, weight_bytes,
 )
 from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.runtimes.parity import class_score_outputs
@@ -264,7 +265,10 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     float_share = space.share(reverted)
     met = search_score.met and held_out_score.met
     floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
-    verdict = _verdict(config, met, search_score, held_out_score, result, floor)
+    # the floor blocks only a model that still rounds its inputs; where the search kept their
+    # readers float, it is a note beside the layer blockers
+    still_rounded = floor is not None and rounds_inputs(onnx.load(final_qdq, load_external_data=False))
+    verdict = search_verdict(config.max_fallback, met, search_score, held_out_score, result, floor, still_rounded)
     if artifact.size_bytes > model.size_bytes:
         notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes (e.g. biases) are quantized once per node")
     family = model_family(source)
@@ -316,36 +320,6 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         notes=notes,
     ))
     return artifact
-
-
-def _verdict(config: AccuracyAwareInt8Config, met: bool, search: FidelityScore, held_out: FidelityScore,
-             result: SearchResult, floor: FidelityScore | None = None) -> dict[str, Any]:
-    if met:
-        return {"reason": None, "blockers": []}
-    judged = held_out if held_out.failing() else search
-    split = "held-out" if judged is held_out else "search split"
-    short = ", ".join(f"{name} {significant(judged.values.get(name))} on the {split} (margin {significant(judged.margins[name])})" for name in judged.failing())
-    if floor is not None and not floor.met:
-        # the model itself, not any layer, stands in the way: no fallback behind a quantized input helps
-        floored = ", ".join(f"{name} {significant(floor.values.get(name))}" for name in floor.failing())
-        reason = (f"the fp32 model itself misses the target when only its inputs are rounded to the int8 grid of the plain all-int8 "
-                  f"model ({floored} on the search split): it amplifies rounding noise, so no mix behind a quantized input can "
-                  f"meet the target, and each int8 layer near the inputs costs more than it allows (the int8 file has {short}); "
-                  "relax the target or raise --max-fallback")
-        return {"reason": reason, "blockers": [{"node": "graph inputs", "op_type": "QuantizeLinear",
-                                                "fp32_with_rounded_inputs": floor.to_dict()["values"]}]}
-    if search.met:
-        reason = f"the target was met on the search split but not on held-out data: {short}; give more evaluation data"
-    elif not result.budget_left:
-        reason = f"the search budget ran out with {short}; raise --search-budget"
-    else:
-        reason = f"no mix within {config.max_fallback:.0%} of MACs in float meets the target: {short}; raise --max-fallback or relax the target"
-    blockers = [
-        {"node": r.node, "op_type": r.op_type, "added_noise": r.to_dict()["added_noise"],
-         **({"margin_when_reverted_alone": significant(r.trial[0])} if r.trial else {})}
-        for r in result.ranking if r.node not in result.reverted
-    ][:5]
-    return {"reason": reason, "blockers": blockers}
 
 
 def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,

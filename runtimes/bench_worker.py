@@ -77,10 +77,13 @@ _COPIES = ("MemcpyToHost", "MemcpyFromHost")  # ORT inserts these between device
 def _model_node_names(path: str) -> set[str] | None:
     """The model's top-level nodes as ORT names them. ORT turns Constant nodes into initializers
     when it loads a model, then names an unnamed node ``<OpType>_<index among the rest>``.
-    None for an ORT-format file, which onnx cannot read."""
-    import onnx
-
+    None for an ORT-format file, which onnx cannot read, and where onnx is not installed (a device
+    with only onnxruntime): coverage then counts the profiler's events."""
     if path.endswith(".ort"):
+        return None
+    try:
+        import onnx
+    except ImportError:
         return None
     graph = onnx.load(path, load_external_data=False).graph
     kept = [node for node in graph.node if node.op_type != "Constant"]

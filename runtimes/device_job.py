@@ -15,9 +15,15 @@ import json
 import os
 import sys
 
+# The remote command's shell: makes the private folder and removes it when python ends, however it
+# ends (a signal, the OOM killer); {python} and {bootstrap} are shell-quoted by the client.
+SHELL = ('d=$(mktemp -d "${{TMPDIR:-/tmp}}/edgeport-remote-XXXXXX") || exit 70; trap \'rm -rf "$d"\' EXIT; '
+         'trap "exit 129" HUP; trap "exit 143" TERM; trap "exit 130" INT; {python} -c {bootstrap} "$d"')
+
 BOOTSTRAP = r"""
 import json, os, select, shutil, signal, sys, tarfile, tempfile, threading, time
-folder = tempfile.mkdtemp(prefix="edgeport-remote-")
+folder = sys.argv[1]  # made by the shell that runs this, which removes it even if python is killed
+os.environ["TMPDIR"] = tempfile.tempdir = folder  # ORT's profile files and any other temporary land inside it
 def clean_exit(*_):
     shutil.rmtree(folder, ignore_errors=True)
     os._exit(3)

@@ -40,18 +40,19 @@ class Rates:
 
 
 def rates_for(hardware: Hardware, measured: Measured | None) -> Rates:
+    assumed = {f"{c}_{p}": (hardware.peak_gops_fp32 if p == "fp32" else hardware.peak_gops_int8) * e
+               for c, e in ASSUMED_EFFICIENCY.items() for p in ("fp32", "int8")}
     if measured is not None:
         band = None
         if measured.estimate_error_median is not None:
             band = {"median_abs_error": measured.estimate_error_median, "max_abs_error": measured.estimate_error_max,
                     "models": measured.estimate_error_models, "source": measured.source}
-        return Rates(dict(measured.gops), measured.bandwidth_gbs, measured.activation_bandwidth_gbs or measured.bandwidth_gbs,
+        # a class the table lacks (a hand-written profile) falls back to the peaks' assumption, not to 1 GOPS
+        gops = {**{k: v for k, v in assumed.items() if k.rsplit("_", 1)[0] + "_fp32" not in measured.gops}, **measured.gops}
+        return Rates(gops, measured.bandwidth_gbs, measured.activation_bandwidth_gbs or measured.bandwidth_gbs,
                      measured.node_overhead_us, measured.mac_node_overhead_us if measured.mac_node_overhead_us is not None else measured.node_overhead_us,
                      f"rates measured on the device at {measured.threads} threads ({measured.source})", band)
-    gops = {}
-    for op_class, efficiency in ASSUMED_EFFICIENCY.items():
-        gops[f"{op_class}_fp32"] = hardware.peak_gops_fp32 * efficiency
-        gops[f"{op_class}_int8"] = hardware.peak_gops_int8 * efficiency
+    gops = assumed
     dram = hardware.mem_bandwidth_gbs * ASSUMED_BANDWIDTH_EFFICIENCY
     return Rates(gops, dram, dram, ASSUMED_NODE_OVERHEAD_US, ASSUMED_NODE_OVERHEAD_US,  # nothing measured: no cache assumed either
                  f"spec-sheet peaks at assumed efficiencies ({', '.join(f'{k} {v:.0%}' for k, v in ASSUMED_EFFICIENCY.items())}), "

@@ -45,6 +45,7 @@ class NodeCost:
 class GraphCost:
     nodes: list[NodeCost] = field(default_factory=list)
     shapeless: list[str] = field(default_factory=list)  # nodes whose output shape is unknown (not counted)
+    shapeless_weights: int = 0  # weight elements of the compute nodes among them
     notes: list[str] = field(default_factory=list)
     refused: str | None = None  # why no estimate can stand on these counts
 
@@ -207,6 +208,8 @@ def _cost_graph(graph: onnx.GraphProto, tensors: _TensorFacts, cost: GraphCost, 
         out = tensors.shapes.get(node.output[0]) if node.output else None
         if out is None:
             cost.shapeless.append(node.name or node.op_type)
+            if node.op_type in MAC_OPS:
+                cost.shapeless_weights += _weight_elements(node, tensors)
             continue
         macs = node_macs(node, tensors.shapes, out) or 0
         # a weight read through DequantizeLinear is its int8 initializer: count that, not the float view
@@ -228,7 +231,11 @@ def _cost_control_flow(node: onnx.NodeProto, tensors: _TensorFacts, cost: GraphC
             branches.append(part)
         costly = max(branches, key=lambda p: (p.total("macs"), p.total("bytes_moved")))
         cost.nodes += costly.nodes
-        cost.shapeless += costly.shapeless
+        for part in branches:  # what a branch could not count holds for the whole
+            cost.shapeless += part.shapeless
+            cost.shapeless_weights += part.shapeless_weights
+            cost.notes += part.notes
+            cost.refused = cost.refused or part.refused
         cost.notes.append(f"If '{node.name}': the costlier branch is counted")
         return
     trips = _trip_count(node, tensors)
@@ -243,12 +250,21 @@ def _cost_control_flow(node: onnx.NodeProto, tensors: _TensorFacts, cost: GraphC
         cost.notes.append(f"{node.op_type} '{node.name}': trip count unknown, body counted once")
     cost.nodes += part.nodes
     cost.shapeless += part.shapeless
+    cost.shapeless_weights += part.shapeless_weights
+    cost.notes += part.notes
+    cost.refused = cost.refused or part.refused
+
+
+# A Loop exported from a while loop carries M = INT64_MAX and stops on its condition: beyond this
+# many trips the count is the condition's, known only at run time.
+MAX_STATIC_TRIPS = 1_000_000
 
 
 def _trip_count(node: onnx.NodeProto, tensors: _TensorFacts) -> int | None:
     if node.op_type == "Loop":
         value = tensors.constants.get(node.input[0]) if node.input and node.input[0] else None
-        return int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+        trips = int(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+        return trips if trips is not None and 0 <= trips <= MAX_STATIC_TRIPS else None
     # Scan: the first scan input's length along its scan axis (axis 0 unless scan_input_axes says otherwise)
     num_scan = next((a.i for a in node.attribute if a.name == "num_scan_inputs"), 0)
     axes = next((list(a.ints) for a in node.attribute if a.name == "scan_input_axes"), [0] * num_scan)
@@ -264,17 +280,17 @@ def _refuse_if_shapeless_compute(graph: onnx.GraphProto, tensors: _TensorFacts, 
     MACs are unknown, and weights are the one size that does not need shapes."""
     if cost.refused or not cost.shapeless:
         return
-    shapeless = set(cost.shapeless)
-    total = unknown = 0
-    for node in _all_nodes(graph):
-        if node.op_type not in MAC_OPS:
-            continue
-        size = sum(_count(tensors.shapes[i]) for i in node.input[1:2] if i in tensors.shapes)
-        total += size
-        unknown += size if (node.name or node.op_type) in shapeless else 0
-    if total and unknown / total > REFUSE_SHAPELESS_SHARE:
-        cost.refused = (f"shapes are unknown for compute nodes holding {unknown / total:.0%} of the weights "
-                        f"({len(shapeless)} nodes without shapes), so their MACs cannot be counted")
+    total = sum(_weight_elements(node, tensors) for node in _all_nodes(graph) if node.op_type in MAC_OPS)
+    if total and cost.shapeless_weights / total > REFUSE_SHAPELESS_SHARE:
+        cost.refused = (f"shapes are unknown for compute nodes holding {cost.shapeless_weights / total:.0%} of the weights "
+                        f"({len(cost.shapeless)} nodes without shapes), so their MACs cannot be counted")
+
+
+def _weight_elements(node: onnx.NodeProto, tensors: _TensorFacts) -> int:
+    """The size of a compute node's weight (QLinear ops keep it at input 3, after the scales)."""
+    index = 3 if node.op_type in ("QLinearConv", "QLinearMatMul") else 1
+    name = node.input[index] if len(node.input) > index else ""
+    return _count(tensors.shapes[name]) if name in tensors.shapes else 0
 
 
 def op_class(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> str:

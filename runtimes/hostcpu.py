@@ -64,6 +64,8 @@ def host_cpu() -> HostCpu:
                 flags.update(value.split())
             elif key == "model name" and value.strip():
                 model_name = value.strip()
+            elif key in ("model", "hardware") and value.strip() and model_name in (platform.processor(), machine):
+                model_name = value.strip()  # arm64 boards name the board ("Raspberry Pi 5 Model B"), not the CPU
     return HostCpu(arch, frozenset(flags), model_name, os.cpu_count() or 1)
 
 
@@ -92,14 +94,17 @@ def _numpy_flags(features: dict[str, bool] | None = None) -> set[str]:
 
 
 def _darwin_flags() -> tuple[set[str], str | None]:
-    """CPU features and brand from sysctl (Intel Macs list them; Apple silicon has no VNNI to find)."""
+    """CPU features and brand from sysctl, one key at a time: Intel Macs list features, Apple
+    silicon has no such keys (its features come from numpy), and each key may be missing."""
     import subprocess
 
-    try:
-        done = subprocess.run(["sysctl", "-n", "machdep.cpu.features", "machdep.cpu.leaf7_features", "machdep.cpu.brand_string"],
-                              capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return set(), None
-    lines = done.stdout.splitlines()
-    flags = {_DARWIN_NAMES.get(token.lower(), token.lower()) for line in lines[:2] for token in line.split()}
-    return flags, (lines[2].strip() or None) if len(lines) > 2 else None
+    def sysctl(key: str) -> str:
+        try:
+            done = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    tokens = f"{sysctl('machdep.cpu.features')} {sysctl('machdep.cpu.leaf7_features')}".split()
+    flags = {_DARWIN_NAMES.get(token.lower(), token.lower()) for token in tokens}
+    return flags, sysctl("machdep.cpu.brand_string") or None

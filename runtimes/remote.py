@@ -75,7 +75,7 @@ def run_job(target: RemoteTarget, request: dict[str, Any], files: dict[str, Path
     try:
         return asyncio.run(asyncio.wait_for(_run(target, archive), timeout_s))
     except asyncio.TimeoutError as exc:
-        raise RemoteError(f"the job on {target.describe()} ran past {timeout_s:.0f} s", fix="lower --runs or --time-limit") from exc
+        raise RemoteError(f"the job on {target.describe()} ran past {timeout_s:.0f} s", fix="check the device is not busy, or lower --runs") from exc
 
 
 def decode_outputs(encoded: str) -> list[list[np.ndarray]]:
@@ -109,7 +109,10 @@ def _archive(request: dict[str, Any], files: dict[str, Path], feeds: list[dict[s
 
 
 async def _run(target: RemoteTarget, archive: bytes) -> dict[str, Any]:
-    import asyncssh
+    try:
+        import asyncssh
+    except ImportError as exc:
+        raise RemoteError("--remote needs the asyncssh package, which is not installed", fix="pip install 'edgeport[remote]'") from exc
 
     options: dict[str, Any] = {"port": target.port, "username": target.user, "connect_timeout": CONNECT_TIMEOUT_S}
     if target.identity:
@@ -117,19 +120,27 @@ async def _run(target: RemoteTarget, archive: bytes) -> dict[str, Any]:
     if target.known_hosts:
         options["known_hosts"] = target.known_hosts
     where = target.describe()
+    connected = False
     try:
         async with asyncssh.connect(target.host, **options) as connection:
-            command = f"{shlex.quote(target.python)} -c {shlex.quote(device_job.BOOTSTRAP)}"
+            connected = True
+            script = device_job.SHELL.format(python=shlex.quote(target.python), bootstrap=shlex.quote(device_job.BOOTSTRAP))
+            command = f"sh -c {shlex.quote(script)}"
             process = await connection.create_process(command, encoding=None)
             process.stdin.write(archive)
             process.stdin.write_eof()
             stdout, stderr = await asyncio.gather(process.stdout.read(), process.stderr.read())
             done = await process.wait()
+    except asyncssh.KeyImportError as exc:
+        raise RemoteError(f"--identity '{target.identity}' cannot be read as a private key ({exc})",
+                          fix="give an unencrypted key file, or load an encrypted one into ssh-agent and drop --identity") from exc
     except asyncssh.PermissionDenied as exc:
         raise RemoteError(f"{where} refused the SSH login ({exc.reason})", fix="check the user and --identity key, or the device's authorized_keys") from exc
     except asyncssh.HostKeyNotVerifiable as exc:
         raise RemoteError(f"{where}'s host key is not in known_hosts", fix="ssh to it once to accept its key, or pass --known-hosts FILE") from exc
     except (OSError, asyncio.TimeoutError) as exc:
+        if connected:
+            raise RemoteError(f"the connection to {where} failed during the job ({type(exc).__name__}: {exc})", fix="check the network and rerun") from exc
         raise RemoteError(f"cannot reach {where} ({type(exc).__name__}: {exc})", fix="check the address, the port and that sshd runs there") from exc
     except (asyncssh.Error, asyncssh.misc.ConnectionLost) as exc:
         raise RemoteError(f"the connection to {where} dropped during the job ({type(exc).__name__}: {exc})",

@@ -35,7 +35,8 @@ def test_quantized_convs_count_as_int8_and_move_int8_bytes(tmp_path, digits_onnx
     int8_cost = graph_cost(str(int8.path), [TensorSpec("image", (1, 1, 8, 8))])
     assert fp32_cost.total("macs", "int8") == 0 and fp32_cost.total("macs", "fp32") > 2_000_000
     assert int8_cost.total("macs", "int8") == fp32_cost.total("macs", "fp32")  # the same work, on int8 kernels
-    convs = [(f, i) for f, i in zip(fp32_cost.nodes, int8_cost.nodes) if f.op_type == "Conv"]
+    int8_by_name = {n.name: n for n in int8_cost.nodes}
+    convs = [(f, int8_by_name[f.name]) for f in fp32_cost.nodes if f.op_type == "Conv"]
     # weights and activations at one byte, Q/DQ fused: each int8 conv moves about a quarter of the bytes
     assert convs and all(i.bytes_moved + i.weight_bytes < (f.bytes_moved + f.weight_bytes) / 3 for f, i in convs)
     # every Q/DQ fuses into a kernel but the Quantize of the graph's input: that one is real work
@@ -74,7 +75,7 @@ def test_a_loop_counts_its_body_per_trip_and_refuses_an_unknown_trip_count(tmp_p
     import onnx
     from onnx import TensorProto, helper
 
-    def loop_model(path, trips_known: bool):
+    def loop_model(path, trips: int | None):
         weight = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8, dtype=np.float32).ravel().tolist())
         body = helper.make_graph(
             [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])], "body",
@@ -83,8 +84,8 @@ def test_a_loop_counts_its_body_per_trip_and_refuses_an_unknown_trip_count(tmp_p
             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 8])])
         inits = [weight, helper.make_tensor("cond", TensorProto.BOOL, [], [True])]
         inputs = [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])]
-        if trips_known:
-            inits.append(helper.make_tensor("trips", TensorProto.INT64, [], [5]))
+        if trips is not None:
+            inits.append(helper.make_tensor("trips", TensorProto.INT64, [], [trips]))
         else:
             inputs.append(helper.make_tensor_value_info("trips", TensorProto.INT64, []))
         graph = helper.make_graph([helper.make_node("Loop", ["trips", "cond", "h"], ["y"], body=body)], "g", inputs,
@@ -92,10 +93,13 @@ def test_a_loop_counts_its_body_per_trip_and_refuses_an_unknown_trip_count(tmp_p
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
         return str(path)
 
-    known = graph_cost(loop_model(tmp_path / "known.onnx", True), [TensorSpec("h", (1, 8))])
+    known = graph_cost(loop_model(tmp_path / "known.onnx", 5), [TensorSpec("h", (1, 8))])
     assert known.refused is None and known.total("macs") == 5 * 8 * 8
-    unknown = graph_cost(loop_model(tmp_path / "unknown.onnx", False), [TensorSpec("h", (1, 8)), TensorSpec("trips", ())])
+    unknown = graph_cost(loop_model(tmp_path / "unknown.onnx", None), [TensorSpec("h", (1, 8)), TensorSpec("trips", ())])
     assert unknown.refused and "known only at run time" in unknown.refused
+    # a while loop's export: M = INT64_MAX, the condition decides
+    endless = graph_cost(loop_model(tmp_path / "while.onnx", 2**63 - 1), [TensorSpec("h", (1, 8))])
+    assert endless.refused and "known only at run time" in endless.refused
     assert "refused" in estimate_latency_ms(unknown, _rates(10, 40, 1))
 
 
@@ -163,9 +167,12 @@ def test_vnni_is_seen_on_an_intel_mac(monkeypatch):
 
     from edgeport.runtimes import hostcpu
 
+    answers = {"machdep.cpu.features": "FPU SSE SSE2 AVX1.0", "machdep.cpu.leaf7_features": "AVX2 AVX512F AVX512VNNI",
+               "machdep.cpu.brand_string": "Intel(R) Xeon(R) W-3245 CPU @ 3.20GHz"}
+
     def sysctl(args, **_):
-        assert args[0] == "sysctl"
-        return types.SimpleNamespace(stdout="FPU SSE SSE2 AVX1.0\nAVX2 AVX512F AVX512VNNI\nIntel(R) Xeon(R) W-3245 CPU @ 3.20GHz\n")
+        assert args[:2] == ["sysctl", "-n"]
+        return types.SimpleNamespace(stdout=answers[args[2]] + "\n", returncode=0)
 
     monkeypatch.setattr(hostcpu.platform, "system", lambda: "Darwin")
     monkeypatch.setattr(hostcpu.platform, "machine", lambda: "x86_64")
@@ -197,5 +204,29 @@ def test_vnni_is_seen_on_windows(monkeypatch):
         reported["AVX512VNNI"] = False
         hostcpu.host_cpu.cache_clear()
         assert not hostcpu.host_cpu().has_vnni
+    finally:
+        hostcpu.host_cpu.cache_clear()
+
+
+def test_apple_silicon_features_come_from_numpy_and_its_brand_is_kept(monkeypatch):
+    """No machdep.cpu.features on Apple silicon: sysctl fails for those keys, names the brand."""
+    import subprocess
+    import types
+
+    from edgeport.runtimes import hostcpu
+
+    def sysctl(args, **_):
+        found = args[2] == "machdep.cpu.brand_string"
+        return types.SimpleNamespace(stdout="Apple M2\n" if found else "", returncode=0 if found else 1)
+
+    monkeypatch.setattr(hostcpu.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(hostcpu.platform, "processor", lambda: "arm")
+    monkeypatch.setattr(subprocess, "run", sysctl)
+    monkeypatch.setattr(hostcpu, "_numpy_flags", lambda: {"neon", "asimd", "asimddp"})
+    hostcpu.host_cpu.cache_clear()
+    try:
+        cpu = hostcpu.host_cpu()
+        assert cpu.model_name == "Apple M2" and cpu.has_feature("dotprod") and cpu.has_feature("neon")
     finally:
         hostcpu.host_cpu.cache_clear()

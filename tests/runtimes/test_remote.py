@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -37,8 +36,8 @@ class _Server(asyncssh.SSHServer):
 
 class SshDevice:
     """An SSH server on 127.0.0.1; each command runs under `sh` with TMPDIR in the device's own
-    folder. ``drop_after_s`` aborts the connection that long into a command, killing its session
-    shell as sshd's session process goes away."""
+    folder. ``drop_after_s`` aborts the connection that long into a command and closes the
+    command's pipes, as sshd does when a connection dies (it signals nothing)."""
 
     def __init__(self, folder: Path):
         self.folder, self.tmp = folder, folder / "device-tmp"
@@ -71,7 +70,8 @@ class SshDevice:
                 await asyncio.sleep(self.drop_after_s)
                 if shell.returncode is None:  # a job still running: cut it off
                     process.get_extra_info("connection").abort()
-                    shell.send_signal(signal.SIGKILL)  # the session's process ends; its python child is orphaned
+                    for fd in (0, 1, 2):
+                        shell._transport.get_pipe_transport(fd).close()
             asyncio.ensure_future(drop())
         await process.redirect(stdin=shell.stdin, stdout=shell.stdout, stderr=shell.stderr)
         process.exit(await shell.wait())
@@ -184,4 +184,19 @@ def test_calibrate_over_ssh_makes_a_measured_profile_of_the_device(tmp_path, dev
     assert f"(remote host tester@127.0.0.1:{device.port})" in profile.sources["peak_gops_fp32"]
     assert profile.description.startswith("The device tester@127.0.0.1")
     assert profile.measured.estimate_error_models == 6 and all(v > 0 for v in profile.measured.gops.values())
+    assert device.leftovers() == []
+
+
+def test_a_device_with_onnxruntime_but_no_onnx_package_is_measured(tmp_path, model, device):
+    """The device needs python, numpy and onnxruntime only: the onnx package is hidden from it."""
+    blocker = tmp_path / "blocker" / "onnx"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('no onnx package on this device')\n")
+    python = tmp_path / "device-python"
+    python.write_text(f"#!/bin/sh\nPYTHONPATH={blocker.parent} exec {DEVICE_PYTHON} \"$@\"\n")
+    python.chmod(0o755)
+    result = _validate(model, "--reference", str(model), "--json", *device.args(python=python))
+    assert result.exit_code in (0, 1), result.output
+    profile = json.loads(result.stdout)["profiles"][0]
+    assert profile["measurement"]["runs"] == 10 and profile["parity"]["cosine_min"] > 0.99999
     assert device.leftovers() == []
