@@ -37,6 +37,9 @@ class Hardware:
     storage_mb: int | None = None
     cpu_features: tuple[str, ...] = ()  # e.g. avx2, avx512_vnni, neon, dotprod: they choose int8 defaults
     accelerator: str | None = None  # what runs the model when not the CPU (gpu, npu, ane)
+    # the CPU's own peaks where the peaks above are the accelerator's: nodes it does not take run there
+    cpu_peak_gops_fp32: float | None = None
+    cpu_peak_gops_int8: float | None = None
     cpu_model_pattern: str | None = None  # regex on the host's CPU name that on-target also requires, e.g. "Cortex-A76|BCM2712"
 
 
@@ -213,6 +216,12 @@ def _check_values(p: Profile, problems: _Problems) -> None:
             re.compile(hw.cpu_model_pattern)
         except re.error as exc:
             problems.add("hardware.cpu_model_pattern", f"is not a regular expression ({exc})")
+    for name in ("cpu_peak_gops_fp32", "cpu_peak_gops_int8"):
+        value = getattr(hw, name)
+        if value is not None and value <= 0:
+            problems.add(f"hardware.{name}", f"must be positive, not {value}")
+        if value is not None and not str(p.sources.get(name, "")).strip():
+            problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")
     for name in SOURCED_FIELDS:
         if name not in p.sources or not str(p.sources[name]).strip():
             problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")

@@ -197,18 +197,24 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
             details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement,
                                       **({"remote": device.target.describe()} if device else {})}
     graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
-    target_estimate = None
-    if graph is not None:
-        cost = graph_cost(str(graph), shapes)
-        target_estimate = estimate.estimate_latency_ms(cost, estimate.rates_for(prof.hardware, prof.measured))
-        details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
-
     preferred = prof.preferred_provider
     if measurement is not None and preferred in measurement["providers_used"]:
         cover = measurement.get("coverage")
     else:
         cover = coverage.static_coverage(str(graph), preferred, {s.name: s.shape for s in shapes}) if graph is not None else None
     details["coverage"] = cover
+    target_estimate = None
+    if graph is not None:
+        cost = graph_cost(str(graph), shapes)
+        # an accelerator leaves some op types to the CPU: price those at the CPU's peaks where the profile gives them
+        # the checker names ops "domain:OpType" (ai.onnx:Erf); the graph's nodes carry the op type
+        cpu_ops = frozenset(op.rsplit(":", 1)[-1] for op in (cover or {}).get("unsupported_ops", ())) if prof.hardware.accelerator else frozenset()
+        target_estimate = estimate.estimate_latency_ms(cost, estimate.rates_for(prof.hardware, prof.measured),
+                                                       estimate.cpu_rates_for(prof.hardware), cpu_ops)
+        if cpu_ops and prof.hardware.cpu_peak_gops_fp32 is None:
+            target_estimate.setdefault("notes", []).append(
+                f"{', '.join(sorted(cpu_ops))} fall back to the CPU, priced at the accelerator's rates: the profile gives no cpu_peak_gops_fp32")
+        details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
 
     parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed, carry, device, threads) \
         if ref is not None and providers else None

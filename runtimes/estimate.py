@@ -10,7 +10,7 @@ calibration measured), and the spec-sheet peaks times the assumed efficiencies b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from edgeport.device_profiles.schema import Hardware, Measured
@@ -59,19 +59,22 @@ def rates_for(hardware: Hardware, measured: Measured | None) -> Rates:
                  f"{ASSUMED_BANDWIDTH_EFFICIENCY:.0%} of peak bandwidth, {ASSUMED_NODE_OVERHEAD_US} us per node", None)
 
 
-def estimate_latency_ms(cost: GraphCost, rates: Rates) -> dict[str, Any]:
-    """The summed per-node roofline; {"refused": reason} where the counts cannot carry one."""
+def estimate_latency_ms(cost: GraphCost, rates: Rates, cpu_rates: Rates | None = None, cpu_ops: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The summed per-node roofline; {"refused": reason} where the counts cannot carry one. Nodes
+    whose op type is in ``cpu_ops`` (the accelerator does not take them) are priced at ``cpu_rates``."""
     if cost.refused:
         return {"refused": cost.refused, "basis": rates.basis}
-    compute_s = memory_s = overhead_s = total_s = 0.0
+    compute_s = memory_s = overhead_s = total_s = cpu_s = 0.0
     by_class: dict[str, float] = {}
     for node in cost.nodes:
-        node_compute, node_memory, overhead = node_seconds(node, rates)
+        on_cpu = cpu_rates is not None and node.op_type in cpu_ops
+        node_compute, node_memory, overhead = node_seconds(node, cpu_rates if on_cpu else rates)
         node_s = (max(node_compute, node_memory) + overhead) * node.repeats
         compute_s += node_compute * node.repeats
         memory_s += node_memory * node.repeats
         overhead_s += overhead * node.repeats
         total_s += node_s
+        cpu_s += node_s if on_cpu else 0.0
         by_class[node.op_class] = by_class.get(node.op_class, 0.0) + node_s
     return {
         "latency_ms": round(total_s * 1e3, 4),
@@ -81,9 +84,18 @@ def estimate_latency_ms(cost: GraphCost, rates: Rates) -> dict[str, Any]:
         "overhead_ms": round(overhead_s * 1e3, 4),
         "by_op_class_ms": {k: round(v * 1e3, 4) for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])},
         "assumptions": rates.basis,
+        **({"cpu_fallback_ms": round(cpu_s * 1e3, 4), "cpu_fallback_ops": sorted(cpu_ops)} if cpu_rates is not None and cpu_ops else {}),
         "error_band": rates.error_band,
         **({"notes": cost.notes} if cost.notes else {}),
     }
+
+
+def cpu_rates_for(hardware: Hardware) -> Rates | None:
+    """Rates of the CPU beside an accelerator, from the profile's CPU peaks; None where it gives none."""
+    if hardware.cpu_peak_gops_fp32 is None:
+        return None
+    cpu = replace(hardware, peak_gops_fp32=hardware.cpu_peak_gops_fp32, peak_gops_int8=hardware.cpu_peak_gops_int8 or hardware.cpu_peak_gops_fp32)
+    return rates_for(cpu, None)
 
 
 def node_seconds(node: NodeCost, rates: Rates) -> tuple[float, float, float]:

@@ -51,6 +51,9 @@ def _variant(tmp_path, old: str, new: str):
         ("cosine_min = 0.99", "cosine_min = 1.5", "budgets.parity.cosine_min: must be within [-1, 1]"),
         ('peak_gops_int8 = "derived', 'peak_gops_int = "derived', "sources.peak_gops_int8: hardware.peak_gops_int8 needs a source"),
         ('name = "ci-x86-avx2"', 'name = ""', "name: must not be empty"),
+        ("mem_bandwidth_gbs = 20.0\n", "mem_bandwidth_gbs = 20.0\ncpu_peak_gops_fp32 = 50.0\n",
+         "sources.cpu_peak_gops_fp32: hardware.cpu_peak_gops_fp32 needs a source"),
+        ("mem_bandwidth_gbs = 20.0\n", 'mem_bandwidth_gbs = 20.0\ncpu_model_pattern = "EPYC("\n', "hardware.cpu_model_pattern: is not a regular expression"),
     ],
 )
 def test_each_wrong_field_is_named_with_the_file(tmp_path, old, new, expected):

@@ -230,3 +230,30 @@ def test_apple_silicon_features_come_from_numpy_and_its_brand_is_kept(monkeypatc
         assert cpu.model_name == "Apple M2" and cpu.has_feature("dotprod") and cpu.has_feature("neon")
     finally:
         hostcpu.host_cpu.cache_clear()
+
+
+def test_nodes_the_accelerator_leaves_to_the_cpu_are_priced_at_the_cpu_peaks(tmp_path):
+    """iPhone: the Neural Engine's 17 TOPS for what CoreML takes; a GRU, which CoreML does not
+    take (ORT's own checker says so), runs on the two performance cores, at their peaks."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    import edgeport
+    from edgeport.runtimes.estimate import cpu_rates_for, rates_for
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [1, 384, 64], np.ones(384 * 64, np.float32).tolist())
+    r = helper.make_tensor("r", TensorProto.FLOAT, [1, 384, 128], np.ones(384 * 128, np.float32).tolist())
+    graph = helper.make_graph([helper.make_node("GRU", ["x", "w", "r"], ["y"], hidden_size=128)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [50, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    path = tmp_path / "gru.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    verdict = edgeport.validate(path, profile="iphone-coreml", runs=3).verdicts[0]
+    estimate = verdict.details["estimate"]
+    assert estimate["cpu_fallback_ops"] == ["GRU"] and estimate["cpu_fallback_ms"] > 0
+    profile = edgeport.load_profile("iphone-coreml")
+    cost = graph_cost(str(path), [TensorSpec("x", (50, 1, 64))])
+    on_ane = estimate_latency_ms(cost, rates_for(profile.hardware, None))
+    on_cpu = estimate_latency_ms(cost, rates_for(profile.hardware, None), cpu_rates_for(profile.hardware), frozenset({"GRU"}))
+    assert estimate["latency_ms"] == on_cpu["latency_ms"] > 10 * on_ane["latency_ms"]  # 221 GFLOPS, not 17 TOPS
