@@ -93,6 +93,10 @@ class _Net:
 # Convolutions reach different rates at different shapes: a CNN's early, wide-map layers and its
 # late, many-channel ones. Their time-weighted rate over three ResNet-like stages stands for all.
 CONV_STAGES = ((64, 56), (128, 28), (256, 14))
+# MatMuls likewise: a long sequence through a wide layer, and the short sequences of an edge
+# transformer (32 tokens), whose small GEMMs run well below a large one's rate.
+MATMUL_STAGES = ((128, 768, 768), (32, 384, 384), (32, 384, 1536))
+VARIANTS = {"conv": len(CONV_STAGES), "matmul": len(MATMUL_STAGES)}
 
 
 def _one_node(kind: str, int8: bool, variant: int = 0) -> tuple[_Net, tuple[int, ...], str]:
@@ -106,8 +110,9 @@ def _one_node(kind: str, int8: bool, variant: int = 0) -> tuple[_Net, tuple[int,
         shape = (1, 256, 56, 56)
         return net, shape, net.conv("x", 256, 256, rng, group=256)
     if kind == "matmul":
-        shape = (1, 128, 768)
-        return net, shape, net.matmul("x", 768, 768, rng)
+        rows, inner, outer = MATMUL_STAGES[variant]
+        shape = (1, rows, inner)
+        return net, shape, net.matmul("x", inner, outer, rng)
     if kind == "recurrent":  # ONNX Runtime has no int8 GRU: measured at fp32 only
         shape = (50, 1, 64)
         out = net.name("gru")
@@ -168,7 +173,7 @@ def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Call
         singles: dict[str, tuple[Path, tuple[int, ...]]] = {}  # "<class>_<precision>@<variant>"
         for kind in OP_CLASSES:
             for precision in ("fp32", "int8") if kind not in ("recurrent", "data_movement") else ("fp32",):
-                for variant in range(len(CONV_STAGES) if kind == "conv" else 1):
+                for variant in range(VARIANTS.get(kind, 1)):
                     net, shape, y = _one_node(kind, precision == "int8", variant)
                     singles[f"{kind}_{precision}@{variant}"] = (net.save(shape, y, folder / f"{kind}-{precision}-{variant}.onnx"), shape)
         checks: dict[str, tuple[Path, tuple[int, ...]]] = {}
