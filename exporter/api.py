@@ -16,7 +16,7 @@ from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, QuantizationError, UsageError
 from edgeport.model_loading import load_model
-from edgeport.precision_choice import PAYS_ABOVE, choose_precision, target_int8_speedup
+from edgeport.precision_choice import choose_precision
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.export_onnx import OnnxExportConfig
@@ -154,9 +154,10 @@ def export(
             carry.check([s.name for s in fp32.inputs], [s.name for s in fp32.outputs], "the exported model")
             ctx.state_carry = carry
         choice = None
+        targets = [(p, concrete_inputs(fp32.inputs, p, {}, dims_from_data(fp32.inputs, evaluation or calibration)))
+                   for p in profiles] if precision in ("auto", "int8") else []
         if precision == "auto":
-            shapes = concrete_inputs(fp32.inputs, profiles[0], {}, dims_from_data(fp32.inputs, evaluation or calibration))
-            choice = choose_precision(profiles[0], fp32, shapes, calibration is not None)
+            choice = choose_precision(targets, fp32, calibration is not None)
             precision = choice.precision
             ctx.progress.note(f"precision auto: {choice.precision} ({choice.reason})")
         quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
@@ -185,12 +186,11 @@ def export(
         )
         if choice is not None:
             report["precision"] = choice.to_dict()
-        elif precision == "int8" and profiles:  # asked for int8: say so where the target's int8 does not pay
-            shapes = concrete_inputs(fp32.inputs, profiles[0], {}, dims_from_data(fp32.inputs, evaluation or calibration))
-            speed, basis = target_int8_speedup(profiles[0], fp32, shapes)
-            if speed is not None and speed <= PAYS_ABOVE:
-                report["warnings"].append(f"int8 runs at {speed:.2f}x of fp32's speed on {profiles[0].name} ({basis}): it costs fidelity for "
-                                          "no speed there; --precision auto would ship fp32")
+        elif precision == "int8" and targets:  # asked for int8: say so where the target's int8 does not pay
+            advice = choose_precision(targets, fp32, calibration is not None)
+            if advice.precision != "int8":
+                report["warnings"].append(f"int8 costs fidelity for no speed on this target ({advice.basis}): --precision auto would ship "
+                                          f"{advice.precision} ({advice.reason})")
         exit_code = EXIT_OK
         search_record = next((r for r in ctx.records if r.name == "quantize_search"), None)
         if search_record is not None and not search_record.metrics["fidelity"]["met"]:

@@ -134,7 +134,7 @@ def _coverage(request: dict, ort, feed) -> dict:
     if partitions and listed is None:  # an .ort file: its node list is not readable here
         counts.update(fused_by_provider)
         model_nodes += len(partitions)
-        note = "an ORT-format file's node list cannot be read here: each compiled partition counts as one node"
+        note = "the model's node list cannot be read here (an ORT-format file, or no onnx package): each compiled partition counts as one node"
     elif partitions:
         # The model nodes no event ran are inside the partitions. Exact when every event is a listed
         # top-level node; subgraph nodes and inlined functions make it an estimate, said as such.

@@ -57,16 +57,26 @@ def host_cpu() -> HostCpu:
     elif system != "Linux" or not cpuinfo.is_file():  # Windows and the rest: numpy's own CPUID probe
         flags.update(_numpy_flags())
     else:
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("flags", "features") and not flags:
-                flags.update(value.split())
-            elif key == "model name" and value.strip():
-                model_name = value.strip()
-            elif key in ("model", "hardware") and value.strip() and model_name in (platform.processor(), machine):
-                model_name = value.strip()  # arm64 boards name the board ("Raspberry Pi 5 Model B"), not the CPU
+        cpu_flags, named = parse_cpuinfo(cpuinfo.read_text(errors="replace"))
+        flags.update(cpu_flags)
+        model_name = named or model_name
     return HostCpu(arch, frozenset(flags), model_name, os.cpu_count() or 1)
+
+
+def parse_cpuinfo(text: str) -> tuple[set[str], str | None]:
+    """Features and a name from /proc/cpuinfo. x86 names the CPU ("model name"); arm64 boards name
+    the board in "Model" ("Raspberry Pi 5 Model B Rev 1.0"), which beats "Hardware" (every Pi since
+    4.9-era kernels says BCM2835 there)."""
+    flags: set[str] = set()
+    names: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features") and not flags:
+            flags.update(value.split())
+        elif key in ("model name", "model", "hardware") and value.strip():
+            names.setdefault(key, value.strip())
+    return flags, names.get("model name") or names.get("model") or names.get("hardware")
 
 
 # macOS spells CPUID features its own way (AVX512VNNI); Linux's /proc/cpuinfo names are the reference.

@@ -567,3 +567,20 @@ def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])
     assert compute_in_subgraphs(helper.make_model(graph)) == {"Gemm": 1, "MatMul": 2}
+
+
+def test_the_input_floor_blocks_only_a_model_that_still_rounds_its_inputs():
+    """Where the search kept the inputs' readers float, the floor is a note beside the layer
+    blockers, not the blocker: the shipped file does not round its inputs."""
+    from edgeport.passes.fallback_search import SearchResult
+    from edgeport.passes.fidelity import FidelityScore
+    from edgeport.passes.search_verdict import search_verdict
+
+    missed = FidelityScore({"cosine_min": 0.97}, {"cosine_min": -2.0}, 24)
+    floor = FidelityScore({"cosine_min": 0.969}, {"cosine_min": -2.1}, 24)
+    result = SearchResult(set(), missed, [], [], budget_left=True)
+    blocking = search_verdict(0.25, False, missed, missed, result, floor, rounds_inputs=True)
+    assert blocking["blockers"][0]["node"] == "graph inputs" and "amplifies rounding noise" in blocking["reason"]
+    noted = search_verdict(0.25, False, missed, missed, result, floor, rounds_inputs=False)
+    assert not any(b["node"] == "graph inputs" for b in noted["blockers"])
+    assert "inputs rounded to int8 scores cosine_min 0.969" in noted["reason"] and "raise --max-fallback" in noted["reason"]

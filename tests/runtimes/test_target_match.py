@@ -69,3 +69,14 @@ def test_validate_reports_the_failed_condition_and_judges_latency_on_the_estimat
     fake_host()
     verdict = edgeport.validate(model, profile="ci-x86-avx2", runs=5).verdicts[0]
     assert verdict.on_target and verdict.details["measurement"]["kind"] == "target"
+
+
+def test_a_raspberry_pi_is_named_by_its_board_not_by_bcm2835():
+    from edgeport.runtimes.hostcpu import parse_cpuinfo
+
+    text = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU part\t: 0xd08\n\n"
+            "Hardware\t: BCM2835\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n")
+    flags, name = parse_cpuinfo(text)
+    assert name == "Raspberry Pi 4 Model B Rev 1.1" and {"asimd", "crc32"} <= flags
+    x86 = "processor\t: 0\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7551 32-Core Processor\nflags\t\t: fpu avx2 fma\n"
+    assert parse_cpuinfo(x86) == ({"fpu", "avx2", "fma"}, "AMD EPYC 7551 32-Core Processor")
