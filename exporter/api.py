@@ -34,7 +34,8 @@ from edgeport.profile_defaults import fidelity_target, quant_config_for, quant_t
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
-from edgeport.validation import concrete_inputs, dims_from_data, validate
+from edgeport.budget_shapes import concrete_inputs, dims_from_data
+from edgeport.validation import validate
 from edgeport.validation_report import render_markdown as render_validation_markdown
 from edgeport.versions import runtime_versions
 

@@ -176,6 +176,27 @@ def export_command(model: str, **opts: Any) -> None:
     _run(action)
 
 
+def _remote_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--remote and its SSH settings, the same for validate and profiles calibrate."""
+    for option in reversed((
+        click.option("--remote", metavar="ssh://USER@HOST[:PORT]", help="Run on that device over SSH (it needs python, numpy and onnxruntime)."),
+        click.option("--remote-python", metavar="PATH", help="The device's python (default: python3)."),
+        click.option("--identity", type=click.Path(dir_okay=False), metavar="FILE", help="SSH private key for --remote."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE", help="known_hosts file for --remote (default: ~/.ssh/known_hosts)."),
+    )):
+        command = option(command)
+    return command
+
+
+def _remote_target(opts: dict[str, Any]):
+    """The device --remote names, or None to run here."""
+    if not opts["remote"]:
+        return None
+    from edgeport.runtimes.remote import RemoteTarget
+
+    return RemoteTarget.parse(opts["remote"], opts["remote_python"], opts["identity"], opts["known_hosts"])
+
+
 @cli.command("validate")
 @click.argument("model")
 @click.option("--profile", "profiles", multiple=True, required=True, metavar="P", help="Device profile (name or TOML file). Repeat for a matrix.")
@@ -188,10 +209,7 @@ def export_command(model: str, **opts: Any) -> None:
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML: each budget a test case.")
 @click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write validation.json and validation.md there (beside an export's files).")
 @click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
-@click.option("--remote", metavar="ssh://USER@HOST[:PORT]", help="Measure on that device over SSH (it needs python, numpy and onnxruntime).")
-@click.option("--remote-python", metavar="PATH", help="The device's python (default: python3).")
-@click.option("--identity", type=click.Path(dir_okay=False), metavar="FILE", help="SSH private key for --remote.")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE", help="known_hosts file for --remote (default: ~/.ssh/known_hosts).")
+@_remote_options
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else.")
 @click.option("--quiet", is_flag=True, help="Print nothing but errors.")
 def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None:
@@ -207,11 +225,7 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
 
         quiet = opts["quiet"] or opts["as_json"]
         dims = dict(_parse_dim(d) for d in opts["dims"])
-        remote = None
-        if opts["remote"]:
-            from edgeport.runtimes.remote import RemoteTarget
-
-            remote = RemoteTarget.parse(opts["remote"], opts["remote_python"], opts["identity"], opts["known_hosts"])
+        remote = _remote_target(opts)
         result = validate(
             model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
             time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
@@ -275,10 +289,7 @@ def profiles_show(name: str) -> None:
 @click.option("--threads", type=int, default=None, help="intra-op threads to measure at (default: every core)")
 @click.option("--name", default=None, help="the profile's name (default: calibrated-host)")
 @click.option("--budgets-from", default=None, help="copy the budgets of this profile (a built-in name or a file)")
-@click.option("--remote", metavar="ssh://USER@HOST[:PORT]", help="Calibrate that device over SSH instead of this machine.")
-@click.option("--remote-python", metavar="PATH", help="The device's python (default: python3).")
-@click.option("--identity", type=click.Path(dir_okay=False), metavar="FILE", help="SSH private key for --remote.")
-@click.option("--known-hosts", type=click.Path(dir_okay=False), metavar="FILE", help="known_hosts file for --remote.")
+@_remote_options
 @click.option("--quiet", is_flag=True, help="no progress")
 def profiles_calibrate(out: str, threads: int | None, name: str | None, budgets_from: str | None, quiet: bool, **ssh: Any) -> None:
     """Measure this machine's ONNX Runtime CPU rates per op class and precision and write a profile
@@ -289,9 +300,7 @@ def profiles_calibrate(out: str, threads: int | None, name: str | None, budgets_
         from edgeport.progress import TerminalProgress
         from edgeport.runtimes.estimate import band_text
 
-        from edgeport.runtimes.remote import RemoteTarget
-
-        remote = RemoteTarget.parse(ssh["remote"], ssh["remote_python"], ssh["identity"], ssh["known_hosts"]) if ssh["remote"] else None
+        remote = _remote_target(ssh)
         profile = calibrate_profile(out, threads, name, budgets_from, progress=TerminalProgress(enabled=False if quiet else None), remote=remote)
         m = profile.measured
         click.echo(f"{out}: {profile.name}, {m.threads} threads; int8/fp32 speed: "

@@ -4,7 +4,6 @@ ONNX Runtime CPU kernels reach, whether int8 pays there, and the estimator's mea
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +14,7 @@ from edgeport.device_profiles.toml_writer import profile_to_toml
 from edgeport.errors import UsageError
 from edgeport.outputs import write_atomic
 from edgeport.passes.context import NullProgress
-from edgeport.runtimes.hostcpu import host_cpu
+from edgeport.runtimes.hostcpu import host_cpu, memory_mb
 from edgeport.runtimes.host_calibration import calibrate_host, local_timer
 from edgeport.runtimes.remote import RemoteDevice, RemoteTarget, device_cpu
 
@@ -36,7 +35,7 @@ def calibrate_profile(out: str | Path, threads: int | None = None, name: str | N
     budgets = load_profile(budgets_from).budgets if budgets_from else Budgets()
     where = f" (remote host {remote.describe()})" if remote else ""
     stamp = f"measured by edgeport profiles calibrate on {cpu.model_name}{where}, {_dt.date.today().isoformat()}"
-    memory = (device.facts.get("memory_mb") if device else _memory_mb()) or 1024
+    memory = (device.facts.get("memory_mb") if device else memory_mb()) or 1024  # unknown: a size the estimator never reads
     placeholder = Hardware(cpu.arch, cpu.cores, memory, 1.0, 1.0, 1.0)  # the estimator's check needs only the measured rates
     measured = calibrate_host(threads, placeholder, stamp, progress=progress.note, timer=device.timer if device else local_timer)
     fp32 = max(measured.gops[f"{k}_fp32"] for k in ("conv", "matmul"))
@@ -64,9 +63,3 @@ def calibrate_profile(out: str | Path, threads: int | None = None, name: str | N
     write_atomic(Path(out), profile_to_toml(profile))
     return load_profile(out)  # what was written reads back as a valid profile, or this fails loudly
 
-
-def _memory_mb() -> int:
-    try:
-        return max(1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20)
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): a size the estimator never reads
-        return 1024

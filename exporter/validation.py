@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeport.artifacts import OnnxArtifact, file_sha256
+from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
@@ -29,7 +30,7 @@ from edgeport.runtimes.remote import RemoteDevice, RemoteTarget, device_cpu
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.runtimes.target_match import claim_target
-from edgeport.specs import TensorSpec, example_array
+from edgeport.specs import example_array
 from edgeport.validation_report import render_junit, render_markdown
 from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
 from edgeport.versions import runtime_versions
@@ -318,45 +319,6 @@ def onnx_view(artifact: OnnxArtifact) -> Path | None:
         return artifact.path
     sibling = artifact.path.with_suffix(".onnx")
     return sibling if sibling.is_file() else None
-
-
-def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int],
-                    data_dims: dict[str, int] | None = None) -> list[TensorSpec]:
-    """The shapes budgets are stated at: the profile's batch for a leading symbolic dim; other
-    symbolic dims from --dim, then the profile's [budgets.dims], then the evaluation data."""
-    sizes = {**(data_dims or {}), **prof.budgets.dims, **dims}
-    out = []
-    for spec in inputs:
-        shape = []
-        for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, int):
-                shape.append(dim)
-            elif axis == 0 and dim not in dims:
-                shape.append(prof.budgets.batch)
-            elif dim in sizes:
-                shape.append(sizes[dim])
-            else:
-                raise UsageError(
-                    f"input '{spec.name}' has dynamic dim '{dim}' with no size for profile '{prof.name}'",
-                    fix=f"pass --dim {dim}=N, set [budgets.dims] {dim} = N in the profile, or give --data to take it from",
-                )
-        out.append(TensorSpec(spec.name, tuple(shape), spec.dtype))
-    return out
-
-
-def dims_from_data(inputs: tuple[TensorSpec, ...], source: DataSource | None) -> dict[str, int]:
-    """Sizes of symbolic non-batch dims as the first evaluation batch has them (e.g. sequence)."""
-    if source is None:
-        return {}
-    first = next(iter(source.batches(inputs, batch_size=1, max_samples=1)), None)
-    if first is None:
-        return {}
-    found: dict[str, int] = {}
-    for spec in inputs:
-        for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, str) and axis > 0:
-                found.setdefault(dim, int(first.inputs[spec.name].shape[axis]))
-    return found
 
 
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None,

@@ -115,14 +115,10 @@ def facts() -> dict:
     import platform
 
     import onnxruntime as ort
-    from hostcpu import host_cpu
+    from hostcpu import host_cpu, memory_mb
 
     cpu = host_cpu()
-    try:
-        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
-        memory_mb = None
-    return {"memory_mb": memory_mb, "arch": cpu.arch, "flags": sorted(cpu.flags), "model_name": cpu.model_name, "cores": cpu.cores,
+    return {"memory_mb": memory_mb(), "arch": cpu.arch, "flags": sorted(cpu.flags), "model_name": cpu.model_name, "cores": cpu.cores,
             "providers": ort.get_available_providers(), "onnxruntime": ort.__version__, "python": platform.python_version(),
             "hostname": platform.node()}
 

@@ -63,6 +63,16 @@ def host_cpu() -> HostCpu:
     return HostCpu(arch, frozenset(flags), model_name, os.cpu_count() or 1)
 
 
+def memory_mb() -> int | None:
+    """Physical memory in MiB, where the OS tells (POSIX sysconf); None elsewhere (Windows)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def parse_cpuinfo(text: str) -> tuple[set[str], str | None]:
     """Features and a name from /proc/cpuinfo. x86 names the CPU ("model name"); arm64 boards name
     the board in "Model" ("Raspberry Pi 5 Model B Rev 1.0"), which beats "Hardware" (every Pi since
