@@ -1,10 +1,11 @@
 """What runs on a remote device for `edgeport validate --remote`: standalone (the device has python,
 numpy and onnxruntime, not edgeport), shipped with bench_worker.py and hostcpu.py beside it.
 
-`BOOTSTRAP` is the whole remote command's program: it makes a private temporary folder, unpacks
-the tar the client streams on stdin into it, runs `job(folder)`, prints one JSON line, and removes
-the folder whatever happens: on success, on an error, on a signal, and when the connection drops
-(its parent process goes away or its stdout is hung up: a watchdog thread checks both).
+`SHELL` is the remote command: a POSIX sh that makes a private temporary folder and removes it
+when python ends, however it ends. `BOOTSTRAP` is python's program there: it unpacks the tar the
+client streams on stdin into that folder, runs `job(folder)`, prints one JSON line, and removes the
+folder itself too: on success, on an error, on a signal, and when the connection drops (its parent
+process goes away or its stdout is hung up: a watchdog thread checks both).
 """
 
 from __future__ import annotations
@@ -75,15 +76,20 @@ def job(folder: str) -> dict:
             cause = exc.__cause__ or exc
             return {**result, "error": f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:300]}"}
     if "time" in request:  # calibration: each model's median seconds per run
-        files = [dict(entry, path=os.path.join(folder, entry["path"])) for entry in request["time"]]
-        import statistics
-
-        result["seconds"] = {e["key"]: statistics.median(time_model(e["path"], tuple(e["shape"]), request["threads"]) for _ in range(e["repeats"]))
-                             for e in files}
+        entries = [dict(entry, path=os.path.join(folder, entry["path"])) for entry in request["time"]]
+        result["seconds"] = time_entries(entries, request["threads"])
     if "outputs" in request:
         result["outputs"] = outputs(os.path.join(folder, request["outputs"]["model"]), os.path.join(folder, "feeds.npz"),
                                     request["outputs"]["providers"], request["outputs"].get("threads"))
     return result
+
+
+def time_entries(entries: list, threads: int) -> dict:
+    """Median seconds per run of each entry ({key, path, shape, repeats}): the median of its
+    ``repeats`` timings. Calibration's timer, here and on a device."""
+    import statistics
+
+    return {e["key"]: statistics.median(time_model(e["path"], tuple(e["shape"]), threads) for _ in range(e["repeats"])) for e in entries}
 
 
 def time_model(path: str, x_shape: tuple, threads: int, min_seconds: float = 0.4) -> float:

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeport.device_profiles.schema import Hardware, Measured
 from edgeport.runtimes.estimate import estimate_latency_ms, rates_for
-from edgeport.runtimes.device_job import time_model
+from edgeport.runtimes.device_job import time_entries
 from edgeport.runtimes.graph_cost import OP_CLASSES, graph_cost
 from edgeport.specs import TensorSpec
 
@@ -158,9 +158,7 @@ def _check_networks() -> dict[str, Callable[[_Net], tuple[tuple[int, ...], str]]
 Timer = Callable[[list[dict[str, Any]], int], dict[str, float]]
 
 
-def local_timer(entries: list[dict[str, Any]], threads: int) -> dict[str, float]:
-    """Median seconds per run of each entry ({key, path, shape, repeats}) on this machine."""
-    return {e["key"]: statistics.median(time_model(e["path"], tuple(e["shape"]), threads) for _ in range(e["repeats"])) for e in entries}
+local_timer: Timer = time_entries  # on this machine; RemoteDevice.timer runs the same on a device
 
 
 def calibrate_host(threads: int, hardware: Hardware, source: str, progress: Callable[[str], None] = lambda _: None,
