@@ -13,7 +13,7 @@ OV_ORT := onnxruntime-openvino==1.24.1
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev,qnn]'
 	touch $(STAMP)
 
 # edgeport without torch and with onnxruntime-openvino in place of onnxruntime.

@@ -27,6 +27,9 @@ def runtime_versions() -> dict[str, str | None]:
         "onnxruntime": ort,
         "numpy": package_version("numpy"),
     }
+    qnn = package_version("onnxruntime-qnn")
+    if qnn:  # a plugin provider: the QNN compiler behind NPU artifacts and their context binaries
+        versions["onnxruntime-qnn"] = qnn
     # Only report torch when this process used it: validate-only installs may not have it.
     if "torch" in sys.modules:
         versions["torch"] = getattr(sys.modules["torch"], "__version__", None)

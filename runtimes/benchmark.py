@@ -28,17 +28,21 @@ def measure(
     mem_pattern: bool = True,
     cpu_fallback: bool = True,
     seed: int = 0,
+    provider_options: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark worker; ``inputs`` must have concrete shapes. Without ``cpu_fallback``
     the result may be ``{"refused": reason}``: the providers cannot run the whole model."""
     request = worker_request(model, providers, inputs, threads=threads, runs=runs, warmup=warmup, time_limit_s=time_limit_s,
-                             coverage=coverage, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern, cpu_fallback=cpu_fallback, seed=seed)
+                             coverage=coverage, cpu_mem_arena=cpu_mem_arena, mem_pattern=mem_pattern, cpu_fallback=cpu_fallback, seed=seed,
+                             provider_options=provider_options)
     return run_worker(model, providers, request)
 
 
 def worker_request(model: Path | str, providers: list[str], inputs: list[TensorSpec], *, threads: int | None, runs: int, warmup: int,
-                   time_limit_s: float, coverage: bool, cpu_mem_arena: bool, mem_pattern: bool, cpu_fallback: bool, seed: int) -> dict[str, Any]:
-    """The benchmark worker's request, here or on a remote device (bench_worker.run reads it)."""
+                   time_limit_s: float, coverage: bool, cpu_mem_arena: bool, mem_pattern: bool, cpu_fallback: bool, seed: int,
+                   provider_options: dict[str, dict[str, str]] | None = None, compiled_context: bool = False) -> dict[str, Any]:
+    """The benchmark worker's request, here or on a remote device (bench_worker.run reads it).
+    ``compiled_context``: also compile to ORT's EPContext form and report its size."""
     return {
         "model": str(model),
         "providers": providers,
@@ -52,6 +56,8 @@ def worker_request(model: Path | str, providers: list[str], inputs: list[TensorS
         "mem_pattern": mem_pattern,
         "disable_cpu_fallback": not cpu_fallback and "CPUExecutionProvider" not in providers,
         "seed": seed,
+        "provider_options": provider_options or {},
+        "compiled_context": compiled_context,
     }
 
 

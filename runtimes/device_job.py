@@ -80,7 +80,8 @@ def job(folder: str) -> dict:
         result["seconds"] = time_entries(entries, request["threads"])
     if "outputs" in request:
         result["outputs"] = outputs(os.path.join(folder, request["outputs"]["model"]), os.path.join(folder, "feeds.npz"),
-                                    request["outputs"]["providers"], request["outputs"].get("threads"))
+                                    request["outputs"]["providers"], request["outputs"].get("threads"),
+                                    request["outputs"].get("provider_options"), request["outputs"].get("cpu_fallback", True))
     return result
 
 
@@ -121,25 +122,30 @@ def facts() -> dict:
     import platform
 
     import onnxruntime as ort
+    from ep_plugins import available_providers
     from hostcpu import host_cpu, memory_mb
 
     cpu = host_cpu()
     return {"memory_mb": memory_mb(), "arch": cpu.arch, "flags": sorted(cpu.flags), "model_name": cpu.model_name, "cores": cpu.cores,
-            "providers": ort.get_available_providers(), "onnxruntime": ort.__version__, "python": platform.python_version(),
+            "providers": available_providers(ort), "onnxruntime": ort.__version__, "python": platform.python_version(),
             "hostname": platform.node()}
 
 
-def outputs(model: str, feeds_path: str, providers: list[str], threads: int | None) -> str:
+def outputs(model: str, feeds_path: str, providers: list[str], threads: int | None, provider_options: dict | None = None,
+            cpu_fallback: bool = True) -> str:
     """Every feed of feeds.npz ('<index>/<input>') through the model; the outputs ('<index>/<position>')
     as a base64 npz, so they travel in the one JSON line."""
     import numpy as np
     import onnxruntime as ort
+    from ep_plugins import create_session
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model, options, providers=providers)
+    if not cpu_fallback and "CPUExecutionProvider" not in providers:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    session = create_session(ort, model, options, providers, provider_options)
     stored = np.load(feeds_path)
     feeds: dict[int, dict] = {}
     for key in stored.files:

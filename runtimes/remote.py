@@ -31,7 +31,7 @@ from edgeport.runtimes import device_job
 from edgeport.runtimes.hostcpu import HostCpu
 
 RUNTIME_DIR = Path(__file__).resolve().parent
-SHIPPED_MODULES = ("device_job.py", "bench_worker.py", "hostcpu.py")
+SHIPPED_MODULES = ("device_job.py", "bench_worker.py", "hostcpu.py", "ep_plugins.py")
 CONNECT_TIMEOUT_S = 15.0
 INSTALL_HINT = "install onnxruntime and numpy for that python on the device (pip install onnxruntime numpy: the no-torch install)"
 
@@ -185,8 +185,10 @@ class RemoteDevice:
         return run_job(self.target, {"measure": dict(request, model=next(iter(files)))}, files)["measurement"]
 
     def outputs(self, files: dict[str, Path], feeds: list[dict[str, np.ndarray]], providers: list[str],
-                threads: int | None) -> list[list[np.ndarray]]:
-        request = {"outputs": {"model": next(iter(files)), "providers": providers, "threads": threads}}
+                threads: int | None, provider_options: dict[str, dict[str, str]] | None = None,
+                cpu_fallback: bool = True) -> list[list[np.ndarray]]:
+        request = {"outputs": {"model": next(iter(files)), "providers": providers, "threads": threads,
+                               "provider_options": provider_options or {}, "cpu_fallback": cpu_fallback}}
         return decode_outputs(run_job(self.target, request, files, feeds)["outputs"])
 
     def timer(self, entries: list[dict[str, Any]], threads: int) -> dict[str, float]:

@@ -8,7 +8,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from edgeport.errors import DataError, ModelLoadError, UsageError
+from edgeport.errors import DataError, ModelLoadError, UsageError, first_line
+from edgeport.runtimes import ep_plugins
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -44,21 +45,28 @@ def create_session(
     optimization: str = "all",
     optimized_path: Path | None = None,
     external_data: bool = False,
+    provider_options: dict[str, dict[str, str]] | None = None,
+    cpu_fallback: bool = True,
 ) -> ort.InferenceSession:
-    """A session on the given providers, in order. A missing provider is an error listing those available."""
-    available = ort.get_available_providers()
+    """A session on the given providers, in order, each with its ``provider_options``. A missing
+    provider is an error listing those available. Without ``cpu_fallback`` (and no CPU provider
+    listed), ORT refuses a model the providers cannot run whole."""
+    available = ep_plugins.available_providers(ort)
     missing = [p for p in providers if p not in available]
     if missing:
+        problem = ep_plugins.plugin_problem(missing[0])
         raise UsageError(
-            f"execution provider '{missing[0]}' is not available in this onnxruntime build (available: {', '.join(available)})",
-            fix="install the onnxruntime package that ships it, or pick a profile for this machine",
+            problem or f"execution provider '{missing[0]}' is not available in this onnxruntime build (available: {', '.join(available)})",
+            fix="install the onnxruntime package that ships it (QNN: pip install 'edgeport[qnn]'), or pick a profile for this machine",
         )
     options = session_options(intra_op_threads=intra_op_threads, optimization=optimization, optimized_path=optimized_path, external_data=external_data)
+    if not cpu_fallback and "CPUExecutionProvider" not in providers:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        return ep_plugins.create_session(ort, str(path), options, list(providers), provider_options)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"ONNX Runtime cannot load '{path}': {first[:300]}", fix="check the file is a valid ONNX model for this onnxruntime version") from exc
+        raise ModelLoadError(f"ONNX Runtime cannot load '{path}' on {', '.join(providers)}: {first_line(exc)[:300]}",
+                             fix="check the file is a valid ONNX model for this onnxruntime version") from exc
 
 
 def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
