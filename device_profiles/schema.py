@@ -14,7 +14,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 ARCHES = ("arm64", "armv7", "x86_64")
-MODEL_FORMATS = ("onnx", "ort")
+# qnn-context: model.onnx plus the QNN context binary compiled for the profile's SoC (model_ctx.onnx)
+MODEL_FORMATS = ("onnx", "ort", "qnn-context")
+ACTIVATION_TYPES = ("uint8", "int8", "uint16")  # uint16: QNN HTP's 16-bit activations (W8A16)
 KNOWN_PROVIDERS = (
     "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
     "NnapiExecutionProvider", "CoreMLExecutionProvider", "XnnpackExecutionProvider", "QNNExecutionProvider",
@@ -50,12 +52,18 @@ class Quantization:
     weight_type: str = "int8"
     per_channel: bool = True
     reduce_range: bool | None = None  # None: from cpu_features (x86 without VNNI -> on)
+    weight_symmetric: bool | None = None  # None: symmetric for signed weight types (ORT's default)
 
 
 @dataclass(frozen=True)
 class Runtime:
     execution_providers: tuple[str, ...]
+    # options of the first provider, as ONNX Runtime names them (QNN: backend_type, htp_arch, soc_model)
+    provider_options: dict[str, str] = field(default_factory=dict)
     allow_cpu_fallback: bool = True
+    # the target compiles for fixed input shapes (NPUs): export fixes every dynamic dim from
+    # budgets.batch and budgets.dims (or --dim) before quantizing
+    fixed_shapes: bool = False
     intra_op_threads: int | None = None
     opset_min: int = 7
     opset_max: int = 21
@@ -239,9 +247,13 @@ def _check_values(p: Profile, problems: _Problems) -> None:
     if rt.model_format not in MODEL_FORMATS:
         problems.add("runtime.model_format", f"'{rt.model_format}' is not one of {', '.join(MODEL_FORMATS)}")
     q = rt.quantization
-    for name, allowed in (("format", ("qdq", "qoperator")), ("activation_type", ("uint8", "int8")), ("weight_type", ("uint8", "int8"))):
+    for name, allowed in (("format", ("qdq", "qoperator")), ("activation_type", ACTIVATION_TYPES), ("weight_type", ("uint8", "int8"))):
         if getattr(q, name) not in allowed:
             problems.add(f"runtime.quantization.{name}", f"'{getattr(q, name)}' is not one of {', '.join(allowed)}")
+    if rt.model_format == "qnn-context" and rt.execution_providers[:1] != ("QNNExecutionProvider",):
+        problems.add("runtime.model_format", "'qnn-context' is compiled by QNNExecutionProvider, which must be the first provider")
+    if q.activation_type == "uint16" and rt.execution_providers[:1] != ("QNNExecutionProvider",):
+        problems.add("runtime.quantization.activation_type", "uint16 activations run on QNNExecutionProvider only; use uint8 or int8")
     if b.batch < 1:
         problems.add("budgets.batch", f"must be at least 1, not {b.batch}")
     for dim, size in b.dims.items():
