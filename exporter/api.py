@@ -20,6 +20,7 @@ from edgeport.precision_choice import choose_precision
 from edgeport.outputs import OutputFolder
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.export_onnx import OnnxExportConfig
+from edgeport.passes.fix_shapes import FixShapesConfig
 from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.quantize_dynamic import DynamicInt8Config
 from edgeport.passes.optimize import GraphOptimizeConfig
@@ -29,8 +30,9 @@ from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.passes import run_pass
 from edgeport.passes.ort_format import OrtFormatConfig
+from edgeport.passes.qnn_context import QnnContextConfig, QnnRefusal, context_files
 from edgeport.pipeline import Pipeline
-from edgeport.profile_defaults import fidelity_target, quant_config_for, quant_target
+from edgeport.profile_defaults import QNN, fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
@@ -83,6 +85,7 @@ def export(
     use_cache: bool = True,
     force: bool = False,
     stateful: Sequence[str] | StateCarry | None = None,
+    dims: dict[str, int] | None = None,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -104,9 +107,17 @@ def export(
 
     ``stateful`` (``["state:stateN"]``) judges a streaming model as it runs: evaluation feeds run
     in order, each run taking the state the previous run returned.
+
+    ``dims`` sizes symbolic dims (``{"sequence": 128}``) where a profile needs them: validation's
+    shapes, and the fixed shapes of a target that compiles for one shape (``fixed_shapes``, NPUs).
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     precision = precision if quantize else "fp32"
+    npu = [p.name for p in profiles if p.preferred_provider == QNN]
+    if npu and len(npu) < len(profiles):  # one artifact cannot follow QNN's quantization rules and the CPU's
+        other = next(p.name for p in profiles if p.name not in npu)
+        raise UsageError(f"profiles {npu[0]} (QNN) and {other} need differently quantized models",
+                         fix="export once per kind of target, then check an artifact against the others with 'edgeport validate'")
     if precision not in PRECISIONS:
         raise UsageError(f"precision '{precision}' is unknown", fix=f"use one of {', '.join(PRECISIONS)}")
     specs = parse_input_specs(inputs)
@@ -149,13 +160,22 @@ def export(
             raise UsageError("pruning and distillation steps need a torch model, not an .onnx file", fix="pass the PyTorch model, or drop the torch steps")
         if isinstance(artifact, OnnxArtifact) and precision in ("int8", "dynamic-int8", "auto"):
             fp32_steps.append(OpsetUpgradeConfig())  # files from other converters are often opset 11-12: int8 needs 13
-        fp32_steps.append(optimize_config or GraphOptimizeConfig())
-        fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
+        optimize_step = optimize_config or GraphOptimizeConfig()
+        fixed_for = fixed_shapes_for(profiles)
+        if fixed_for is None:
+            fp32_steps.append(optimize_step)
+            fp32 = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
+        else:  # an NPU compiles one shape: fix it before optimizing, which then folds the shape arithmetic
+            exported = Pipeline(fp32_steps, use_cache=use_cache).run(artifact, ctx)
+            shapes = concrete_inputs(exported.inputs, fixed_for, dims or {}, dims_from_data(exported.inputs, evaluation or calibration))
+            tail = [FixShapesConfig({s.name: tuple(s.shape) for s in shapes}), optimize_step]
+            fp32 = Pipeline(tail, use_cache=use_cache).run(exported, ctx)
+            fp32_steps.extend(tail)
         if carry is not None:  # a torch model's output names are known once it is exported
             carry.check([s.name for s in fp32.inputs], [s.name for s in fp32.outputs], "the exported model")
             ctx.state_carry = carry
         choice = None
-        targets = [(p, concrete_inputs(fp32.inputs, p, {}, dims_from_data(fp32.inputs, evaluation or calibration)))
+        targets = [(p, concrete_inputs(fp32.inputs, p, dims or {}, dims_from_data(fp32.inputs, evaluation or calibration)))
                    for p in profiles] if precision in ("auto", "int8") else []
         if precision == "auto":
             choice = choose_precision(targets, fp32, calibration is not None)
@@ -174,6 +194,18 @@ def export(
         for config in post_steps:  # mobile targets load ORT format: model.ort beside model.onnx
             shutil.copyfile(run_pass(final, config, ctx).path, output.stage("model.ort"))
             names.append("model.ort")
+        compiled_for, context_warning = qnn_context_profile(profiles), None
+        if compiled_for is not None and precision == "int8":  # the NPU's precompiled form, beside the QDQ model
+            context_step = QnnContextConfig(dict(compiled_for.runtime.provider_options))
+            try:
+                compiled = run_pass(final, context_step, ctx)
+            except QnnRefusal as exc:  # validation fails the format budget and names each node QNN refuses
+                context_warning = f"no QNN context binary written for {compiled_for.name}: {exc}"
+            else:
+                for path in context_files(compiled):
+                    shutil.copyfile(path, output.stage(path.name))
+                    names.append(path.name)
+                post_steps.append(context_step)
         report = build_export_report(
             source=str(model) if isinstance(model, (str, Path)) else type(model).__name__,
             inputs=[s.to_dict() for s in fp32.inputs],
@@ -183,7 +215,7 @@ def export(
             steps=[r.to_dict() for r in ctx.records],
             artifacts={n: {"bytes": output.stage(n).stat().st_size, "sha256": file_sha256(output.stage(n))} for n in names},
             versions=runtime_versions(),
-            warnings=data_warnings + [n for r in ctx.records for n in r.notes],
+            warnings=data_warnings + [n for r in ctx.records for n in r.notes] + ([context_warning] if context_warning else []),
         )
         if choice is not None:
             report["precision"] = choice.to_dict()
@@ -199,7 +231,7 @@ def export(
         if profiles:
             validation = validate(
                 output.stage(names[0]), profile=profiles, reference=output.stage("model.fp32.onnx") if reduced else None,
-                data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress, stateful=carry,
+                data=evaluation or calibration, runs=runs, seed=seed, progress=ctx.progress, stateful=carry, dims=dims,
             )
             # Name the files where they will live, not where they were staged.
             validation.report["model"]["path"] = str(output.path / names[0])

@@ -3,7 +3,7 @@ shared by validation (what it measures at) and export (what --precision auto pri
 
 from __future__ import annotations
 
-from edgeport.data import DataSource
+from edgeport.data import DataSource, batch_size_for
 from edgeport.device_profiles import Profile
 from edgeport.errors import UsageError
 from edgeport.specs import TensorSpec
@@ -37,7 +37,8 @@ def dims_from_data(inputs: tuple[TensorSpec, ...], source: DataSource | None) ->
     """Sizes of symbolic non-batch dims as the first evaluation batch has them (e.g. sequence)."""
     if source is None:
         return {}
-    first = next(iter(source.batches(inputs, batch_size=1, max_samples=1)), None)
+    # one batch: a model compiled for a fixed batch takes only whole ones
+    first = next(iter(source.batches(inputs, batch_size=1, max_samples=batch_size_for(inputs, 1))), None)
     if first is None:
         return {}
     found: dict[str, int] = {}

@@ -64,6 +64,7 @@ def cli() -> None:
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a fully pickled model (runs code from the file).")
 @click.option("--profile", "profiles", multiple=True, metavar="P", help="Device profile (name or TOML file): int8 settings follow it and the result is validated against it. Repeatable.")
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs when validating against --profile.")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim: the budgets' input shape, and the shape an NPU profile (fixed_shapes) compiles for.")
 @click.option("-o", "--output", "out_dir", default="edgeport-out", show_default=True, metavar="OUTDIR")
 @click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
 @click.option("--opset", type=int, default=17, show_default=True)
@@ -156,6 +157,7 @@ def export_command(model: str, **opts: Any) -> None:
             runs=opts["runs"],
             use_cache=not opts["no_cache"],
             stateful=opts["stateful"] or None,
+            dims=dict(_parse_dim(d) for d in opts["dims"]) or None,
         )
         if opts["as_json"]:
             click.echo(dumps_strict(result.report))

@@ -383,14 +383,20 @@ def _feeds(source: DataSource, specs: tuple[TensorSpec, ...], max_samples: int |
                 return
 
 
+def batch_size_for(specs: tuple[TensorSpec, ...], batch_size: int) -> int:
+    """The batch size a model takes: its fixed leading dim where it has one (a model compiled for
+    batch 1), else the one asked for."""
+    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
+    return fixed.pop() if len(fixed) == 1 else batch_size
+
+
 def _batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> Iterator[Batch]:
     if batch_size < 1:
         raise DataError(f"batch size {batch_size} is below 1", fix="use a batch size of at least 1")
     if takes_complete_feeds(specs):
         yield from _feeds(source, specs, max_samples)
         return
-    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
-    target = fixed.pop() if len(fixed) == 1 else batch_size
+    target = batch_size_for(specs, batch_size)
     pending: list[tuple[dict[str, np.ndarray], Any]] = []
     emitted = 0
 

@@ -27,8 +27,8 @@ from edgeport.artifacts import file_sha256
 from edgeport.errors import UsageError
 
 COMMAND_FILES: dict[str, tuple[str, ...]] = {
-    "export": ("model.onnx", "model.onnx.data", "model.fp32.onnx", "model.fp32.onnx.data", "model.ort", "report.json", "report.md",
-               "manifest.json"),
+    "export": ("model.onnx", "model.onnx.data", "model.fp32.onnx", "model.fp32.onnx.data", "model.ort",
+               "model_ctx.onnx", "model_ctx_qnn.bin", "report.json", "report.md", "manifest.json"),
     "validate": ("validation.json", "validation.md"),
     "compress": ("model.pt2", "report.json"),  # prune and distill
 }

@@ -15,12 +15,14 @@ STEP_LABELS = {
     "LowRankConfig": "factorizing layers",
     "DistillConfig": "distilling",
     "OnnxExportConfig": "exporting to ONNX",
+    "FixShapesConfig": "fixing input shapes",
     "GraphOptimizeConfig": "optimizing graph",
     "StaticInt8Config": "quantizing to int8",
     "AccuracyAwareInt8Config": "quantizing to int8 (accuracy-aware search)",
     "DynamicInt8Config": "quantizing weights to int8 (dynamic)",
     "Fp16Config": "converting to fp16",
     "OrtFormatConfig": "saving ORT format",
+    "QnnContextConfig": "compiling the QNN context binary",
 }
 
 

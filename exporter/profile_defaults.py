@@ -21,6 +21,9 @@ def quant_target(profile: Profile) -> QuantTarget:
     )
 
 
+QNN = "QNNExecutionProvider"
+
+
 def quant_config_for(profile: Profile, base: StaticInt8Config | None = None) -> StaticInt8Config:
     q = profile.runtime.quantization
     return replace(
@@ -31,7 +34,20 @@ def quant_config_for(profile: Profile, base: StaticInt8Config | None = None) -> 
         weight_type=q.weight_type,
         per_channel=q.per_channel,
         reduce_range=q.reduce_range,
+        weight_symmetric=q.weight_symmetric,
+        rules="qnn" if profile.preferred_provider == QNN else "onnxruntime",
+        target_options=tuple(sorted(profile.runtime.provider_options.items())) if profile.preferred_provider == QNN else (),
     )
+
+
+def fixed_shapes_for(profiles: list[Profile]) -> Profile | None:
+    """The profile whose target compiles for fixed input shapes (the first such), if any."""
+    return next((p for p in profiles if p.runtime.fixed_shapes), None)
+
+
+def qnn_context_profile(profiles: list[Profile]) -> Profile | None:
+    """The profile that asks for a precompiled QNN context binary beside the model, if any."""
+    return next((p for p in profiles if p.runtime.model_format == "qnn-context"), None)
 
 
 def fidelity_target(profiles: list[Profile], overrides: dict[str, Any] | None = None) -> FidelityTarget:

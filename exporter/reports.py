@@ -56,6 +56,13 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             result = f"{metrics['exporter']} opset {metrics['opset']}; vs torch cos {p['cosine_min']}, max abs diff {p['max_abs_diff']}"
         elif step["name"] == "optimize":
             result = f"nodes {metrics['nodes_before']} -> {metrics['nodes_after']}"
+        elif step["name"] == "qnn_context":
+            binaries = metrics["context_binaries"]
+            options = step["config"].get("provider_options", {})
+            result = (f"QNN context for HTP v{options.get('htp_arch', '?')}: {', '.join(f'{n} {_mb(b)}' for n, b in binaries.items())}; "
+                      f"compiled in {metrics['compile_s']:.2f}s; reloaded, outputs identical")
+        elif step["name"] == "fix_shapes":
+            result = "; ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in metrics["fixed"].items()) or "no dynamic dims"
         elif step["name"] == "ort_format":
             p = metrics["parity_vs_onnx"]
             result = f"ORT mobile format; vs .onnx cos {p['cosine_min']}"
@@ -70,6 +77,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                 parts.append(f"cache {metrics['calibration_cache']}")
             if "fidelity" in metrics:
                 parts.append(f"target {'met' if metrics['fidelity']['met'] else 'NOT met'}, {metrics['float_mac_share']:.1%} of MACs float")
+                if "activations_16bit" in metrics:
+                    parts.append(f"{metrics['activations_16bit']['share']:.1%} of activations 16-bit")
             result = "; ".join(parts)
         else:
             result = ""
@@ -85,9 +94,12 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
     if step is None:
         return []
     m, f = step["metrics"], step["metrics"]["fidelity"]
+    wide = m.get("activations_16bit")
+    kept = (f"given 16-bit activations (W8A16), {m['fallback_mac_share']:.1%} of MACs; {wide['activations_16bit']} of "
+            f"{wide['activations_quantized']} activations 16-bit" if wide else f"kept float, {m['float_mac_share']:.1%} of MACs")
     lines = [f"int8 fidelity target ({f['target_source']}): {f['target']}",
              f"  {'met' if f['met'] else 'NOT met'} on held-out data ({f['data']}); {len(m['reverted'])} of {m['groups']} "
-             f"quantized groups kept float, {m['float_mac_share']:.1%} of MACs (budget {m['max_fallback']:.0%})"]
+             f"quantized groups {kept} (budget {m['max_fallback']:.0%})"]
     estimate = m.get("compute_time_vs_fp32_estimate") or {}
     if estimate.get("value") is not None:
         lines.append(f"  compute time estimate {estimate['value']:.2f}x of fp32 (MAC-bound; {estimate['basis']})")

@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.fix_shapes import FixShapesConfig
 from edgeport.passes.fp16 import Fp16Config
 from edgeport.passes.optimize import GraphOptimizeConfig
 from edgeport.passes.quantize_dynamic import DynamicInt8Config
@@ -21,7 +22,7 @@ from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.versions import runtime_versions
 
-CACHEABLE = (GraphOptimizeConfig, StaticInt8Config, AccuracyAwareInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
+CACHEABLE = (FixShapesConfig, GraphOptimizeConfig, StaticInt8Config, AccuracyAwareInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
 MAX_CACHE_BYTES = 2 * 2**30  # the oldest step entries go beyond this
 
 
@@ -36,7 +37,7 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         "input": artifact.sha256(),
         "pass": type(config).__name__,
         "config": config_to_dict(config),
-        "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime")},
+        "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime", "onnxruntime-qnn")},
         "quant_target": repr(ctx.quant_target),
         "state_carry": ctx.state_carry.to_dict() if ctx.state_carry else None,  # carried evaluation is another verdict
         "seed": ctx.seed,

@@ -22,7 +22,7 @@ from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
 from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.passes.parity_check import accumulate_on_data
-from edgeport.runtimes import benchmark, coverage, estimate
+from edgeport.runtimes import benchmark, coverage, ep_plugins, estimate
 from edgeport.runtimes.graph_cost import graph_cost
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
@@ -36,6 +36,10 @@ from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
 from edgeport.versions import runtime_versions
 
 VALIDATION_SCHEMA_VERSION = "1.0"
+# A simulated NPU (QNN HTP on x86) takes seconds per inference on a real model: its timings mean
+# nothing for the device, so a few runs show it works, and parity takes this many samples at most.
+SIMULATOR_RUNS = 3
+SIMULATOR_PARITY_SAMPLES = 32
 
 
 @dataclass
@@ -155,18 +159,23 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     # where it runs: this host, or the device over SSH (its own CPU facts and providers)
     cpu = device_cpu(device.facts) if device else host_cpu()
     shapes = concrete_inputs(artifact.inputs, prof, dims, data_dims)
-    available = device.facts["providers"] if device else ort.get_available_providers()
+    available = device.facts["providers"] if device else ep_plugins.available_providers(ort)
     wanted = list(prof.runtime.execution_providers)
     missing = [p for p in wanted if p not in available]
     claim = claim_target(prof, cpu, available)
     on_target = claim.on_target
+    options = {prof.preferred_provider: dict(prof.runtime.provider_options)} if prof.runtime.provider_options else {}
+    simulator = prof.preferred_provider not in missing and ep_plugins.simulated(prof.preferred_provider, prof.runtime.provider_options, cpu.arch)
     details: dict[str, Any] = {
         "host": {"arch": cpu.arch, "cpu": cpu.model_name, "cores": cpu.cores, "providers_available": available,
                  **({"remote": device.target.describe(), "onnxruntime": device.facts["onnxruntime"]} if device else {})},
         "target": claim.to_dict(),
         "input_shapes": {s.name: list(s.shape) for s in shapes},
-        "providers": {"requested": wanted, "missing_here": missing},
+        "providers": {"requested": wanted, "missing_here": missing, **({"options": options} if options else {})},
     }
+    if simulator:
+        details["simulator"] = (f"{prof.preferred_provider} runs on Qualcomm's HTP simulator on an {cpu.arch} host: coverage, "
+                                "numerics and compilation are the NPU's; latency is the estimate's, never the simulator's timing")
     if missing and not prof.runtime.allow_cpu_fallback:
         providers = None
         details["providers"]["used"] = []
@@ -179,20 +188,23 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         if missing:
             details["providers"]["note"] = f"{', '.join(missing)} not available here: measured on {', '.join(providers)} (the profile allows CPU fallback)"
 
-    measurement, refused, threads = None, None, None
+    measurement, refused, threads, refusal_coverage = None, None, None, None
     if providers is not None:
         threads = prof.runtime.intra_op_threads
         if threads and not on_target:
             threads = min(threads, cpu.cores)
         request = benchmark.worker_request(
-            artifact.path, providers, shapes, threads=threads, runs=runs, warmup=10, time_limit_s=time_limit_s, coverage=True,
+            artifact.path, providers, shapes, threads=threads, runs=min(runs, SIMULATOR_RUNS) if simulator else runs,
+            warmup=0 if simulator else 10, time_limit_s=time_limit_s, coverage=True,
             cpu_mem_arena=prof.runtime.enable_cpu_mem_arena, mem_pattern=prof.runtime.enable_mem_pattern,
-            cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed,
+            cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed, provider_options=options,
+            compiled_context=providers[0] in ep_plugins.PLUGINS,
         )
         measurement = device.measure(_device_files(artifact), request) if device else benchmark.run_worker(artifact.path, providers, request)
         if "refused" in measurement:
             details["providers"]["note"] = measurement["refused"]
             refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])
+            refusal_coverage = _coverage_from_refusal(onnx_view(artifact), measurement, prof.preferred_provider)
             measurement, providers = None, None
         else:
             details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement,
@@ -201,6 +213,8 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
     preferred = prof.preferred_provider
     if measurement is not None and preferred in measurement["providers_used"]:
         cover = measurement.get("coverage")
+    elif refusal_coverage is not None:
+        cover = refusal_coverage
     else:
         cover = coverage.static_coverage(str(graph), preferred, {s.name: s.shape for s in shapes}) if graph is not None else None
     details["coverage"] = cover
@@ -217,21 +231,26 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
                 f"{', '.join(sorted(cpu_ops))} fall back to the CPU, priced at the accelerator's rates: the profile gives no cpu_peak_gops_fp32")
         details["estimate"] = {"kind": "estimate", "graph": cost.to_dict(), **target_estimate}
 
-    parity = _parity(artifact, ref, source, providers, shapes, max_eval_samples, seed, carry, device, threads) \
-        if ref is not None and providers else None
+    parity_samples = min(max_eval_samples, SIMULATOR_PARITY_SAMPLES) if simulator else max_eval_samples
+    parity = _parity(artifact, ref, source, providers, shapes, parity_samples, seed, carry, device, threads, options,
+                     prof.runtime.allow_cpu_fallback) if ref is not None and providers else None
+    if parity is not None and simulator:
+        parity["data"] += f" (at most {parity_samples} samples on the simulator)"
     details["parity"] = parity
 
     results = _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source,
-                     device.target.describe() if device else None)
+                     device.target.describe() if device else None, simulator, refused.detail if refused else None)
     results += [_opset_check(graph, prof), _format_check(artifact, prof), refused]
     return ProfileVerdict(prof, on_target, [r for r in results if r is not None], details)
 
 
 def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parity, providers, ref, source,
-           remote: str | None = None) -> list[BudgetResult | None]:
+           remote: str | None = None, simulator: bool = False, refused_reason: str | None = None) -> list[BudgetResult | None]:
     budgets = prof.budgets
     where = f" (remote host {remote})" if remote else ""
     host_basis = f"measured on target{where}" if on_target else f"measured on {'the remote host' + where if remote else 'this host'} (not the target)"
+    if simulator:
+        host_basis = f"measured on this host running {prof.preferred_provider}'s HTP simulator (not the device)"
     if on_target and measurement is not None:
         latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis=host_basis)
     elif target_estimate is not None and "refused" in target_estimate:
@@ -243,16 +262,25 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     else:
         latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
                         skip_reason="not on the target, and an .ort file without its .onnx beside it cannot be estimated")
-    memory = judge("peak_memory_mb", measurement["memory"]["peak_above_baseline_mb"] if measurement else None, budgets.peak_memory_mb,
-                   unit=" MB", basis=host_basis, skip_reason="no session could run on this host")
+    memory = judge("peak_memory_mb", measurement["memory"]["peak_above_baseline_mb"] if measurement and not simulator else None,
+                   budgets.peak_memory_mb, unit=" MB", basis=host_basis,
+                   skip_reason="the simulator's host memory is not the device's (compile memory is in the report)" if simulator
+                   else "no session could run on this host")
     size = judge("model_size_mb", artifact.size_bytes / 2**20, budgets.model_size_mb, unit=" MB", basis="file size (external data included)")
     cover_basis = cover["source"] if cover else ""
     coverage_result = judge("provider_coverage_min", cover["preferred_share"] if cover else None, budgets.provider_coverage_min,
-                            basis=cover_basis, skip_reason=f"{prof.preferred_provider} is not here and has no static checker")
+                            basis=cover_basis, skip_reason=f"{prof.preferred_provider} refused the model without naming nodes ({refused_reason})"
+                            if refused_reason else f"{prof.preferred_provider} is not here and has no static checker")
+    if coverage_result is not None and cover and cover.get("refused_nodes"):
+        coverage_result.detail = "not taken: " + "; ".join(
+            f"{n['node']} ({n['op_type']}): {n['reason'] or 'no reason logged'}" for n in cover["refused_nodes"][:5]) \
+            + (f"; and {len(cover['refused_nodes']) - 5} more" if len(cover["refused_nodes"]) > 5 else "")
     no_parity = "no --reference model given" if ref is None else "no session could run on this host"
     p = parity or {}
     pb = budgets.parity
     parity_basis = f"measured on {'remote host ' + remote if remote else 'this host'} ({', '.join(providers or [])}) vs reference on CPU here"
+    if simulator:
+        parity_basis = f"measured on the HTP simulator ({prof.preferred_provider}, the NPU's fixed-point arithmetic) vs reference on CPU here"
     results = [
         latency, memory, size, coverage_result,
         _agreement(p, pb.top1_agreement_min, parity_basis, no_parity),
@@ -303,14 +331,46 @@ def _opset_check(graph: Path | None, prof: Profile) -> BudgetResult:
 
 
 def _format_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult | None:
-    """A target that loads only ORT format (mobile and minimal builds) needs the .ort file;
-    full builds load either format, so an "onnx" target sets no check."""
+    """A target that loads only ORT format (mobile and minimal builds) needs the .ort file, and one
+    that loads a precompiled QNN context needs model_ctx.onnx; full builds load either format, so an
+    "onnx" target sets no check."""
+    if prof.runtime.model_format == "qnn-context":
+        return _qnn_context_check(artifact, prof)
     if prof.runtime.model_format != "ort":
         return None
     ort_file = artifact.path if artifact.is_ort_format else artifact.path.with_suffix(".ort")
     ok = ort_file.is_file()
     detail = f"{ort_file.name} present" if ok else f"the target loads ORT format: no {ort_file.name} beside the model (edgeport export --profile {prof.name} writes it)"
     return BudgetResult("model_format", PASS if ok else FAIL, None, None, "", "model file", detail)
+
+
+def _qnn_context_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
+    """The precompiled QNN context beside the model: present, compiled for this profile's HTP and
+    SoC, and (where QNN is installed) loadable with this profile's options."""
+    import onnxruntime as ort
+
+    from edgeport.passes.qnn_context import CONTEXT_NAME, PROVIDER, compiled_for
+
+    path = artifact.path.parent / CONTEXT_NAME
+    if not path.is_file():
+        return BudgetResult("model_format", FAIL, None, None, "", "model file",
+                            f"the target loads a precompiled QNN context: no {CONTEXT_NAME} beside the model "
+                            f"(edgeport export --profile {prof.name} writes it)")
+    built = compiled_for(path) or {}
+    wanted = prof.runtime.provider_options
+    differ = [f"{key} {built.get(key, 'unrecorded')} (the profile's: {wanted[key]})" for key in ("htp_arch", "soc_model")
+              if key in wanted and built.get(key) != wanted[key]]
+    if differ:
+        return BudgetResult("model_format", FAIL, None, None, "", "model file",
+                            f"{CONTEXT_NAME} was compiled for another target: {', '.join(differ)}; export with --profile {prof.name}")
+    if PROVIDER not in ep_plugins.available_providers(ort):
+        return BudgetResult("model_format", PASS, None, None, "", "model file",
+                            f"{CONTEXT_NAME} compiled for this target (not loaded: {PROVIDER} is not installed here)")
+    try:
+        create_session(path, [PROVIDER], provider_options={PROVIDER: dict(wanted)}, cpu_fallback=False)
+    except Exception as exc:
+        return BudgetResult("model_format", FAIL, None, None, "", "model file", f"{CONTEXT_NAME} does not load on {PROVIDER}: {str(exc)[:300]}")
+    return BudgetResult("model_format", PASS, None, None, "", "model file", f"{CONTEXT_NAME} compiled for this target, and it loads on {PROVIDER}")
 
 
 def onnx_view(artifact: OnnxArtifact) -> Path | None:
@@ -321,8 +381,21 @@ def onnx_view(artifact: OnnxArtifact) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
+def _coverage_from_refusal(graph: Path | None, measurement: dict[str, Any], provider: str) -> dict[str, Any] | None:
+    """Coverage when a provider refused the model (no CPU fallback): every node but those it named."""
+    refused = measurement.get("refused_nodes")
+    if not refused or graph is None:
+        return None
+    import onnx
+
+    nodes = sum(1 for n in onnx.load(str(graph), load_external_data=False).graph.node if n.op_type != "Constant")
+    return {"source": f"{provider}'s own refusals (ONNX Runtime verbose log; CPU fallback forbidden)", "nodes": nodes,
+            "preferred_share": round(max(nodes - len(refused), 0) / nodes, 4) if nodes else None, "refused_nodes": refused}
+
+
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None,
-            device: RemoteDevice | None = None, threads: int | None = None) -> dict[str, Any]:
+            device: RemoteDevice | None = None, threads: int | None = None, options: dict[str, dict[str, str]] | None = None,
+            cpu_fallback: bool = True) -> dict[str, Any]:
     reference = create_session(ref.path)
     acc = ParityAccumulator(names=[o.name for o in reference.get_outputs()], class_outputs=model_class_outputs(ref.path))
     if device is not None:  # the candidate runs on the device, the reference here: same feeds, in order
@@ -334,10 +407,10 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
         else:
             rng = np.random.default_rng(seed)
             feeds, labels, kind = [{s.name: example_array(s, rng) for s in shapes} for _ in range(4)], [None] * 4, "synthetic inputs"
-        for feed, label, outputs in zip(feeds, labels, device.outputs(_device_files(artifact), feeds, providers, threads)):
+        for feed, label, outputs in zip(feeds, labels, device.outputs(_device_files(artifact), feeds, providers, threads, options, cpu_fallback)):
             acc.update(run_session(reference, feed), outputs, label)
         return {**acc.result(), "data": kind}
-    cand = create_session(artifact.path, providers)
+    cand = create_session(artifact.path, providers, provider_options=options, cpu_fallback=cpu_fallback)
     if source is not None:
         # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
         how = accumulate_on_data(acc, reference, cand, source, artifact.inputs, carry=carry, max_samples=max_samples)

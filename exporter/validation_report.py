@@ -26,7 +26,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             mark = {"pass": "ok  ", "fail": "FAIL", "skipped": "skip"}[result.status]
             lines.append(f"  {mark} {result.describe()}")
         measurement = profile.get("measurement")
-        if measurement:
+        if measurement and profile.get("simulator"):  # its timings are not the device's: show what it proves instead
+            lines.append(f"  simulator: {compile_text(measurement)}")
+        elif measurement:
             lat = measurement["latency_ms"]
             lines.append(
                 f"  {measurement['kind']} measurement: p50 {lat['p50']:.3f} ms, p95 {lat['p95']:.3f} ms, cv {lat['cv']:.2f} over {measurement['runs']} runs; "
@@ -45,6 +47,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def compile_text(measurement: dict[str, Any]) -> str:
+    """What compiling for an NPU cost on this host: time, the context binary, peak memory."""
+    compiled = measurement.get("compiled_context") or {}
+    binary = f", context binary {compiled['context_binary_bytes'] / 1024:.0f} KiB" if compiled else ""
+    return (f"compiled in {measurement['session_load_ms']:.0f} ms{binary}, peak host memory while compiling "
+            f"+{measurement['memory'].get('load_peak_above_baseline_mb', measurement['memory']['peak_above_baseline_mb']):.1f} MB "
+            f"(simulated runs: {measurement['runs']}, timings not reported)")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     out = ["# edgeport validation report", "", f"- model: `{report['model']['path']}` ({report['model']['bytes'] / 1e6:.3f} MB)",
            f"- reference: `{report['reference']}`" if report["reference"] else "- reference: none", f"- verdict: **{report['verdict'].upper()}**"]
@@ -58,7 +69,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         for b in profile["budgets"]:
             out.append(f"| {b['name']} | {b['status']} | {_cell(b['measured'])}{b['unit']} | {_cell(b['limit'])}{b['unit']} | {_cell(b['margin'])} | {b['basis'] or b['detail']} |")
         m = profile.get("measurement")
-        if m:
+        if profile.get("simulator"):
+            out += ["", f"Simulator: {profile['simulator']}."]
+            if m:
+                out.append(f"Compile on this host: {compile_text(m)}.")
+        elif m:
             lat = m["latency_ms"]
             out += ["", f"Measured ({m['kind']}, {m['runs']} runs): p50 {lat['p50']} ms, p90 {lat['p90']}, p95 {lat['p95']}, p99 {lat['p99']}, "
                     f"mean {lat['mean']}, cv {lat['cv']}; session load {m['session_load_ms']} ms; cold first inference {m['cold_first_inference_ms']} ms; "
@@ -73,6 +88,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             c = profile["coverage"]
             out.append(f"Provider coverage ({c['source']}): {c.get('preferred_share')} of {c['nodes']} nodes on the preferred provider."
                        + (f" Note: {c['note']}." if c.get("note") else ""))
+            for n in c.get("refused_nodes", []):
+                out.append(f"- not taken: `{n['node']}` ({n['op_type']}): {n['reason'] or 'no reason logged'}")
         parity = profile.get("parity")
         if parity:
             out.append(f"Parity on {parity['data']}.")

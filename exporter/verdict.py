@@ -35,6 +35,8 @@ class BudgetResult:
         text = f"{self.name}: {_fmt(self.measured)}{self.unit} {relation} {_fmt(self.limit)}{self.unit} [{self.basis}]"
         if self.status == FAIL and self.margin is not None and self.limit:
             text += f", off by {_fmt(abs(self.margin))}{self.unit} ({abs(self.margin) / abs(self.limit):.0%} of the limit)"
+        if self.detail:
+            text += f"; {self.detail}"
         return text
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,11 +12,13 @@ from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, Progress
 from edgeport.passes.distill import DistillConfig, distill
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
+from edgeport.passes.fix_shapes import FixShapesConfig, fix_shapes
 from edgeport.passes.fp16 import Fp16Config, convert_fp16
 from edgeport.passes.lowrank import LowRankConfig, low_rank
 from edgeport.passes.opset_upgrade import OpsetUpgradeConfig, upgrade_opset
 from edgeport.passes.optimize import GraphOptimizeConfig, optimize_graph
 from edgeport.passes.ort_format import OrtFormatConfig, to_ort_format
+from edgeport.passes.qnn_context import QnnContextConfig, compile_qnn_context
 from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
 from edgeport.passes.quantize_dynamic import DynamicInt8Config, quantize_dynamic_int8
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
@@ -35,12 +37,14 @@ PASS_REGISTRY: dict[type, Callable[..., Any]] = {
     DistillConfig: _distill_step,
     OnnxExportConfig: export_onnx,
     OpsetUpgradeConfig: upgrade_opset,
+    FixShapesConfig: fix_shapes,
     GraphOptimizeConfig: optimize_graph,
     StaticInt8Config: quantize_static_int8,
     AccuracyAwareInt8Config: quantize_accuracy_aware,
     DynamicInt8Config: quantize_dynamic_int8,
     Fp16Config: convert_fp16,
     OrtFormatConfig: to_ort_format,
+    QnnContextConfig: compile_qnn_context,
 }
 
 
@@ -57,6 +61,10 @@ __all__ = [
     "PASS_REGISTRY",
     "ChannelPruneConfig",
     "DynamicInt8Config",
+    "FixShapesConfig",
+    "QnnContextConfig",
+    "compile_qnn_context",
+    "fix_shapes",
     "Fp16Config",
     "convert_fp16",
     "quantize_dynamic_int8",

@@ -16,7 +16,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from edgeport.data import Batch, DataSource
+from edgeport.data import Batch, DataSource, batch_size_for
 from edgeport.errors import DataError
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, MetricFn, Outputs, per_sample_cosine, score
 from edgeport.runtimes.state_carry import StateCarry, carried_outputs
@@ -69,6 +69,7 @@ class SampleSubset(DataSource):
     def batches(self, specs: tuple[TensorSpec, ...], batch_size: int = 8, max_samples: int | None = None) -> Iterator[Batch]:
         pending: list[Batch] = []
         emitted = 0
+        batch_size = batch_size_for(specs, batch_size)
         for index, single in enumerate(self.parent.batches(specs, 1, None)):
             if not self.keep(index):
                 continue

@@ -32,6 +32,10 @@ from edgeport.runtimes.hostcpu import host_cpu
 FORMATS = ("qdq", "qoperator")
 METHODS = ("minmax", "entropy", "percentile")
 TYPES = ("uint8", "int8")
+ACTIVATION_TYPES = (*TYPES, "uint16")  # uint16: QNN HTP's 16-bit activations
+# how the QDQ graph is laid out: ONNX Runtime's CPU kernels' way, or QNN's (get_qnn_qdq_config:
+# every op quantized, output Q/DQ everywhere, symmetric signed weights, 16-bit where asked)
+RULES = ("onnxruntime", "qnn")
 _CHUNK_BATCHES = 4  # batches held in memory at once during calibration
 _CACHE_VERSION = 1
 
@@ -47,6 +51,10 @@ class StaticInt8Config:
     weight_type: str = "int8"
     per_channel: bool = True
     reduce_range: bool | None = None  # None: chosen from the target CPU (see quant_defaults)
+    weight_symmetric: bool | None = None  # None: symmetric for signed weight types
+    rules: str = "onnxruntime"
+    # QNN only: the target's provider options (htp_arch, soc_model), for checks that QNN takes the result
+    target_options: tuple[tuple[str, str], ...] = ()
     calibration_method: str = "minmax"
     percentile: float = 99.999
     op_types: tuple[str, ...] | None = None  # None: chosen from the model family
@@ -61,8 +69,13 @@ class StaticInt8Config:
     def __post_init__(self) -> None:
         _one_of("format", self.format, FORMATS)
         _one_of("calibration_method", self.calibration_method, METHODS)
-        _one_of("activation_type", self.activation_type, TYPES)
+        _one_of("activation_type", self.activation_type, ACTIVATION_TYPES)
         _one_of("weight_type", self.weight_type, TYPES)
+        _one_of("rules", self.rules, RULES)
+        if self.activation_type == "uint16" and self.rules != "qnn":
+            raise UsageError("uint16 activations are QNN's (W8A16)", fix="use uint8 or int8 activations, or a QNN profile")
+        if self.rules == "qnn" and self.format != "qdq":
+            raise UsageError(f"QNN takes QDQ models, not {self.format}", fix="drop --quant-format (QNN profiles quantize to qdq)")
         if not 0 < self.percentile <= 100:
             raise UsageError(f"percentile {self.percentile} is not within (0, 100]", fix="use e.g. 99.999")
         for name in ("calibration_samples", "calibration_batch_size", "eval_samples"):
@@ -92,11 +105,13 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
 
     config = per_tensor_if_needed(config, model.path, notes)
     source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
+    if config.rules == "qnn":
+        source_path = _finite_masks_for_npu(source_path, work, notes)
     proto = onnx.load(str(source_path), load_external_data=False)
 
-    op_choice = choose_op_types(proto) if config.op_types is None else None
-    op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else all_quantizable_op_types())
-    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx)
+    op_choice = choose_op_types(proto) if config.op_types is None and config.rules != "qnn" else None
+    op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else default_op_types(config, proto))
+    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx) if config.rules != "qnn" else (False, QNN_RANGE_RULE)
     check_exclusions(proto, config)
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
@@ -122,7 +137,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     reference_ctx = PassContext(work_dir=ctx.work_dir, seed=ctx.seed, calibration=ctx.calibration, evaluation=ctx.evaluation)
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
     decisions = {
-        "op_types": op_choice.rule if op_choice else "given in the config",
+        "op_types": op_choice.rule if op_choice else "given in the config" if config.op_types is not None else QNN_OP_RULE,
         "reduce_range": range_rule,
     }
     ctx.record(
@@ -191,11 +206,44 @@ def _ort_method(method: str):
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
 
 
+QNN_OP_RULE = "every op type: QNN runs only quantized ops on its HTP (a float op there means the CPU)"
+QNN_RANGE_RULE = "off: QNN's HTP kernels do not saturate as x86 u8*s8 ones do"
+
+
+def _finite_masks_for_npu(path: Path, work: Path, notes: list[str]) -> Path:
+    """The model with its -inf mask fills made finite (QNN's HTP holds no -inf and has no float
+    fallback), saved in ``work``; ``path`` itself where there is none."""
+    from edgeport.passes.finite_masks import MASK_FILL, finite_mask_fills
+
+    proto = onnx.load(str(path))
+    if not finite_mask_fills(proto):
+        return path
+    notes.append(f"attention-mask fills of -inf became {MASK_FILL:g}: QNN's HTP cannot represent -inf and has no float fallback "
+                 "(softmax still gives those positions 0)")
+    out = work / "finite-masks.onnx"
+    onnx.save(proto, str(out))
+    return out
+
+
+def default_op_types(config: StaticInt8Config, proto: onnx.ModelProto) -> list[str]:
+    """Op types to quantize when the config names none and no family rule applies: for QNN every op
+    type in the graph but Cast (get_qnn_qdq_config's rule), else every type ORT quantizes."""
+    if config.rules == "qnn":
+        return sorted({n.op_type for n in proto.graph.node} - {"Cast"})
+    return all_quantizable_op_types()
+
+
 def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, method: str, op_types: list[str],
-                         config: StaticInt8Config, reduce_range: bool, exclude_nodes: tuple[str, ...] | list[str]) -> None:
-    """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times."""
+                         config: StaticInt8Config, reduce_range: bool, exclude_nodes: tuple[str, ...] | list[str],
+                         wide_nodes: frozenset[str] = frozenset()) -> None:
+    """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times.
+    ``wide_nodes`` (QNN rules only) take 16-bit activations in and out: QNN's W8A16 for layers
+    that 8 bits cost too much, converted to and from their neighbours' type where they meet."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
+    if config.rules == "qnn":
+        _quantize_for_qnn(source_path, out_path, ranges_path, method, op_types, config, exclude_nodes, wide_nodes)
+        return
     extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
     if config.format == "qdq":
         # A MatMul/Gemm output is quantized only where an int8 reader needs it (as NNCF places
@@ -224,6 +272,61 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     quantized = onnx.load(str(out_path), load_external_data=False)
     if sort_topologically(quantized):  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
+
+
+_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16"}
+
+
+def _quantize_for_qnn(source_path: Path, out_path: Path, ranges_path: Path, method: str, op_types: list[str],
+                      config: StaticInt8Config, exclude_nodes: tuple[str, ...] | list[str], wide_nodes: frozenset[str]) -> None:
+    """QNN's QDQ layout from ORT's own rules (get_qnn_qdq_config: fixed scales for Sigmoid/Tanh,
+    16-bit neighbours kept consistent, weights of 16-bit MatMuls and LayerNorms typed as QNN takes them)."""
+    from onnxruntime.quantization import QuantType, quantize_static
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    proto = onnx.load(str(source_path), load_external_data=False)
+    overrides = qnn_overrides(proto, wide_nodes)
+    with quiet_ort():
+        try:
+            qnn = get_qnn_qdq_config(
+                proto, None, calibrate_method=_ort_method(method),
+                activation_type=getattr(QuantType, _QUANT_TYPES[config.activation_type]),
+                weight_type=getattr(QuantType, _QUANT_TYPES[config.weight_type]),
+                per_channel=config.per_channel, init_overrides=overrides or None, weight_symmetric=config.weight_symmetric,
+                activation_symmetric=config.activation_symmetric, op_types_to_quantize=op_types, nodes_to_exclude=list(exclude_nodes) or None,
+            )
+            quantize_static(
+                str(source_path), str(out_path), calibration_data_reader=None, quant_format=qnn.quant_format,
+                op_types_to_quantize=qnn.op_types_to_quantize, per_channel=qnn.per_channel, reduce_range=False,
+                activation_type=qnn.activation_type, weight_type=qnn.weight_type, nodes_to_exclude=qnn.nodes_to_exclude or [],
+                calibrate_method=_ort_method(method), extra_options=qnn.extra_options, calibration_cache_path=str(ranges_path),
+            )
+        except Exception as exc:
+            raise QuantizationError(f"ONNX Runtime quantization for QNN failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
+                                    fix="exclude the failing node (--exclude-nodes), or report the model") from exc
+    quantized = onnx.load(str(out_path), load_external_data=False)
+    if sort_topologically(quantized):
+        onnx.save(quantized, str(out_path))
+
+
+def qnn_overrides(proto: onnx.ModelProto, wide_nodes: frozenset[str]) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides for QNN: each of ``wide_nodes``' activation inputs and outputs in 16 bits;
+    LayerNormalization's scale and bias unsigned and asymmetric, the only way HTP takes them (with
+    symmetric int8 ones it refuses the node: error 3110 from QNN's op validation)."""
+    from onnxruntime.quantization import QuantType
+
+    constants = {t.name for t in proto.graph.initializer}
+    tensors: dict[str, list[dict[str, Any]]] = {}
+    for node in proto.graph.node:
+        if node.op_type == "LayerNormalization":
+            for name in node.input[1:]:
+                if name in constants:
+                    tensors[name] = [{"quant_type": QuantType.QUInt8, "symmetric": False}]
+        if node.name in wide_nodes:
+            for name in (*node.input, *node.output):
+                if name and name not in constants:
+                    tensors[name] = [{"quant_type": QuantType.QUInt16}]
+    return tensors
 
 
 def _require_cacheable_ort() -> None:

@@ -1,0 +1,106 @@
+"""Compile a QDQ model for a Qualcomm NPU ahead of time: ONNX Runtime's EPContext model
+(model_ctx.onnx) holding a QNN context binary (model_ctx_qnn.bin) built for the profile's SoC,
+the form a phone or PC app loads without compiling on the device.
+
+The compile refuses any node QNN does not take (no CPU fallback), and the compiled model is
+checked to reload and give the QDQ model's outputs on the same backend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.errors import QuantizationError, first_line
+from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.runtimes.session import create_session, run_session, session_options
+from edgeport.specs import example_array
+
+PROVIDER = "QNNExecutionProvider"
+CONTEXT_NAME = "model_ctx.onnx"
+
+
+class QnnRefusal(QuantizationError):
+    """No context binary can be compiled here: QNN is not installed, or it would not take the
+    whole model (validation then names each refused node)."""
+
+
+TARGET_KEY = "edgeport.qnn_target"  # model_ctx.onnx metadata: the provider options it was compiled with
+
+
+@dataclass(frozen=True)
+class QnnContextConfig:
+    provider_options: dict[str, str] = field(default_factory=dict)  # backend_type, htp_arch, soc_model
+    check_samples: int = 2  # feeds the reloaded context model must reproduce (the simulator is slow)
+
+
+def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: PassContext) -> OnnxArtifact:
+    import onnxruntime as ort
+
+    from edgeport.runtimes import ep_plugins
+
+    if PROVIDER not in ep_plugins.available_providers(ort):
+        raise QnnRefusal(ep_plugins.plugin_problem(PROVIDER) or f"{PROVIDER} is not installed here",
+                         fix="pip install 'edgeport[qnn]' (onnxruntime-qnn), or use a profile whose model_format is onnx")
+    started = time.perf_counter()
+    folder = ctx.work_dir / "qnn-context"
+    folder.mkdir(parents=True, exist_ok=True)
+    out_path = folder / CONTEXT_NAME
+    options = session_options(optimization="all")
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    options.add_session_config_entry("ep.context_enable", "1")
+    options.add_session_config_entry("ep.context_file_path", str(out_path))
+    providers = {PROVIDER: dict(config.provider_options)}
+    try:
+        ep_plugins.create_session(ort, str(model.path), options, [PROVIDER], providers)
+    except Exception as exc:
+        raise QnnRefusal(f"QNN could not compile '{model.path.name}' whole: {first_line(exc)[:300]}",
+                                fix="run 'edgeport validate' with the profile: its coverage names each node QNN refuses and why") from exc
+    compile_s = time.perf_counter() - started
+    binaries = sorted(p for p in folder.iterdir() if p != out_path)
+    compiled = onnx.load(str(out_path))  # say what it was compiled for: validation checks it against each profile
+    onnx.helper.set_model_props(compiled, {**{e.key: e.value for e in compiled.metadata_props},
+                                           TARGET_KEY: json.dumps(dict(sorted(config.provider_options.items())))})
+    onnx.save(compiled, str(out_path))
+    artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "qnn_context"))
+    check = _reload_check(model.path, out_path, model, providers, config.check_samples, ctx.seed)
+    ctx.record(StepRecord(
+        name="qnn_context", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        input_bytes=model.size_bytes, output_bytes=sum(p.stat().st_size for p in (out_path, *binaries)),
+        metrics={"compile_s": round(compile_s, 3), "context_binaries": {p.name: p.stat().st_size for p in binaries},
+                 "reload_check": check},
+    ))
+    return artifact
+
+
+def compiled_for(path: Path) -> dict[str, str] | None:
+    """The provider options a model_ctx.onnx was compiled with, as export recorded them."""
+    props = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(props[TARGET_KEY]) if TARGET_KEY in props else None
+
+
+def context_files(artifact: OnnxArtifact) -> list[Path]:
+    """The EPContext model and the binaries beside it that it names."""
+    return [artifact.path, *sorted(p for p in artifact.path.parent.iterdir() if p != artifact.path)]
+
+
+def _reload_check(qdq: Path, compiled: Path, model: OnnxArtifact, providers: dict, samples: int, seed: int) -> dict:
+    """The compiled model, loaded fresh, against the QDQ model on the same backend: they must agree."""
+    qdq_session = create_session(qdq, [PROVIDER], provider_options=providers, cpu_fallback=False)
+    ctx_session = create_session(compiled, [PROVIDER], provider_options=providers, cpu_fallback=False)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for _ in range(samples):
+        feed = {s.name: example_array(s, rng) for s in model.inputs}
+        for a, b in zip(run_session(qdq_session, feed), run_session(ctx_session, feed)):
+            worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0)
+    if worst > 0.0:
+        raise QuantizationError(f"the compiled QNN context model differs from the QDQ model by {worst:g} on the same backend",
+                                fix="report this with the model: the context binary must reproduce the QDQ model")
+    return {"samples": samples, "max_abs_diff": worst, "inputs": "seeded synthetic"}
