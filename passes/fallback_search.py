@@ -18,7 +18,7 @@ import onnx
 
 from edgeport.passes.context import Progress
 from edgeport.passes.fidelity import FidelityScore
-from edgeport.passes.int8_eval import EvalSplit, Scorer, session_for
+from edgeport.passes.int8_eval import EvalSplit, Scorer
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.sensitivity import GroupRank, rank_groups
 
@@ -124,7 +124,7 @@ def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSpli
         if current.margin >= guard or not budget.ok():
             break
         nodes = {g for g in free if space.op_of.get(g) == op_type}
-        trial = scorer.score(session_for(space.qdq.with_float(reverted | nodes)), search)
+        trial = scorer.score(space.qdq.session(reverted | nodes), search)
         budget.spend()
         helped = trial.key() > current.key()
         steps.append(_type_step(space, op_type, nodes, reverted | nodes, trial, helped))
@@ -136,7 +136,7 @@ def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSpli
     if len(rejected_types) > 1 and current.margin < guard and budget.ok():
         # Each type alone can move nothing while together they do: in a MobileNetV3-style detector
         # the hard-swish Mul/Clip/Div and the residual Adds each round a little of the same signal.
-        trial = scorer.score(session_for(space.qdq.with_float(reverted | rest)), search)
+        trial = scorer.score(space.qdq.session(reverted | rest), search)
         budget.spend()
         helped = trial.key() > current.key()
         steps.append(_type_step(space, "+".join(rejected_types), rest, reverted | rest, trial, helped))
@@ -207,7 +207,7 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         if not affordable:
             break
         pick = affordable[0]
-        trial = scorer.score(session_for(qdq.with_float(reverted | {pick.node})), search)
+        trial = scorer.score(qdq.session(reverted | {pick.node}), search)
         budget.spend()
         helped = worth_it(trial, current, costly=not space.is_free(pick.node) or space.costs_size(pick.node))
         record({"reverted": pick.node, "op_type": pick.op_type, "mac_share": space.describe(pick.node)["mac_share"],
@@ -233,7 +233,7 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         for node in sorted(costly, key=lambda n: (-macs.get(n, 0), -space.weight_bytes.get(n, 0))):
             if not budget.ok():
                 break
-            trial = scorer.score(session_for(qdq.with_float(reverted - {node})), search)
+            trial = scorer.score(qdq.session(reverted - {node}), search)
             budget.spend()
             if done(trial):
                 reverted.discard(node)
@@ -261,7 +261,7 @@ def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], curr
 
     def trial(size: int) -> FidelityScore:
         nodes = reverted | set(affordable[:size])
-        score = scorer.score(session_for(space.qdq.with_float(nodes)), search)
+        score = scorer.score(space.qdq.session(nodes), search)
         budget.spend()
         tried[size] = score
         steps.append(({"reverted_block": affordable[:size], "block_size": size, "kept": False,

@@ -64,6 +64,12 @@ class QdqModel:
             if n.op_type not in QDQ_OPS and n.name in self._source_nodes and n.name not in always_float and any(i in dq_outputs for i in n.input)
         ]
 
+    def session(self, reverted: set[str] | frozenset[str]):
+        """An ORT session (CPU, all optimizations) on ``with_float(reverted)``: what a search trial scores."""
+        from edgeport.passes.int8_eval import session_for
+
+        return session_for(self.with_float(reverted))
+
     def with_float(self, reverted: set[str] | frozenset[str]) -> onnx.ModelProto:
         """A copy of the QDQ model in which the ``reverted`` nodes read their float inputs."""
         graph = self.qdq.graph

@@ -20,6 +20,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.finite_masks import MASK_FILL, finite_mask_fills
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
@@ -30,18 +31,23 @@ from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, n
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
-    StaticInt8Config, all_quantizable_op_types, calibrate, check_exclusions, op_types_to_quantize,
+    QNN_RANGE_RULE, StaticInt8Config, calibrate, check_exclusions, default_op_types, op_types_to_quantize,
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
-    SearchBudget, SearchSpace, revert_free_types, search_fallback, weight_bytes,
+    SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, weight_bytes,
 )
 from edgeport.passes.sensitivity import node_mac_counts
+from edgeport.passes.wide_activations import (
+    WideActivationModel, compilable_mix, npu_session, qnn_installed, wide_activation_share, widen_for_coverage,
+)
 from edgeport.runtimes.parity import class_score_outputs
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
+NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
+NPU_TRIAL_S = 3.0  # search trials run on the simulator when one takes at most this long, else on ORT's CPU kernels
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,7 @@ class _Candidate:
     outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
     correction: Any = None
     reduce_range: bool = False
+    wide: WideActivationModel | None = None  # QNN: the search's groups take 16-bit activations, not float
 
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
@@ -112,6 +119,10 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                                 fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8")
     work = ctx.work_dir / "int8-search"
     work.mkdir(parents=True, exist_ok=True)
+    on_npu = quant.rules == "qnn"  # float is the CPU there: the fallback is 16-bit activations
+    npu_smoothing = on_npu and config.smooth_quant
+    if npu_smoothing:
+        config = replace(config, smooth_quant=False)
     calibration, evaluation, data_note = calibration_and_evaluation(ctx.calibration, ctx.evaluation, ctx.state_carry, model.inputs)
     if data_note:
         notes.append(data_note)
@@ -119,11 +130,14 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
     source = onnx.load(str(source_path))
     name_nodes(source)
+    if on_npu and finite_mask_fills(source):  # before calibration: the ranges must see the finite fill
+        notes.append(f"attention-mask fills of -inf became {MASK_FILL:g}: QNN's HTP cannot represent -inf and has no float fallback "
+                     "(softmax still gives those positions 0)")
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
-    op_types = op_types_to_quantize(quant, all_quantizable_op_types())
-    reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx)
+    op_types = op_types_to_quantize(quant, default_op_types(quant, source))
+    reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx) if not on_npu else (False, QNN_RANGE_RULE)
 
     search, held_out = load_splits(evaluation, model.inputs, config.eval_samples, ctx.state_carry)
     reference = session_for(str(model.path))
@@ -150,15 +164,19 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source,
                   seven_bit: bool = reduce_range) -> _Candidate:
         pinned = scale_nodes(float_source)
-        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, (*quant.exclude_nodes, *sorted(pinned)))
+        exclude = (*quant.exclude_nodes, *sorted(pinned))
+        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, exclude)
         budget.spend()
         scored = QdqModel(qdq, float_source, pinned).with_float(set()) if pinned else qdq
+        wide = WideActivationModel(qdq, float_source, path, ranges, method, op_types, quant, exclude, work) if on_npu else None
         return _Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
-                          *scorer.evaluate(session_for(scored), search), correction, seven_bit)
+                          *scorer.evaluate(session_for(scored), search), correction, seven_bit, wide)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
     plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
+    if npu_smoothing:
+        improvements["smooth_quant"] = "not tried: its scales stay float, which QNN's HTP would leave to the CPU"
     # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
     # (a histogram pass each), each taken only when the target is not yet met with the guard band.
     corrected = _bias_corrected(best, config, calibration, model, work, candidate)
@@ -218,9 +236,25 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             reduce_range, range_rule = False, improvements["full_range_weights"]["rule"]
     start_score = best.score
 
+    npu_start = None
+    if on_npu:  # what QNN refuses at 8 bits but takes at 16 is 16-bit from the start, whatever the search does
+        improvements["widened_for_coverage"] = widen_for_coverage(best.wide, dict(quant.target_options))
+        # ORT's CPU kernels only emulate an NPU's arithmetic, and pessimistically (HTP keeps more precision
+        # inside Softmax and LayerNorm): trials run on the simulator wherever it is quick enough
+        npu_start, trial_s = _npu_trial(best.wide, search, scorer)
+        improvements["trials_scored_on"] = (
+            "QNN's HTP (the simulator on this host)" if npu_start is not None and trial_s <= NPU_TRIAL_S else
+            f"ORT's CPU kernels: one trial on QNN's HTP simulator would take {trial_s:.0f} s here" if npu_start is not None else
+            "ORT's CPU kernels: QNN is not installed here, or does not take the all-int8 model")
+        if npu_start is not None and trial_s <= NPU_TRIAL_S:
+            best.wide.npu_options = dict(quant.target_options)
+        if best.wide.required or best.wide.npu_options is not None:
+            best.score, best.outputs = scorer.evaluate(best.wide.session(set()), search)
+            budget.spend()
+            start_score = best.score
     space = _search_space(best, quant, search)
     speedup = int8_speedup(ctx.quant_target or host_quant_target())
-    space.int8_speedup = speedup.value
+    space.int8_speedup = speedup.value if not on_npu else None  # the MAC-bound model prices float, not 16-bit activations
     qdq_model, groups = space.qdq, space.groups
     if not groups:
         notes.append(nothing_quantized(source))
@@ -232,11 +266,24 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     ranking_subset = search.subset(worst_samples(search, best.outputs, config.ranking_samples))
     family_types = choose_op_types(source).value  # a family rule is at most the search's starting order
     first_types = tuple(sorted({space.op_of[g] for g in groups if space.op_of.get(g) not in family_types})) if family_types else ()
-    free, free_score, free_steps = revert_free_types(space, best.score, search, scorer, budget, guard=config.guard_band,
-                                                     first_types=first_types)
-    result = search_fallback(space, free_score, search, ranking_subset, scorer, budget, ctx.progress, guard=config.guard_band,
-                             max_fallback=config.max_fallback, ranking_trials=config.ranking_trials, reverted=free, steps=free_steps)
+    if npu_start is not None:
+        improvements["all_int8_on_npu"] = npu_start.to_dict()
+    if npu_start is not None and npu_start.margin >= config.guard_band:  # the NPU meets the target all-int8: nothing widens
+        result = SearchResult(set(), best.score, [], [], budget.ok())
+    else:
+        free, free_score, free_steps = revert_free_types(space, best.score, search, scorer, budget, guard=config.guard_band,
+                                                         first_types=first_types)
+        result = search_fallback(space, free_score, search, ranking_subset, scorer, budget, ctx.progress, guard=config.guard_band,
+                                 max_fallback=config.max_fallback, ranking_trials=config.ranking_trials, reverted=free, steps=free_steps)
 
+    if on_npu and best.wide.uncompilable:
+        improvements["uncompilable_trials"] = best.wide.uncompilable
+    if on_npu and result.reverted and qnn_installed():  # the mix must compile for the NPU, not only score well
+        mix, improvements["w8a16_compile_check"] = compilable_mix(best.wide, result.reverted, space.op_of, dict(quant.target_options))
+        if mix != result.reverted:
+            result.reverted = mix
+            result.score = scorer.score(space.qdq.session(mix), search)
+            budget.spend()
     reverted = result.reverted
     out_path = ctx.work_dir / "model.int8.onnx"
     if quant.format == "qdq":
@@ -260,15 +307,25 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     final_session = session_for(final_qdq)
     # a QDQ artifact is the very mix the search scored last; a QOperator one is a new model
     search_score = result.score if quant.format == "qdq" else scorer.score(final_session, search)
+    judged_on = "ONNX Runtime's CPU kernels on this host"
+    searched_on = len(search)
+    npu_session = _npu_session(final_qdq, quant, notes) if on_npu else None
+    if npu_session is not None:  # the verdict in the NPU's own arithmetic, not the CPU's emulation of it
+        final_session, judged_on = npu_session, "QNN's HTP (the simulator on this host): the NPU's own fixed-point arithmetic"
+        if ctx.state_carry is None:  # the simulator takes seconds per inference on real models
+            search, held_out = (split.subset(list(range(min(len(split), NPU_VERDICT_SAMPLES)))) for split in (search, held_out))
+            judged_on += f", at most {NPU_VERDICT_SAMPLES} samples of each split"
+        search_score = scorer.score(final_session, search)
     held_out_score = scorer.score(final_session, held_out)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
-    float_share = space.share(reverted)
+    float_share = space.share(set() if on_npu else reverted)
     met = search_score.met and held_out_score.met
     floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
     # the floor blocks only a model that still rounds its inputs; where the search kept their
     # readers float, it is a note beside the layer blockers
     still_rounded = floor is not None and rounds_inputs(onnx.load(final_qdq, load_external_data=False))
-    verdict = search_verdict(config.max_fallback, met, search_score, held_out_score, result, floor, still_rounded)
+    verdict = search_verdict(config.max_fallback, met, search_score, held_out_score, result, floor, still_rounded,
+                             "with 16-bit activations" if on_npu else "in float")
     if artifact.size_bytes > model.size_bytes:
         notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes (e.g. biases) are quantized once per node")
     family = model_family(source)
@@ -287,8 +344,9 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
                 "held_out": held_out_score.to_dict(),
                 "search_split": search_score.to_dict(),
                 "before_search": start_score.to_dict(),
-                "data": f"{evaluation.description}: {len(search)} samples searched on, {len(held_out)} held out for this verdict"
+                "data": f"{evaluation.description}: {searched_on} samples searched on, {len(held_out)} held out for this verdict"
                         + (f"; state carried from feed to feed ({ctx.state_carry.describe()})" if ctx.state_carry else ""),
+                "judged_on": judged_on,
                 "blockers": verdict["blockers"],
                 "reason": verdict["reason"],
                 **({"input_rounding_floor": floor.to_dict()} if floor is not None else {}),
@@ -297,6 +355,9 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
             "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
             "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
+            "fallback": "16-bit activations (W8A16): float on QNN's HTP would run on the CPU" if on_npu else "float",
+            "fallback_mac_share": round(space.share(reverted) - space.share(set()), 4),
+            **({"activations_16bit": wide_activation_share(onnx.load(final_qdq, load_external_data=False))} if on_npu else {}),
             "reverted": [space.describe(g) for g in sorted(reverted)],
             "groups": len(groups),
             "improvements": improvements,
@@ -322,6 +383,36 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     return artifact
 
 
+def _npu_trial(model: WideActivationModel, split: Any, scorer: Scorer) -> tuple[FidelityScore | None, float]:
+    """The all-int8 model scored on QNN's HTP (at most NPU_VERDICT_SAMPLES of ``split``), and what a
+    search trial on the whole split would take there (compile plus every sample), in seconds. None
+    where QNN is not installed or does not take the whole model."""
+    if not qnn_installed():
+        return None, 0.0
+    started = time.perf_counter()
+    session = npu_session(model.with_float(set()), model.target_options)
+    if session is None:
+        return None, 0.0
+    compiled = time.perf_counter()
+    sample = split.subset(list(range(min(len(split), NPU_VERDICT_SAMPLES)))) if split.carry is None else split
+    score = scorer.score(session, sample)
+    per_sample = (time.perf_counter() - compiled) / max(len(sample), 1)
+    return score, (compiled - started) + per_sample * len(split)
+
+
+def _npu_session(path: str, quant: StaticInt8Config, notes: list[str]) -> Any:
+    """A session on QNN's HTP for the final verdict, or None (QNN not installed, or it does not take
+    the whole model: validation then names each refused node)."""
+    if not qnn_installed():
+        notes.append("QNN is not installed here: the int8 verdict is ORT's CPU emulation of the QDQ model, not the NPU's arithmetic "
+                      "(pip install 'edgeport[qnn]')")
+        return None
+    session = npu_session(path, dict(quant.target_options))
+    if session is None:
+        notes.append("QNN does not take the whole int8 model: the int8 verdict is ORT's CPU emulation of it")
+    return session
+
+
 def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
                      guard: float) -> tuple[set[str], FidelityScore]:
     """The MAC-free nodes worth keeping float in ``candidate``, and its score with them in float."""
@@ -329,8 +420,11 @@ def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any
     return free, score
 
 
-def _qdq_model(candidate: _Candidate) -> QdqModel:
-    """Reverted nodes read exact float weights and biases; smoothing's scales are always float."""
+def _qdq_model(candidate: _Candidate) -> QdqModel | WideActivationModel:
+    """Reverted nodes read exact float weights and biases; smoothing's scales are always float. On
+    an NPU target "reverting" a group gives it 16-bit activations instead."""
+    if candidate.wide is not None:
+        return candidate.wide
     return QdqModel(candidate.qdq, candidate.float_source, scale_nodes(candidate.float_source))
 
 
@@ -339,7 +433,7 @@ def _search_space(candidate: _Candidate, quant: StaticInt8Config, search: Any) -
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
     return SearchSpace(qdq_model, groups, node_mac_counts(candidate.float_source, search.feeds[0]),
                        {n.name: n.op_type for n in candidate.float_source.graph.node},
-                       weight_bytes(candidate.float_source, groups), candidate.qdq.ByteSize())
+                       weight_bytes(candidate.float_source, groups) if candidate.wide is None else {}, candidate.qdq.ByteSize())
 
 
 def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, work: Path,

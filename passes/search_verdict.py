@@ -10,7 +10,8 @@ from edgeport.passes.fidelity import FidelityScore
 
 
 def search_verdict(max_fallback: float, met: bool, search: FidelityScore, held_out: FidelityScore,
-                   result: SearchResult, floor: FidelityScore | None = None, rounds_inputs: bool = True) -> dict[str, Any]:
+                   result: SearchResult, floor: FidelityScore | None = None, rounds_inputs: bool = True,
+                   fallback: str = "in float") -> dict[str, Any]:
     if met:
         return {"reason": None, "blockers": []}
     judged = held_out if held_out.failing() else search
@@ -35,7 +36,7 @@ def search_verdict(max_fallback: float, met: bool, search: FidelityScore, held_o
     elif not result.budget_left:
         reason = f"the search budget ran out with {short}{floored_note}; raise --search-budget"
     else:
-        reason = f"no mix within {max_fallback:.0%} of MACs in float meets the target: {short}{floored_note}; raise --max-fallback or relax the target"
+        reason = f"no mix within {max_fallback:.0%} of MACs {fallback} meets the target: {short}{floored_note}; raise --max-fallback or relax the target"
     blockers = [
         {"node": r.node, "op_type": r.op_type, "added_noise": r.to_dict()["added_noise"],
          **({"margin_when_reverted_alone": significant(r.trial[0])} if r.trial else {})}

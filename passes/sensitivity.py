@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing, session_for
+from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.runtimes.graph_cost import node_macs
 
@@ -95,7 +95,7 @@ def rank_groups(qdq: QdqModel, reverted: set[str], candidates: list[str], subset
     for rank in ranks[:trials]:
         if not keep_going():
             break
-        rank.trial = scorer.score(session_for(qdq.with_float(reverted | {rank.node})), subset).key()
+        rank.trial = scorer.score(qdq.session(reverted | {rank.node}), subset).key()
     tried = sorted((r for r in ranks if r.trial is not None), key=lambda r: r.trial, reverse=True)
     return tried + [r for r in ranks if r.trial is None]
 
