@@ -13,6 +13,8 @@ MASK_FILL = -100.0  # exp(-100) is 4e-44: nothing after softmax, and within a 16
 _LOWEST = -1e30  # at or below this a constant is a mask fill (-inf, or -3.4e38 from torch.finfo.min)
 
 
+MASK_NOTE = (f"attention-mask fills of -inf became {MASK_FILL:g}: QNN's HTP cannot represent -inf and has no float fallback "
+             "(softmax still gives those positions 0)")
 MASK_READERS = ("Where", "Add", "Sub")  # masked_fill exports as Where; a precomputed mask is added
 
 

@@ -20,7 +20,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
-from edgeport.passes.finite_masks import MASK_FILL, finite_mask_fills
+from edgeport.passes.qnn_rules import prepare_for_qnn
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
@@ -31,7 +31,7 @@ from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, n
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
-    QNN_RANGE_RULE, StaticInt8Config, calibrate, check_exclusions, default_op_types, op_types_to_quantize,
+    StaticInt8Config, calibrate, check_exclusions, default_op_types, op_types_to_quantize,
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
@@ -41,7 +41,7 @@ from edgeport.passes.fallback_search import (
 )
 from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.passes.wide_activations import (
-    WideActivationModel, compilable_mix, npu_session, qnn_installed, wide_activation_share, widen_for_coverage,
+    WideActivationModel, compilable_mix, npu_verdict_session, qnn_installed, start_on_npu, wide_activation_share,
 )
 from edgeport.runtimes.parity import class_score_outputs
 
@@ -129,15 +129,14 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
 
     source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
     source = onnx.load(str(source_path))
+    if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
+        source = prepare_for_qnn(source, work, notes)
     name_nodes(source)
-    if on_npu and finite_mask_fills(source):  # before calibration: the ranges must see the finite fill
-        notes.append(f"attention-mask fills of -inf became {MASK_FILL:g}: QNN's HTP cannot represent -inf and has no float fallback "
-                     "(softmax still gives those positions 0)")
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
     op_types = op_types_to_quantize(quant, default_op_types(quant, source))
-    reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx) if not on_npu else (False, QNN_RANGE_RULE)
+    reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx, quant.rules)
 
     search, held_out = load_splits(evaluation, model.inputs, config.eval_samples, ctx.state_carry)
     reference = session_for(str(model.path))
@@ -237,17 +236,8 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     start_score = best.score
 
     npu_start = None
-    if on_npu:  # what QNN refuses at 8 bits but takes at 16 is 16-bit from the start, whatever the search does
-        improvements["widened_for_coverage"] = widen_for_coverage(best.wide, dict(quant.target_options))
-        # ORT's CPU kernels only emulate an NPU's arithmetic, and pessimistically (HTP keeps more precision
-        # inside Softmax and LayerNorm): trials run on the simulator wherever it is quick enough
-        npu_start, trial_s = _npu_trial(best.wide, search, scorer)
-        improvements["trials_scored_on"] = (
-            "QNN's HTP (the simulator on this host)" if npu_start is not None and trial_s <= NPU_TRIAL_S else
-            f"ORT's CPU kernels: one trial on QNN's HTP simulator would take {trial_s:.0f} s here" if npu_start is not None else
-            "ORT's CPU kernels: QNN is not installed here, or does not take the all-int8 model")
-        if npu_start is not None and trial_s <= NPU_TRIAL_S:
-            best.wide.npu_options = dict(quant.target_options)
+    if on_npu:
+        npu_start = start_on_npu(best.wide, search, scorer, NPU_VERDICT_SAMPLES, NPU_TRIAL_S, improvements)
         if best.wide.required or best.wide.npu_options is not None:
             best.score, best.outputs = scorer.evaluate(best.wide.session(set()), search)
             budget.spend()
@@ -309,7 +299,7 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
     search_score = result.score if quant.format == "qdq" else scorer.score(final_session, search)
     judged_on = "ONNX Runtime's CPU kernels on this host"
     searched_on = len(search)
-    npu_session = _npu_session(final_qdq, quant, notes) if on_npu else None
+    npu_session = npu_verdict_session(final_qdq, quant.target_options, notes) if on_npu else None
     if npu_session is not None:  # the verdict in the NPU's own arithmetic, not the CPU's emulation of it
         final_session, judged_on = npu_session, "QNN's HTP (the simulator on this host): the NPU's own fixed-point arithmetic"
         if ctx.state_carry is None:  # the simulator takes seconds per inference on real models
@@ -381,36 +371,6 @@ def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config
         notes=notes,
     ))
     return artifact
-
-
-def _npu_trial(model: WideActivationModel, split: Any, scorer: Scorer) -> tuple[FidelityScore | None, float]:
-    """The all-int8 model scored on QNN's HTP (at most NPU_VERDICT_SAMPLES of ``split``), and what a
-    search trial on the whole split would take there (compile plus every sample), in seconds. None
-    where QNN is not installed or does not take the whole model."""
-    if not qnn_installed():
-        return None, 0.0
-    started = time.perf_counter()
-    session = npu_session(model.with_float(set()), model.target_options)
-    if session is None:
-        return None, 0.0
-    compiled = time.perf_counter()
-    sample = split.subset(list(range(min(len(split), NPU_VERDICT_SAMPLES)))) if split.carry is None else split
-    score = scorer.score(session, sample)
-    per_sample = (time.perf_counter() - compiled) / max(len(sample), 1)
-    return score, (compiled - started) + per_sample * len(split)
-
-
-def _npu_session(path: str, quant: StaticInt8Config, notes: list[str]) -> Any:
-    """A session on QNN's HTP for the final verdict, or None (QNN not installed, or it does not take
-    the whole model: validation then names each refused node)."""
-    if not qnn_installed():
-        notes.append("QNN is not installed here: the int8 verdict is ORT's CPU emulation of the QDQ model, not the NPU's arithmetic "
-                      "(pip install 'edgeport[qnn]')")
-        return None
-    session = npu_session(path, dict(quant.target_options))
-    if session is None:
-        notes.append("QNN does not take the whole int8 model: the int8 verdict is ORT's CPU emulation of it")
-    return session
 
 
 def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,

@@ -106,12 +106,14 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     config = per_tensor_if_needed(config, model.path, notes)
     source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
     if config.rules == "qnn":
-        source_path = _finite_masks_for_npu(source_path, work, notes)
+        from edgeport.passes.qnn_rules import prepared_for_qnn
+
+        source_path = prepared_for_qnn(source_path, work, notes)
     proto = onnx.load(str(source_path), load_external_data=False)
 
     op_choice = choose_op_types(proto) if config.op_types is None and config.rules != "qnn" else None
     op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else default_op_types(config, proto))
-    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx) if config.rules != "qnn" else (False, QNN_RANGE_RULE)
+    reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx, config.rules)
     check_exclusions(proto, config)
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
@@ -184,7 +186,7 @@ def calibrate(source_path: Path, specs, op_types: list[str], method: str, config
         Path(source_path),
         op_types,
         augmented_model_path=str(work / "augmented.onnx"),
-        calibrate_method=_ort_method(method),
+        calibrate_method=ort_method(method),
         providers=["CPUExecutionProvider"],
         extra_options={"percentile": config.percentile} if method == "percentile" else {},
     )
@@ -200,29 +202,13 @@ def calibrate(source_path: Path, specs, op_types: list[str], method: str, config
     return ranges_path, False
 
 
-def _ort_method(method: str):
+def ort_method(method: str):
     from onnxruntime.quantization import CalibrationMethod
 
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
 
 
 QNN_OP_RULE = "every op type: QNN runs only quantized ops on its HTP (a float op there means the CPU)"
-QNN_RANGE_RULE = "off: QNN's HTP kernels do not saturate as x86 u8*s8 ones do"
-
-
-def _finite_masks_for_npu(path: Path, work: Path, notes: list[str]) -> Path:
-    """The model with its -inf mask fills made finite (QNN's HTP holds no -inf and has no float
-    fallback), saved in ``work``; ``path`` itself where there is none."""
-    from edgeport.passes.finite_masks import MASK_FILL, finite_mask_fills
-
-    proto = onnx.load(str(path))
-    if not finite_mask_fills(proto):
-        return path
-    notes.append(f"attention-mask fills of -inf became {MASK_FILL:g}: QNN's HTP cannot represent -inf and has no float fallback "
-                 "(softmax still gives those positions 0)")
-    out = work / "finite-masks.onnx"
-    onnx.save(proto, str(out))
-    return out
 
 
 def default_op_types(config: StaticInt8Config, proto: onnx.ModelProto) -> list[str]:
@@ -242,7 +228,9 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if config.rules == "qnn":
-        _quantize_for_qnn(source_path, out_path, ranges_path, method, op_types, config, exclude_nodes, wide_nodes)
+        from edgeport.passes.qnn_rules import quantize_for_qnn
+
+        quantize_for_qnn(source_path, out_path, ranges_path, method, op_types, config, exclude_nodes, wide_nodes)
         return
     extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
     if config.format == "qdq":
@@ -263,7 +251,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
                 activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8 if config.weight_type == "int8" else QuantType.QUInt8,
                 nodes_to_exclude=list(exclude_nodes),
-                calibrate_method=_ort_method(method),
+                calibrate_method=ort_method(method),
                 extra_options=extra_options,
                 calibration_cache_path=str(ranges_path),
             )
@@ -272,61 +260,6 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     quantized = onnx.load(str(out_path), load_external_data=False)
     if sort_topologically(quantized):  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
-
-
-_QUANT_TYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16"}
-
-
-def _quantize_for_qnn(source_path: Path, out_path: Path, ranges_path: Path, method: str, op_types: list[str],
-                      config: StaticInt8Config, exclude_nodes: tuple[str, ...] | list[str], wide_nodes: frozenset[str]) -> None:
-    """QNN's QDQ layout from ORT's own rules (get_qnn_qdq_config: fixed scales for Sigmoid/Tanh,
-    16-bit neighbours kept consistent, weights of 16-bit MatMuls and LayerNorms typed as QNN takes them)."""
-    from onnxruntime.quantization import QuantType, quantize_static
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-    proto = onnx.load(str(source_path), load_external_data=False)
-    overrides = qnn_overrides(proto, wide_nodes)
-    with quiet_ort():
-        try:
-            qnn = get_qnn_qdq_config(
-                proto, None, calibrate_method=_ort_method(method),
-                activation_type=getattr(QuantType, _QUANT_TYPES[config.activation_type]),
-                weight_type=getattr(QuantType, _QUANT_TYPES[config.weight_type]),
-                per_channel=config.per_channel, init_overrides=overrides or None, weight_symmetric=config.weight_symmetric,
-                activation_symmetric=config.activation_symmetric, op_types_to_quantize=op_types, nodes_to_exclude=list(exclude_nodes) or None,
-            )
-            quantize_static(
-                str(source_path), str(out_path), calibration_data_reader=None, quant_format=qnn.quant_format,
-                op_types_to_quantize=qnn.op_types_to_quantize, per_channel=qnn.per_channel, reduce_range=False,
-                activation_type=qnn.activation_type, weight_type=qnn.weight_type, nodes_to_exclude=qnn.nodes_to_exclude or [],
-                calibrate_method=_ort_method(method), extra_options=qnn.extra_options, calibration_cache_path=str(ranges_path),
-            )
-        except Exception as exc:
-            raise QuantizationError(f"ONNX Runtime quantization for QNN failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
-                                    fix="exclude the failing node (--exclude-nodes), or report the model") from exc
-    quantized = onnx.load(str(out_path), load_external_data=False)
-    if sort_topologically(quantized):
-        onnx.save(quantized, str(out_path))
-
-
-def qnn_overrides(proto: onnx.ModelProto, wide_nodes: frozenset[str]) -> dict[str, list[dict[str, Any]]]:
-    """TensorQuantOverrides for QNN: each of ``wide_nodes``' activation inputs and outputs in 16 bits;
-    LayerNormalization's scale and bias unsigned and asymmetric, the only way HTP takes them (with
-    symmetric int8 ones it refuses the node: error 3110 from QNN's op validation)."""
-    from onnxruntime.quantization import QuantType
-
-    constants = {t.name for t in proto.graph.initializer}
-    tensors: dict[str, list[dict[str, Any]]] = {}
-    for node in proto.graph.node:
-        if node.op_type == "LayerNormalization":
-            for name in node.input[1:]:
-                if name in constants:
-                    tensors[name] = [{"quant_type": QuantType.QUInt8, "symmetric": False}]
-        if node.name in wide_nodes:
-            for name in (*node.input, *node.output):
-                if name and name not in constants:
-                    tensors[name] = [{"quant_type": QuantType.QUInt16}]
-    return tensors
 
 
 def _require_cacheable_ort() -> None:
@@ -362,8 +295,10 @@ def per_tensor_if_needed(config: Any, path: Path, notes: list[str]) -> Any:
     return config
 
 
-def resolve_reduce_range(given: bool | None, ctx: PassContext) -> tuple[bool, str]:
+def resolve_reduce_range(given: bool | None, ctx: PassContext, rules: str = "onnxruntime") -> tuple[bool, str]:
     """reduce_range as given, or chosen from the target CPU (the profile's, else this host's), with its rule."""
+    if rules == "qnn":
+        return False, "off: QNN's HTP kernels do not saturate as x86 u8*s8 ones do"
     if given is not None:
         return given, "given in the config"
     choice = choose_reduce_range(ctx.quant_target or host_quant_target())

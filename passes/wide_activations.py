@@ -9,6 +9,7 @@ the same calibrated ranges (ORT adds the conversions where 8 and 16 bits meet).
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,51 @@ def wide_activation_share(model: onnx.ModelProto) -> dict[str, Any]:
         total += 1
         wide += constants.get(node.input[2]) in (onnx.TensorProto.UINT16, onnx.TensorProto.INT16)
     return {"activations_16bit": wide, "activations_quantized": total, "share": round(wide / total, 4) if total else 0.0}
+
+
+def npu_trial(model: WideActivationModel, split: Any, scorer: Any, samples: int) -> tuple[Any, float]:
+    """The all-int8 model scored on QNN's HTP (at most ``samples`` of ``split``), and what a
+    search trial on the whole split would take there (compile plus every sample), in seconds. None
+    where QNN is not installed or does not take the whole model."""
+    if not qnn_installed():
+        return None, 0.0
+    started = time.perf_counter()
+    session = npu_session(model.with_float(set()), model.target_options)
+    if session is None:
+        return None, 0.0
+    compiled = time.perf_counter()
+    sample = split.subset(list(range(min(len(split), samples)))) if split.carry is None else split
+    score = scorer.score(session, sample)
+    per_sample = (time.perf_counter() - compiled) / max(len(sample), 1)
+    return score, (compiled - started) + per_sample * len(split)
+
+
+def npu_verdict_session(path: str, target_options: tuple[tuple[str, str], ...], notes: list[str]) -> Any:
+    """A session on QNN's HTP for the final verdict, or None (QNN not installed, or it does not take
+    the whole model: validation then names each refused node)."""
+    if not qnn_installed():
+        notes.append("QNN is not installed here: the int8 verdict is ORT's CPU emulation of the QDQ model, not the NPU's arithmetic "
+                      "(pip install 'edgeport[qnn]')")
+        return None
+    session = npu_session(path, dict(target_options))
+    if session is None:
+        notes.append("QNN does not take the whole int8 model: the int8 verdict is ORT's CPU emulation of it")
+    return session
+
+
+def start_on_npu(model: WideActivationModel, search: Any, scorer: Any, samples: int, trial_limit_s: float,
+                 improvements: dict[str, Any]) -> Any:
+    """Ready ``model`` for a search on the NPU: what QNN refuses at 8 bits but takes at 16 is 16-bit
+    from the start; trials run on the simulator where one takes at most ``trial_limit_s`` (ORT's CPU
+    kernels emulate HTP's arithmetic, and pessimistically: HTP keeps more precision inside Softmax
+    and LayerNorm). Returns the all-int8 score on QNN's HTP, or None where QNN cannot run it."""
+    improvements["widened_for_coverage"] = widen_for_coverage(model, model.target_options)
+    start, trial_s = npu_trial(model, search, scorer, samples)
+    quick = start is not None and trial_s <= trial_limit_s
+    improvements["trials_scored_on"] = (
+        "QNN's HTP (the simulator on this host)" if quick else
+        f"ORT's CPU kernels: one trial on QNN's HTP simulator would take {trial_s:.0f} s here" if start is not None else
+        "ORT's CPU kernels: QNN is not installed here, or does not take the all-int8 model")
+    if quick:
+        model.npu_options = dict(model.target_options)
+    return start
