@@ -19,6 +19,7 @@ from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
+from edgeport.npu_checks import coverage_from_refusal, qnn_context_check
 from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.passes.parity_check import accumulate_on_data
@@ -204,7 +205,7 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
         if "refused" in measurement:
             details["providers"]["note"] = measurement["refused"]
             refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])
-            refusal_coverage = _coverage_from_refusal(onnx_view(artifact), measurement, prof.preferred_provider)
+            refusal_coverage = coverage_from_refusal(onnx_view(artifact), measurement, prof.preferred_provider)
             measurement, providers = None, None
         else:
             details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement,
@@ -335,7 +336,7 @@ def _format_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult | None:
     that loads a precompiled QNN context needs model_ctx.onnx; full builds load either format, so an
     "onnx" target sets no check."""
     if prof.runtime.model_format == "qnn-context":
-        return _qnn_context_check(artifact, prof)
+        return qnn_context_check(artifact, prof)
     if prof.runtime.model_format != "ort":
         return None
     ort_file = artifact.path if artifact.is_ort_format else artifact.path.with_suffix(".ort")
@@ -344,53 +345,12 @@ def _format_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult | None:
     return BudgetResult("model_format", PASS if ok else FAIL, None, None, "", "model file", detail)
 
 
-def _qnn_context_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
-    """The precompiled QNN context beside the model: present, compiled for this profile's HTP and
-    SoC, and (where QNN is installed) loadable with this profile's options."""
-    import onnxruntime as ort
-
-    from edgeport.passes.qnn_context import CONTEXT_NAME, PROVIDER, compiled_for
-
-    path = artifact.path.parent / CONTEXT_NAME
-    if not path.is_file():
-        return BudgetResult("model_format", FAIL, None, None, "", "model file",
-                            f"the target loads a precompiled QNN context: no {CONTEXT_NAME} beside the model "
-                            f"(edgeport export --profile {prof.name} writes it)")
-    built = compiled_for(path) or {}
-    wanted = prof.runtime.provider_options
-    differ = [f"{key} {built.get(key, 'unrecorded')} (the profile's: {wanted[key]})" for key in ("htp_arch", "soc_model")
-              if key in wanted and built.get(key) != wanted[key]]
-    if differ:
-        return BudgetResult("model_format", FAIL, None, None, "", "model file",
-                            f"{CONTEXT_NAME} was compiled for another target: {', '.join(differ)}; export with --profile {prof.name}")
-    if PROVIDER not in ep_plugins.available_providers(ort):
-        return BudgetResult("model_format", PASS, None, None, "", "model file",
-                            f"{CONTEXT_NAME} compiled for this target (not loaded: {PROVIDER} is not installed here)")
-    try:
-        create_session(path, [PROVIDER], provider_options={PROVIDER: dict(wanted)}, cpu_fallback=False)
-    except Exception as exc:
-        return BudgetResult("model_format", FAIL, None, None, "", "model file", f"{CONTEXT_NAME} does not load on {PROVIDER}: {str(exc)[:300]}")
-    return BudgetResult("model_format", PASS, None, None, "", "model file", f"{CONTEXT_NAME} compiled for this target, and it loads on {PROVIDER}")
-
-
 def onnx_view(artifact: OnnxArtifact) -> Path | None:
     """The ONNX file with this artifact's graph: itself, or for an .ort file the .onnx beside it."""
     if not artifact.is_ort_format:
         return artifact.path
     sibling = artifact.path.with_suffix(".onnx")
     return sibling if sibling.is_file() else None
-
-
-def _coverage_from_refusal(graph: Path | None, measurement: dict[str, Any], provider: str) -> dict[str, Any] | None:
-    """Coverage when a provider refused the model (no CPU fallback): every node but those it named."""
-    refused = measurement.get("refused_nodes")
-    if not refused or graph is None:
-        return None
-    import onnx
-
-    nodes = sum(1 for n in onnx.load(str(graph), load_external_data=False).graph.node if n.op_type != "Constant")
-    return {"source": f"{provider}'s own refusals (ONNX Runtime verbose log; CPU fallback forbidden)", "nodes": nodes,
-            "preferred_share": round(max(nodes - len(refused), 0) / nodes, 4) if nodes else None, "refused_nodes": refused}
 
 
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None,
