@@ -38,8 +38,8 @@ class WideActivationModel:
 
     def session(self, wide: set[str] | frozenset[str]) -> Any:
         """A session on ``with_float(wide)`` for a search trial: on QNN's HTP where ``npu_options`` is
-        set and QNN compiles the mix, else on ORT's CPU kernels (a mix QNN cannot compile is left to
-        compilable_mix to take apart)."""
+        set, else on ORT's CPU kernels. A mix QNN cannot compile gets the start's session, so it
+        scores no better than the start and no step keeps it."""
         from edgeport.passes.int8_eval import session_for
 
         model = self.with_float(wide)
