@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from edgeport.errors import ModelLoadError
+from edgeport.errors import ModelLoadError, first_line
 from edgeport.specs import SUPPORTED_DTYPES, TensorSpec
 
 
@@ -173,7 +173,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and others for corrupt files
         raise ModelLoadError(
-            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'})",
+            f"'{path}' is not a readable ONNX model ({type(exc).__name__}: {first_line(exc) if str(exc) else 'corrupt'})",
             fix="re-export the model or check that the file was fully copied",
         ) from exc
     if not model.graph.node or not model.graph.output:  # protobuf reads an empty or cut file as an empty model
@@ -227,7 +227,7 @@ def _ort_format_specs(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorS
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise ModelLoadError(f"'{path}' is not a loadable ORT-format model ({str(exc).strip().splitlines()[0][:200]})",
+        raise ModelLoadError(f"'{path}' is not a loadable ORT-format model ({first_line(exc)[:200]})",
                              fix="re-create it with edgeport export --profile for an ORT-format target") from exc
 
     def spec(arg) -> TensorSpec:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import click
 
-from edgeport.errors import EXIT_INTERNAL, EdgeportError
+from edgeport.errors import EXIT_INTERNAL, EdgeportError, first_line
 from edgeport.outputs import dumps_strict
 from edgeport.versions import edgeport_version
 
@@ -38,7 +38,7 @@ def _run(action: Callable[[], int]) -> None:
         except Exception as exc:  # a bug of ours: say so, with a way to see more
             if os.environ.get("EDGEPORT_DEBUG"):
                 traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc) if str(exc).strip() else ""
             click.echo(f"edgeport: internal error: {type(exc).__name__}: {first[:300]} (set EDGEPORT_DEBUG=1 for a traceback, and please report it)", err=True)
             sys.exit(EXIT_INTERNAL)
     sys.exit(code)

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeport.artifacts import StepRecord, TorchArtifact
 from edgeport.data import DataSource
-from edgeport.errors import DataError, UsageError
+from edgeport.errors import DataError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.distill_world import DEVICES, World
 
@@ -205,7 +205,7 @@ def _load_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
             raise ValueError("not an edgeport distillation checkpoint")
         return state
     except Exception as exc:
-        raise UsageError(f"checkpoint '{path}' cannot be resumed from ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})",
+        raise UsageError(f"checkpoint '{path}' cannot be resumed from ({type(exc).__name__}: {first_line(exc)[:160]})",
                          fix="delete it to start over, or drop --resume") from exc
 
 

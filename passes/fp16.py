@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
-from edgeport.errors import QuantizationError
+from edgeport.errors import QuantizationError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 
@@ -33,7 +33,7 @@ def convert_fp16(model: OnnxArtifact, config: Fp16Config, *, ctx: PassContext) -
             op_block_list=list(config.op_block_list) if config.op_block_list is not None else None,
         )
     except Exception as exc:
-        raise QuantizationError(f"fp16 conversion failed: {str(exc).splitlines()[0][:300]}", fix="block the failing op type from conversion") from exc
+        raise QuantizationError(f"fp16 conversion failed: {first_line(exc)[:300]}", fix="block the failing op type from conversion") from exc
     onnx.save(converted, str(out_path))
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fp16"))
     ctx.record(StepRecord(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
-from edgeport.errors import UsageError
+from edgeport.errors import UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.runtimes.session import create_session
@@ -47,7 +47,7 @@ def optimize_graph(model: OnnxArtifact, config: GraphOptimizeConfig, *, ctx: Pas
         try:
             onnx.shape_inference.infer_shapes_path(str(out_path), str(out_path))
         except Exception as exc:  # shape inference is an aid, not a requirement
-            notes.append(f"ONNX shape inference skipped: {str(exc).splitlines()[0][:200]}")
+            notes.append(f"ONNX shape inference skipped: {first_line(exc)[:200]}")
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "optimize"))
     metrics = {"nodes_before": before, "nodes_after": _node_count(artifact)}
     metrics["parity_vs_input"] = parity_between(model, artifact, ctx, samples=8)

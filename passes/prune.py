@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgeport.artifacts import StepRecord, TorchArtifact
-from edgeport.errors import ExportError, InternalError, UsageError
+from edgeport.errors import ExportError, InternalError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.trace_sizes import traceable_sizes
@@ -106,7 +106,7 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
     try:
         _prune_in_place(module, example, config, ignored)
     except Exception as exc:
-        raise InternalError(f"torch-pruning could not prune the model: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}", fix="add the failing layer to --ignore, or use magnitude pruning") from exc
+        raise InternalError(f"torch-pruning could not prune the model: {type(exc).__name__}: {first_line(exc)[:200]}", fix="add the failing layer to --ignore, or use magnitude pruning") from exc
     try:
         parity = verify_pruned(module, model, ctx)
     except InternalError as exc:

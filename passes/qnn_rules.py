@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from edgeport.errors import QuantizationError
+from edgeport.errors import QuantizationError, first_line
 from edgeport.passes.finite_masks import MASK_NOTE, finite_mask_fills
 from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quantize_static import StaticInt8Config, ort_method, quiet_ort
@@ -68,7 +68,7 @@ def quantize_for_qnn(source_path: Path, out_path: Path, ranges_path: Path, metho
                 calibrate_method=ort_method(method), extra_options=qnn.extra_options, calibration_cache_path=str(ranges_path),
             )
         except Exception as exc:
-            raise QuantizationError(f"ONNX Runtime quantization for QNN failed: {str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}",
+            raise QuantizationError(f"ONNX Runtime quantization for QNN failed: {first_line(exc)[:300]}",
                                     fix="exclude the failing node (--exclude-nodes), or report the model") from exc
     quantized = onnx.load(str(out_path), load_external_data=False)
     if sort_topologically(quantized):

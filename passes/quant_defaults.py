@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import onnx
 
 from edgeport.passes.context import QuantTarget
+from edgeport.runtimes.hostcpu import X86_ARCHES
 
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "Scan", "Loop"})
 ATTENTION_MARKERS = frozenset({"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention"})
@@ -62,7 +63,7 @@ def int8_speedup(target: QuantTarget) -> Choice:
     """How much faster int8 MACs run than fp32 ones on the target, and where the figure comes from."""
     if target.int8_speedup:
         return Choice(target.int8_speedup, f"{target.source}: peak_gops_int8 / peak_gops_fp32 = {target.int8_speedup:.2f}")
-    family = "x86" if target.arch in ("x86_64", "x86") else target.arch
+    family = "x86" if target.arch in X86_ARCHES else target.arch
     known = HOST_INT8_SPEEDUP.get((family, target.has_vnni))
     if known is None:
         return Choice(None, f"{target.source} is {target.arch}, whose int8 speed-up is unknown here: give a --profile for a latency estimate")
@@ -71,8 +72,8 @@ def int8_speedup(target: QuantTarget) -> Choice:
 
 
 def choose_reduce_range(target: QuantTarget) -> Choice:
-    if target.arch in ("x86_64", "x86") and not target.has_vnni:
+    if target.arch in X86_ARCHES and not target.has_vnni:
         return Choice(True, f"reduce_range on: {target.source} is x86 without VNNI, where u8*s8 products can saturate")
-    if target.arch in ("x86_64", "x86"):
+    if target.arch in X86_ARCHES:
         return Choice(False, f"reduce_range off: {target.source} is x86 with VNNI, which accumulates 8-bit products without saturation")
     return Choice(False, f"reduce_range off: {target.source} is {target.arch}, whose int8 kernels do not saturate")

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
-from edgeport.errors import QuantizationError, UsageError
+from edgeport.errors import QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.quantize_static import per_tensor_if_needed, quiet_ort, resolve_reduce_range
@@ -46,7 +46,7 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
                 nodes_to_exclude=list(config.exclude_nodes),
             )
         except Exception as exc:
-            raise QuantizationError(f"ONNX Runtime dynamic quantization failed: {str(exc).splitlines()[0][:300]}",
+            raise QuantizationError(f"ONNX Runtime dynamic quantization failed: {first_line(exc)[:300]}",
                                     fix="exclude the failing node (--exclude-nodes) or use static int8") from exc
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_dynamic"))
     ctx.record(StepRecord(

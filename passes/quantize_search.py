@@ -43,6 +43,7 @@ from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.passes.wide_activations import (
     WideActivationModel, compilable_mix, npu_verdict_session, qnn_installed, start_on_npu, wide_activation_share,
 )
+from edgeport.runtimes.hostcpu import X86_ARCHES
 from edgeport.runtimes.parity import class_score_outputs
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
@@ -437,7 +438,7 @@ def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: Fid
     Only measured where this host runs the very kernels that can saturate (x86 without VNNI): a
     measurement elsewhere could not see the saturation that reduce_range exists to avoid."""
     host = host_quant_target()
-    if host.arch not in ("x86_64", "x86") or host.has_vnni:
+    if host.arch not in X86_ARCHES or host.has_vnni:
         improvements["full_range_weights"] = f"not tried: {host.source} does not run the target's saturating kernels, so it cannot measure them"
         return best
     if free is None or free_score is None:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
-from edgeport.errors import DataError, QuantizationError, UsageError
+from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, QuantTarget, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.qdq_graph import sort_topologically
@@ -256,7 +256,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
                 calibration_cache_path=str(ranges_path),
             )
         except Exception as exc:
-            raise QuantizationError(f"ONNX Runtime quantization failed: {str(exc).splitlines()[0][:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
+            raise QuantizationError(f"ONNX Runtime quantization failed: {first_line(exc)[:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
     quantized = onnx.load(str(out_path), load_external_data=False)
     if sort_topologically(quantized):  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
@@ -334,7 +334,7 @@ def preprocess_for_quantization(path: Path, work: Path, notes: list[str]) -> Pat
                 notes.append("symbolic shape inference failed in quant_pre_process; preprocessed without it")
             return out
         except Exception as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            reason = first_line(exc)[:200]
     notes.append(f"quant_pre_process failed ({reason}); quantized the model as it is")
     return path
 

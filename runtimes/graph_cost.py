@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from edgeport.errors import first_line
 from edgeport.specs import TensorSpec
 
 MAC_OPS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose", "Gemm", "MatMul", "QLinearMatMul", "MatMulInteger",
@@ -75,7 +76,7 @@ def graph_cost(model_path: str, inputs: list[TensorSpec]) -> GraphCost:
     try:
         model = shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # a run below may still give the shapes
-        cost.notes.append(f"ONNX shape inference failed ({str(exc).splitlines()[0][:160]})")
+        cost.notes.append(f"ONNX shape inference failed ({first_line(exc)[:160]})")
     tensors = _TensorFacts()
     tensors.add_graph(model.graph)
     unknown = [n.output[0] for n in model.graph.node if n.output and n.output[0] and n.output[0] not in tensors.shapes
@@ -155,7 +156,7 @@ class _TensorFacts:
             session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
             values = session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in session.get_inputs()}})
         except Exception as exc:
-            return f"shapes of {len(names)} tensors unknown to ONNX shape inference, and a run to learn them failed ({str(exc).splitlines()[0][:120]})"
+            return f"shapes of {len(names)} tensors unknown to ONNX shape inference, and a run to learn them failed ({first_line(exc)[:120]})"
         for output, value in zip(session.get_outputs(), values):
             value = np.asarray(value)
             if output.name not in self.shapes and value.dtype != object:

@@ -24,6 +24,9 @@ FEATURE_SPELLINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+X86_ARCHES = ("x86_64", "x86")  # where u8*s8 int8 kernels saturate without VNNI
+
+
 @dataclass(frozen=True)
 class HostCpu:
     arch: str  # "x86_64" | "arm64" | other platform.machine() values

@@ -78,7 +78,7 @@ def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) ->
     try:
         return session.run(None, feed)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise DataError(f"ONNX Runtime rejected the input data: {first[:300]}", fix="check the data's shapes and dtypes against the model's inputs") from exc
 
 
