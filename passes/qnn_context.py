@@ -54,8 +54,7 @@ def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: P
     out_path = folder / CONTEXT_NAME
     options = session_options(optimization="all")
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    options.add_session_config_entry("ep.context_enable", "1")
-    options.add_session_config_entry("ep.context_file_path", str(out_path))
+    ep_plugins.write_compiled_context(options, out_path)
     providers = {PROVIDER: dict(config.provider_options)}
     try:
         ep_plugins.create_session(ort, str(model.path), options, [PROVIDER], providers)

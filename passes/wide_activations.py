@@ -86,23 +86,17 @@ def qnn_installed() -> bool:
 
 def npu_session(model: onnx.ModelProto | str, options: dict[str, str]) -> Any:
     """A session running ``model`` whole on QNN's HTP, or None where QNN does not take all of it."""
-    import onnxruntime as ort
-
-    from edgeport.runtimes import ep_plugins
-
-    session_options = ort.SessionOptions()
-    session_options.log_severity_level = 4
-    session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    source = model if isinstance(model, str) else model.SerializeToString()
-    try:
-        return ep_plugins.create_session(ort, source, session_options, [PROVIDER], {PROVIDER: options})
-    except Exception:
-        return None
+    return _on_npu(model, options)[0]
 
 
 def qnn_compile_error(model: onnx.ModelProto, options: dict[str, str]) -> str | None:
     """Why QNN cannot compile ``model`` whole for the target (None: it can): HTP's compiler refuses
     some 8/16-bit mixes that its op checks accept (QNN_COMMON_ERROR_MEM_ALLOC at graph finalize)."""
+    return _on_npu(model, options)[1]
+
+
+def _on_npu(model: onnx.ModelProto | str, options: dict[str, str]) -> tuple[Any, str | None]:
+    """(a session running ``model`` whole on QNN's HTP, None) or (None, why QNN cannot)."""
     import onnxruntime as ort
 
     from edgeport.errors import first_line
@@ -111,11 +105,11 @@ def qnn_compile_error(model: onnx.ModelProto, options: dict[str, str]) -> str | 
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 4
     session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    source = model if isinstance(model, str) else model.SerializeToString()
     try:
-        ep_plugins.create_session(ort, model.SerializeToString(), session_options, [PROVIDER], {PROVIDER: options})
+        return ep_plugins.create_session(ort, source, session_options, [PROVIDER], {PROVIDER: options}), None
     except Exception as exc:
-        return first_line(exc)
-    return None
+        return None, first_line(exc)
 
 
 def compilable_mix(model: WideActivationModel, wide: set[str], op_of: dict[str, str], options: dict[str, str]) -> tuple[set[str], dict[str, Any]]:

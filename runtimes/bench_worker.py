@@ -180,8 +180,7 @@ def _compiled_context(request: dict, ort) -> dict:
     loads (a QNN context binary), and how long compiling took."""
     with tempfile.TemporaryDirectory() as tmp:
         options = _options(request, ort)
-        options.add_session_config_entry("ep.context_enable", "1")
-        options.add_session_config_entry("ep.context_file_path", str(Path(tmp) / "model_ctx.onnx"))
+        ep_plugins.write_compiled_context(options, Path(tmp) / "model_ctx.onnx")
         started = time.perf_counter()
         _session(request, ort, options)
         compile_ms = (time.perf_counter() - started) * 1e3

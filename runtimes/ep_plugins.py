@@ -18,6 +18,11 @@ import sys
 import tempfile
 from typing import Any, Iterator, Sequence
 
+try:
+    from edgeport.runtimes.hostcpu import X86_ARCHES
+except ImportError:  # shipped to a device beside hostcpu.py, without edgeport
+    from hostcpu import X86_ARCHES  # type: ignore[no-redef]
+
 # provider -> (python package that ships it, function returning its library path)
 PLUGINS: dict[str, tuple[str, str]] = {"QNNExecutionProvider": ("onnxruntime_qnn", "get_library_path")}
 # what a plugin needs when the profile says nothing: the QNN plugin finds no backend by itself
@@ -102,6 +107,13 @@ def create_session(ort: Any, model: Any, options: Any, providers: Sequence[str],
         return ort.InferenceSession(model, options)
 
 
+def write_compiled_context(options: Any, path: Any) -> None:
+    """Make a session compile to ORT's EPContext form at ``path`` (a QNN context binary beside it):
+    the precompiled model a device app loads without compiling."""
+    options.add_session_config_entry("ep.context_enable", "1")
+    options.add_session_config_entry("ep.context_file_path", str(path))
+
+
 def refusals(ort: Any, model: Any, options: Any, providers: Sequence[str],
              provider_options: dict[str, dict[str, str]] | None = None) -> list[dict[str, str]]:
     """Which nodes the first provider leaves to the CPU, and why: a session allowed to fall back,
@@ -127,7 +139,7 @@ def simulated(provider: str, provider_options: dict[str, str] | None, host_arch:
     """QNN's HTP backend on an x86 host is Qualcomm's simulator of the NPU: its numerics and
     coverage are the device's, its timings are not."""
     backend = (provider_options or {}).get("backend_type", "htp")
-    return provider == "QNNExecutionProvider" and backend == "htp" and host_arch in ("x86_64", "x86")
+    return provider == "QNNExecutionProvider" and backend == "htp" and host_arch in X86_ARCHES
 
 
 _FAILED = re.compile(r"Validation FAILED for \d+ nodes in OrtNodeUnit \((?P<unit>[^)]*)\)")
