@@ -32,8 +32,9 @@ from edgeport.passes import run_pass
 from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.qnn_context import QnnContextConfig, QnnRefusal, context_files
 from edgeport.pipeline import Pipeline
-from edgeport.profile_defaults import QNN, fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
+from edgeport.profile_defaults import fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
 from edgeport.reports import build_export_report, render_markdown
+from edgeport.runtimes.ep_plugins import QNN
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.budget_shapes import concrete_inputs, dims_from_data

@@ -9,6 +9,7 @@ from typing import Any
 from edgeport.artifacts import OnnxArtifact
 from edgeport.device_profiles import Profile
 from edgeport.runtimes import ep_plugins
+from edgeport.runtimes.ep_plugins import QNN
 from edgeport.runtimes.session import create_session
 from edgeport.verdict import FAIL, PASS, BudgetResult
 
@@ -30,7 +31,7 @@ def qnn_context_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
     SoC, and (where QNN is installed) loadable with this profile's options."""
     import onnxruntime as ort
 
-    from edgeport.passes.qnn_context import CONTEXT_NAME, PROVIDER, compiled_for
+    from edgeport.passes.qnn_context import CONTEXT_NAME, compiled_for
 
     path = artifact.path.parent / CONTEXT_NAME
     if not path.is_file():
@@ -44,11 +45,11 @@ def qnn_context_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult:
     if differ:
         return BudgetResult("model_format", FAIL, None, None, "", "model file",
                             f"{CONTEXT_NAME} was compiled for another target: {', '.join(differ)}; export with --profile {prof.name}")
-    if PROVIDER not in ep_plugins.available_providers(ort):
+    if QNN not in ep_plugins.available_providers(ort):
         return BudgetResult("model_format", PASS, None, None, "", "model file",
-                            f"{CONTEXT_NAME} compiled for this target (not loaded: {PROVIDER} is not installed here)")
+                            f"{CONTEXT_NAME} compiled for this target (not loaded: {QNN} is not installed here)")
     try:
-        create_session(path, [PROVIDER], provider_options={PROVIDER: dict(wanted)}, cpu_fallback=False)
+        create_session(path, [QNN], provider_options={QNN: dict(wanted)}, cpu_fallback=False)
     except Exception as exc:
-        return BudgetResult("model_format", FAIL, None, None, "", "model file", f"{CONTEXT_NAME} does not load on {PROVIDER}: {str(exc)[:300]}")
-    return BudgetResult("model_format", PASS, None, None, "", "model file", f"{CONTEXT_NAME} compiled for this target, and it loads on {PROVIDER}")
+        return BudgetResult("model_format", FAIL, None, None, "", "model file", f"{CONTEXT_NAME} does not load on {QNN}: {str(exc)[:300]}")
+    return BudgetResult("model_format", PASS, None, None, "", "model file", f"{CONTEXT_NAME} compiled for this target, and it loads on {QNN}")

@@ -9,6 +9,7 @@ from edgeport.device_profiles import Profile
 from edgeport.passes.context import QuantTarget
 from edgeport.passes.fidelity import FidelityTarget
 from edgeport.passes.quantize_static import StaticInt8Config
+from edgeport.runtimes.ep_plugins import QNN
 from edgeport.runtimes.hostcpu import VNNI_FLAGS
 
 
@@ -19,9 +20,6 @@ def quant_target(profile: Profile) -> QuantTarget:
         source=f"profile {profile.name}",
         int8_speedup=profile.hardware.peak_gops_int8 / profile.hardware.peak_gops_fp32 if profile.hardware.peak_gops_fp32 else None,
     )
-
-
-QNN = "QNNExecutionProvider"
 
 
 def quant_config_for(profile: Profile, base: StaticInt8Config | None = None) -> StaticInt8Config:

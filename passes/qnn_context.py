@@ -18,11 +18,11 @@ import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, first_line
+from edgeport.runtimes.ep_plugins import QNN
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.runtimes.session import create_session, run_session, session_options
 from edgeport.specs import example_array
 
-PROVIDER = "QNNExecutionProvider"
 CONTEXT_NAME = "model_ctx.onnx"
 
 
@@ -45,8 +45,8 @@ def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: P
 
     from edgeport.runtimes import ep_plugins
 
-    if PROVIDER not in ep_plugins.available_providers(ort):
-        raise QnnRefusal(ep_plugins.plugin_problem(PROVIDER) or f"{PROVIDER} is not installed here",
+    if QNN not in ep_plugins.available_providers(ort):
+        raise QnnRefusal(ep_plugins.plugin_problem(QNN) or f"{QNN} is not installed here",
                          fix="pip install 'edgeport[qnn]' (onnxruntime-qnn), or use a profile whose model_format is onnx")
     started = time.perf_counter()
     folder = ctx.work_dir / "qnn-context"
@@ -55,9 +55,9 @@ def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: P
     options = session_options(optimization="all")
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     ep_plugins.write_compiled_context(options, out_path)
-    providers = {PROVIDER: dict(config.provider_options)}
+    providers = {QNN: dict(config.provider_options)}
     try:
-        ep_plugins.create_session(ort, str(model.path), options, [PROVIDER], providers)
+        ep_plugins.create_session(ort, str(model.path), options, [QNN], providers)
     except Exception as exc:
         raise QnnRefusal(f"QNN could not compile '{model.path.name}' whole: {first_line(exc)[:300]}",
                                 fix="run 'edgeport validate' with the profile: its coverage names each node QNN refuses and why") from exc
@@ -91,8 +91,8 @@ def context_files(artifact: OnnxArtifact) -> list[Path]:
 
 def _reload_check(qdq: Path, compiled: Path, model: OnnxArtifact, providers: dict, samples: int, seed: int) -> dict:
     """The compiled model, loaded fresh, against the QDQ model on the same backend: they must agree."""
-    qdq_session = create_session(qdq, [PROVIDER], provider_options=providers, cpu_fallback=False)
-    ctx_session = create_session(compiled, [PROVIDER], provider_options=providers, cpu_fallback=False)
+    qdq_session = create_session(qdq, [QNN], provider_options=providers, cpu_fallback=False)
+    ctx_session = create_session(compiled, [QNN], provider_options=providers, cpu_fallback=False)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for _ in range(samples):

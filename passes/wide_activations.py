@@ -16,6 +16,7 @@ from typing import Any
 
 import onnx
 
+from edgeport.runtimes.ep_plugins import QNN
 from edgeport.passes.qdq_graph import QdqModel
 
 _KEEP = 8  # quantized variants held in memory: the search re-tries recent mixes
@@ -73,7 +74,6 @@ class WideActivationModel:
         return model
 
 
-PROVIDER = "QNNExecutionProvider"
 
 
 def qnn_installed() -> bool:
@@ -81,7 +81,7 @@ def qnn_installed() -> bool:
 
     from edgeport.runtimes import ep_plugins
 
-    return PROVIDER in ep_plugins.available_providers(ort)
+    return QNN in ep_plugins.available_providers(ort)
 
 
 def npu_session(model: onnx.ModelProto | str, options: dict[str, str]) -> Any:
@@ -107,7 +107,7 @@ def _on_npu(model: onnx.ModelProto | str, options: dict[str, str]) -> tuple[Any,
     session_options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     source = model if isinstance(model, str) else model.SerializeToString()
     try:
-        return ep_plugins.create_session(ort, source, session_options, [PROVIDER], {PROVIDER: options}), None
+        return ep_plugins.create_session(ort, source, session_options, [QNN], {QNN: options}), None
     except Exception as exc:
         return None, first_line(exc)
 
@@ -140,12 +140,12 @@ def widen_for_coverage(model: WideActivationModel, options: dict[str, str]) -> d
     from edgeport.runtimes import ep_plugins
 
     if not qnn_installed():
-        return {"checked": False, "why": f"{PROVIDER} is not installed here (pip install 'edgeport[qnn]'): 8-bit refusals not checked"}
+        return {"checked": False, "why": f"{QNN} is not installed here (pip install 'edgeport[qnn]'): 8-bit refusals not checked"}
 
     def refused(candidate: onnx.ModelProto) -> dict[str, dict[str, str]]:
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return {r["node"]: r for r in ep_plugins.refusals(ort, candidate.SerializeToString(), session_options, [PROVIDER], {PROVIDER: options})}
+        return {r["node"]: r for r in ep_plugins.refusals(ort, candidate.SerializeToString(), session_options, [QNN], {QNN: options})}
 
     at_8 = refused(model.qdq)
     groups = set(at_8) & set(model.quantized)

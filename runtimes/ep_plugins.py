@@ -23,10 +23,11 @@ try:
 except ImportError:  # shipped to a device beside hostcpu.py, without edgeport
     from hostcpu import X86_ARCHES  # type: ignore[no-redef]
 
+QNN = "QNNExecutionProvider"
 # provider -> (python package that ships it, function returning its library path)
-PLUGINS: dict[str, tuple[str, str]] = {"QNNExecutionProvider": ("onnxruntime_qnn", "get_library_path")}
+PLUGINS: dict[str, tuple[str, str]] = {QNN: ("onnxruntime_qnn", "get_library_path")}
 # what a plugin needs when the profile says nothing: the QNN plugin finds no backend by itself
-DEFAULT_OPTIONS: dict[str, dict[str, str]] = {"QNNExecutionProvider": {"backend_type": "htp"}}
+DEFAULT_OPTIONS: dict[str, dict[str, str]] = {QNN: {"backend_type": "htp"}}
 CPU = "CPUExecutionProvider"
 
 _registered: set[str] = set()
@@ -139,7 +140,7 @@ def simulated(provider: str, provider_options: dict[str, str] | None, host_arch:
     """QNN's HTP backend on an x86 host is Qualcomm's simulator of the NPU: its numerics and
     coverage are the device's, its timings are not."""
     backend = (provider_options or {}).get("backend_type", "htp")
-    return provider == "QNNExecutionProvider" and backend == "htp" and host_arch in X86_ARCHES
+    return provider == QNN and backend == "htp" and host_arch in X86_ARCHES
 
 
 _FAILED = re.compile(r"Validation FAILED for \d+ nodes in OrtNodeUnit \((?P<unit>[^)]*)\)")
