@@ -6,16 +6,11 @@ Never imports torch or onnxruntime: a profile can be checked anywhere.
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
+from edgeport.device_profiles.typed_toml import read_toml
 from edgeport.device_profiles.schema import Budgets, Hardware, ParityBudget, Profile, Quantization, Runtime
 from edgeport.errors import ProfileError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
@@ -27,14 +22,9 @@ def builtin_names() -> list[str]:
 def check_profile(name_or_path: str | Path) -> tuple[Profile | None, list[str]]:
     """Every problem with a profile, one line each; an empty list means it is valid."""
     path = _resolve(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        return None, [f"{path}: not valid TOML ({exc})"]
-    except OSError as exc:
-        return None, [f"{path}: cannot be read ({exc.strerror})"]
-    except UnicodeDecodeError as exc:  # found by fuzzing: TOML is UTF-8 text
-        return None, [f"{path}: not UTF-8 text (byte {exc.start})"]
+    data, problems = read_toml(path)
+    if data is None:
+        return None, problems
     return _parse(data, str(path))
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
+
+from edgeport.device_profiles.typed_toml import Problems, build_dataclass
 
 ARCHES = ("arm64", "armv7", "x86_64")
 # qnn-context: model.onnx plus the QNN context binary compiled for the profile's SoC (model_ctx.onnx)
@@ -127,89 +127,16 @@ class Profile:
         return self.runtime.execution_providers[0]
 
 
-class _Problems:
-    def __init__(self, origin: str):
-        self.origin = origin
-        self.items: list[str] = []
-
-    def add(self, key: str, text: str) -> None:
-        self.items.append(f"{self.origin}: {key}: {text}")
-
-
 def parse_profile(data: dict[str, Any], origin: str) -> tuple[Profile | None, list[str]]:
     """Build a Profile from TOML data; returns (profile or None, every problem found)."""
-    problems = _Problems(origin)
-    profile = _build(Profile, {**data, "path": origin}, "", problems)
+    problems = Problems(origin)
+    profile = build_dataclass(Profile, {**data, "path": origin}, "", problems)
     if profile is not None:
         _check_values(profile, problems)
     return (profile if not problems.items else None), problems.items
 
 
-def _build(cls: type, data: Any, prefix: str, problems: _Problems) -> Any:
-    where = prefix.rstrip(".") or "profile"
-    if not isinstance(data, dict):
-        problems.add(where, f"must be a table, not {type(data).__name__}")
-        return None
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    for key in data:
-        if key not in known:
-            near = difflib.get_close_matches(key, list(known), n=1)
-            problems.add(prefix + key, "unknown key" + (f"; did you mean '{near[0]}'?" if near else f" (valid: {', '.join(known)})"))
-    values: dict[str, Any] = {}
-    ok = True
-    for name, f in known.items():
-        if name not in data:
-            if f.default is MISSING and f.default_factory is MISSING:
-                problems.add(prefix + name, "is required")
-                ok = False
-            continue
-        value = _convert(hints[name], data[name], prefix + name, problems)
-        if value is _BAD:
-            ok = False
-        else:
-            values[name] = value
-    return cls(**values) if ok else None
-
-
-_BAD = object()
-
-
-def _convert(hint: Any, value: Any, key: str, problems: _Problems) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key, problems)
-    if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-        built = _build(hint, value, key + ".", problems)
-        return _BAD if built is None else built
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.add(key, f"must be a list of strings, not {value!r}")
-            return _BAD
-        return tuple(value)
-    if origin is dict:
-        value_type = args[1]
-        if not isinstance(value, dict) or not all(_is(value_type, v) for v in value.values()):
-            problems.add(key, f"must be a table of {value_type.__name__} values, not {value!r}")
-            return _BAD
-        return dict(value)
-    if not _is(hint, value):
-        problems.add(key, f"must be {'a number' if hint is float else hint.__name__}, not {type(value).__name__} {value!r}")
-        return _BAD
-    return float(value) if hint is float else value
-
-
-def _is(hint: type, value: Any) -> bool:
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _check_values(p: Profile, problems: _Problems) -> None:
+def _check_values(p: Profile, problems: Problems) -> None:
     hw, rt, b = p.hardware, p.runtime, p.budgets
     if not p.name.strip():
         problems.add("name", "must not be empty")

@@ -33,13 +33,17 @@ from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.qnn_context import QnnContextConfig, QnnRefusal, context_files
 from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
+from edgeport.recipe import RegressionSection
+from edgeport.regression import baseline_model, compare_with_baseline
+from edgeport.regression_report import render_markdown as render_regression_markdown
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.runtimes.ep_plugins import QNN
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.validation import validate
-from edgeport.validation_report import render_markdown as render_validation_markdown
+from edgeport.validation_report import render_junit, render_markdown as render_validation_markdown
+from edgeport.verdict import FAIL
 from edgeport.versions import runtime_versions
 
 
@@ -82,11 +86,16 @@ def export(
     runs: int = 100,
     torch_steps: Sequence[Any] = (),
     teacher: Any = None,
+    teacher_weights: str | Path | None = None,
     train_data: str | Path | DataSource | None = None,
     use_cache: bool = True,
     force: bool = False,
     stateful: Sequence[str] | StateCarry | None = None,
     dims: dict[str, int] | None = None,
+    provenance: dict[str, Any] | None = None,
+    junit: bool = False,
+    baseline: str | Path | None = None,
+    regression: RegressionSection | None = None,
 ) -> ExportResult:
     """Export ``model`` (module, module:attr, TorchScript, .pt2 or .onnx) to ``out_dir``.
 
@@ -111,6 +120,14 @@ def export(
 
     ``dims`` sizes symbolic dims (``{"sequence": 128}``) where a profile needs them: validation's
     shapes, and the fixed shapes of a target that compiles for one shape (``fixed_shapes``, NPUs).
+
+    ``provenance`` (``{"recipe": ..., "inputs": ...}``, from ``edgeport.run``) goes into the
+    manifest, so ``edgeport run OUTDIR/manifest.json`` can build the same files again. With
+    ``junit`` and a profile, junit.xml holds each budget as a test case.
+
+    ``baseline`` (the last release's output folder) runs the regression gate with ``regression``'s
+    limits (default: RegressionSection's): both models measured now, side by side; a regression
+    makes ``exit_code`` 1.
     """
     profiles = [load_profile(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])] if profile else []
     precision = precision if quantize else "fp32"
@@ -134,8 +151,12 @@ def export(
             "static int8 quantization needs calibration data",
             fix="pass --calib DATA (real samples), --calib random to accept unrepresentative ranges, or --precision dynamic-int8",
         )
+    if baseline is not None:
+        baseline_model(baseline)  # a missing baseline fails before any work
     output = OutputFolder(out_dir, "export", force=force)
     try:
+        # before loading: a model built by a factory (a student to distill) draws its initial weights then
+        seed_everything(seed, with_torch=not (isinstance(model, (str, Path)) and str(model).endswith(".onnx")))
         artifact = load_model(model, inputs=specs, weights=weights, trust_pickle=trust_pickle, example_data=calibration or evaluation)
         ctx = PassContext(
             work_dir=output.work,
@@ -154,7 +175,7 @@ def export(
         if isinstance(artifact, TorchArtifact):
             if torch_steps:
                 ctx.training = open_data(train_data, role="training", seed=seed)
-                ctx.teacher = load_model(teacher, inputs=artifact.inputs) if teacher is not None else TorchArtifact(copy.deepcopy(artifact.module), artifact.inputs, artifact.source)
+                ctx.teacher = load_model(teacher, inputs=artifact.inputs, weights=teacher_weights, trust_pickle=trust_pickle) if teacher is not None else TorchArtifact(copy.deepcopy(artifact.module), artifact.inputs, artifact.source)
             fp32_steps.extend(torch_steps)
             fp32_steps.append(export_config or OnnxExportConfig())
         elif torch_steps:
@@ -240,13 +261,27 @@ def export(
                 validation.report["reference"] = str(output.path / "model.fp32.onnx")
             report["validation"] = {k: v for k, v in validation.report.items() if k in ("verdict", "profiles")}
             exit_code = max(exit_code, validation.exit_code)
+        gate = None
+        if baseline is not None:
+            data = evaluation or calibration
+            gate = compare_with_baseline(
+                output.stage(names[0]), baseline, regression or RegressionSection(), reference=output.stage("model.fp32.onnx") if reduced else None,
+                data=data, inputs=concrete_inputs(final.inputs, profiles[0] if profiles else None, dims or {}, dims_from_data(final.inputs, data)),
+                profile=profiles[0] if profiles else None, runs=runs, seed=seed, carry=carry, progress=ctx.progress)
+            report["regression"] = gate.report
+            exit_code = max(exit_code, EXIT_BUDGET_FAILED if gate.verdict == FAIL else EXIT_OK)
         output.write_json("report.json", report)
         markdown = render_markdown(report)
         if profiles:  # the validation section, as `edgeport validate` writes it
             markdown += "\n" + render_validation_markdown(validation.report).replace("# edgeport validation report", "# Validation", 1)
+        if gate is not None:
+            markdown += "\n" + render_regression_markdown(gate.report)
         output.stage("report.md").write_text(markdown)
         files = [*names, "report.json", "report.md", "manifest.json"]
-        manifest = _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps + post_steps), seed, specs)
+        if junit and (profiles or gate is not None):
+            output.stage("junit.xml").write_text(render_junit(validation.report if profiles else None, gate.report if gate else None))
+            files.append("junit.xml")
+        manifest = _manifest(report, Pipeline(fp32_steps + int8_pipeline.steps + post_steps), seed, specs, provenance)
         output.write_json("manifest.json", {**manifest, **output.ledger(files)})
         output.commit(files)
     except BaseException:
@@ -299,19 +334,23 @@ def _stage_artifacts(output: OutputFolder, fp32: OnnxArtifact, int8: OnnxArtifac
     return [p.name for artifact, name in pairs for p in save_artifact(onnx.load(str(artifact.path)), output.stage(name))]
 
 
-def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs) -> dict[str, Any]:
+def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs, provenance: dict[str, Any] | None) -> dict[str, Any]:
+    described = {
+        "model": report["model"]["source"],
+        "inputs": [s.to_dict() for s in specs] if specs else report["model"]["inputs"],
+        "data": report["data"],
+    }
     return {
         "schema_version": report["schema_version"],
         "created_utc": report["created_utc"],
         "artifacts": {n: {"sha256": a["sha256"], "bytes": a["bytes"]} for n, a in report["artifacts"].items()},
         "versions": report["versions"],
         "seed": seed,
-        "recipe": {
-            "model": report["model"]["source"],
-            "inputs": [s.to_dict() for s in specs] if specs else report["model"]["inputs"],
-            "data": report["data"],
-            "steps": pipeline.describe(),
-        },
+        # the resolved recipe (every setting, absolute paths) where a recipe made this run, so
+        # `edgeport run manifest.json` repeats it; else what the Python API was given
+        "recipe": provenance["recipe"] if provenance else described,
+        "inputs": provenance["inputs"] if provenance else {},
+        "pipeline": pipeline.describe(),
     }
 
 
@@ -326,6 +365,8 @@ def seed_everything(seed: int, *, with_torch: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
     if with_torch or "torch" in sys.modules:
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # loading the torch model says so, with the fix
+            return
         torch.manual_seed(seed)

@@ -9,11 +9,12 @@ from edgeport.errors import UsageError
 from edgeport.specs import TensorSpec
 
 
-def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[str, int],
+def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile | None, dims: dict[str, int],
                     data_dims: dict[str, int] | None = None) -> list[TensorSpec]:
     """The shapes budgets are stated at: the profile's batch for a leading symbolic dim; other
-    symbolic dims from --dim, then the profile's [budgets.dims], then the evaluation data."""
-    sizes = {**(data_dims or {}), **prof.budgets.dims, **dims}
+    symbolic dims from --dim, then the profile's [budgets.dims], then the evaluation data. Without
+    a profile (a regression gate alone): batch 1."""
+    sizes = {**(data_dims or {}), **(prof.budgets.dims if prof else {}), **dims}
     out = []
     for spec in inputs:
         shape = []
@@ -21,12 +22,12 @@ def concrete_inputs(inputs: tuple[TensorSpec, ...], prof: Profile, dims: dict[st
             if isinstance(dim, int):
                 shape.append(dim)
             elif axis == 0 and dim not in dims:
-                shape.append(prof.budgets.batch)
+                shape.append(prof.budgets.batch if prof else 1)
             elif dim in sizes:
                 shape.append(sizes[dim])
             else:
                 raise UsageError(
-                    f"input '{spec.name}' has dynamic dim '{dim}' with no size for profile '{prof.name}'",
+                    f"input '{spec.name}' has dynamic dim '{dim}' with no size for " + (f"profile '{prof.name}'" if prof else "timing"),
                     fix=f"pass --dim {dim}=N, set [budgets.dims] {dim} = N in the profile, or give --data to take it from",
                 )
         out.append(TensorSpec(spec.name, tuple(shape), spec.dtype))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 import sys
 import traceback
 import warnings
@@ -44,6 +43,25 @@ def _run(action: Callable[[], int]) -> None:
     sys.exit(code)
 
 
+def _with(options):
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+_run_options = [
+    click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own)."),
+    click.option("--cache-dir", metavar="DIR", help="Where calibration ranges and unchanged steps are cached (default ~/.cache/edgeport)."),
+    click.option("--no-cache", is_flag=True, help="Recompute every step instead of taking unchanged ones from the cache."),
+    click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
+    click.option("--quiet", is_flag=True, help="Print nothing but errors."),
+]
+
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(edgeport_version(), prog_name="edgeport")
 def cli() -> None:
@@ -66,7 +84,7 @@ def cli() -> None:
 @click.option("--runs", type=int, default=100, show_default=True, help="Timed runs when validating against --profile.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim: the budgets' input shape, and the shape an NPU profile (fixed_shapes) compiles for.")
 @click.option("-o", "--output", "out_dir", default="edgeport-out", show_default=True, metavar="OUTDIR")
-@click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
+@click.option("--baseline", metavar="PREVIOUS_OUTDIR", help="Compare with the last release's output folder: exit 1 on a regression (limits: a recipe's [regression]).")
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True)
 @click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default=None, help="Default: qdq, or the profile's.")
@@ -87,10 +105,7 @@ def cli() -> None:
 @click.option("--max-fallback", type=float, default=0.25, show_default=True, help="Share of MACs the search may leave in float.")
 @click.option("--search-budget", metavar="Ns|Nt", help="Bound on the int8 search: seconds (300s) or trials (80t). Default 600s.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--cache-dir", metavar="DIR", help="Where calibration ranges and unchanged steps are cached (default ~/.cache/edgeport).")
-@click.option("--no-cache", is_flag=True, help="Recompute every step instead of taking unchanged ones from the cache.")
-@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else.")
-@click.option("--quiet", is_flag=True, help="Print nothing but errors.")
+@_with(_run_options)
 def export_command(model: str, **opts: Any) -> None:
     """Export MODEL to ONNX, optimize it and quantize it to int8.
 
@@ -100,82 +115,86 @@ def export_command(model: str, **opts: Any) -> None:
     """
 
     def action() -> int:
-        from edgeport.api import export
-        from edgeport.device_profiles import load_profile
-        from edgeport.passes.export_onnx import OnnxExportConfig
-        from edgeport.errors import UsageError
-        from edgeport.profile_defaults import fidelity_target, quant_config_for
-        from edgeport.validation_report import summary_lines
-        from edgeport.passes.quantize_static import StaticInt8Config
-        from edgeport.progress import TerminalProgress
-        from edgeport.reports import fidelity_lines, format_table, summary_rows
+        from edgeport.recipe_flags import recipe_from_flags
+        from edgeport.run import run_recipe
 
-        quiet = opts["quiet"] or opts["as_json"]
-        profiles = [load_profile(p) for p in opts["profiles"]]
-        base = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
-        explicit = {
-            "format": opts["quant_format"],
-            "per_channel": opts["per_channel"],
-            "reduce_range": opts["reduce_range"],
-            "op_types": _split(opts["op_types"]),
-            "exclude_op_types": _split(opts["exclude_op_types"]),
-            "exclude_nodes": _split(opts["exclude_nodes"]),
-        }
-        quant_config = replace(
-            base,
-            calibration_method=opts["calib_method"],
-            calibration_samples=opts["calib_samples"],
-            **{k: v for k, v in explicit.items() if v is not None},
-        )
-        flags = {"min_cosine": opts["min_cosine"], "min_top1_agreement": opts["min_top1_agreement"],
-                 "max_accuracy_drop": opts["max_accuracy_drop"], "min_sqnr_db": opts["min_sqnr"],
-                 "metric": opts["metric"], "metric_min": opts["metric_min"]}
-        if opts["no_search"] and any(v is not None for v in flags.values()):
-            raise UsageError("fidelity targets need the int8 search, which --no-search turns off", fix="drop --no-search or the target flags")
-        target = fidelity_target(profiles, flags) if any(v is not None for v in flags.values()) else None
-        result = export(
-            model,
-            out_dir=opts["out_dir"],
-            force=opts["force"],
-            inputs=opts["inputs"] or None,
-            weights=opts["weights"],
-            calib=opts["calib"],
-            eval=opts["eval_data"],
-            quantize=not opts["no_quantize"],
-            precision=opts["precision"],
-            trust_pickle=opts["trust_pickle"],
-            export_config=OnnxExportConfig(opset=opts["opset"], exporter=opts["exporter"]),
-            quant_config=quant_config,
-            search=not opts["no_search"],
-            fidelity=target,
-            max_fallback=opts["max_fallback"],
-            search_budget=opts["search_budget"],
-            seed=opts["seed"],
-            cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None),
-            profile=profiles or None,
-            runs=opts["runs"],
-            use_cache=not opts["no_cache"],
-            stateful=opts["stateful"] or None,
-            dims=dict(_parse_dim(d) for d in opts["dims"]) or None,
-        )
-        if opts["as_json"]:
-            click.echo(dumps_strict(result.report))
-        elif not quiet:
-            click.echo(format_table(summary_rows(result.report)))
-            summary = result.report["summary"]
-            if "size_ratio" in summary:
-                click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
-            for warning in result.report["warnings"]:
-                click.echo(f"warning: {warning}", err=True)
-            for line in fidelity_lines(result.report):
-                click.echo(line)
-            if "validation" in result.report:
-                click.echo("\n".join(summary_lines(result.report["validation"])))
-            click.echo(f"wrote {result.out_dir}")
-        return result.exit_code
+        recipe = recipe_from_flags(model, opts)
+        return _run_and_report(lambda progress: run_recipe(recipe, cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
+                                                             force=opts["force"], progress=progress), opts)
 
     _run(action)
+
+
+def _run_and_report(work: Callable[[Any], Any], opts: dict[str, Any]) -> int:
+    """Run an export (from flags or a recipe) and print what export and run print."""
+    from edgeport.progress import TerminalProgress
+    from edgeport.regression_report import summary_lines as regression_lines
+    from edgeport.reports import fidelity_lines, format_table, summary_rows
+    from edgeport.validation_report import summary_lines
+
+    quiet = opts["quiet"] or opts["as_json"]
+    result = work(TerminalProgress(enabled=False if quiet else None))
+    if opts["as_json"]:
+        click.echo(dumps_strict(result.report))
+    elif not quiet:
+        click.echo(format_table(summary_rows(result.report)))
+        summary = result.report["summary"]
+        if "size_ratio" in summary:
+            click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
+        for warning in result.report["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
+        for line in fidelity_lines(result.report):
+            click.echo(line)
+        if "validation" in result.report:
+            click.echo("\n".join(summary_lines(result.report["validation"])))
+        if "regression" in result.report:
+            click.echo("\n".join(regression_lines(result.report["regression"])))
+        click.echo(f"wrote {result.out_dir}")
+    return result.exit_code
+
+
+@cli.command("run")
+@click.argument("recipe", required=False, metavar="[RECIPE]")
+@click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write here instead of the recipe's outputs.dir.")
+@click.option("--baseline", metavar="PREVIOUS_OUTDIR", help="Compare with the last release's output folder (regression gate).")
+@_with(_run_options)
+def run_command(recipe: str | None, **opts: Any) -> None:
+    """Run a recipe: RECIPE is a TOML file (default ./edgeport.toml) or an earlier run's manifest.json,
+    which builds the same artifacts again when its inputs are unchanged."""
+
+    def action() -> int:
+        from edgeport.run import load_run_source, run_recipe
+
+        loaded = load_run_source(recipe)
+        return _run_and_report(lambda progress: run_recipe(loaded, out_dir=opts["out_dir"], baseline=opts["baseline"], cache_dir=opts["cache_dir"],
+                                                             use_cache=not opts["no_cache"], force=opts["force"], progress=progress), opts)
+
+    _run(action)
+
+
+def _report_problems(file: str, check: Callable[[str], tuple[Any, list[str]]]) -> int:
+    """A schema check's problems on stderr, one a line (exit 2), or that the file is valid."""
+    _, problems = check(file)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if not problems:
+        click.echo(f"{file}: valid")
+    return 2 if problems else 0
+
+
+@cli.group("recipe")
+def recipe_group() -> None:
+    """Check recipe files (edgeport.toml)."""
+
+
+@recipe_group.command("check")
+@click.argument("file")
+def recipe_check(file: str) -> None:
+    """Check a recipe against the schema and name every wrong key (exit 2 if any)."""
+
+    from edgeport.recipe import check_recipe
+
+    _run(lambda: _report_problems(file, check_recipe))
 
 
 def _remote_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -209,6 +228,7 @@ def _remote_target(opts: dict[str, Any]):
 @click.option("--time-limit", type=float, default=60.0, show_default=True, help="Seconds of timed runs at most per profile.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Size of a dynamic dim for the budgets' input shape.")
 @click.option("--junit", type=click.Path(dir_okay=False), metavar="FILE", help="Write JUnit XML: each budget a test case.")
+@click.option("--baseline", metavar="PREVIOUS_OUTDIR", help="Compare with the last release's output folder (regression gate): exit 1 on a regression.")
 @click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write validation.json and validation.md there (beside an export's files).")
 @click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there (another command's or your own).")
 @_remote_options
@@ -226,29 +246,27 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
         from edgeport.validation_report import summary_lines
 
         quiet = opts["quiet"] or opts["as_json"]
-        dims = dict(_parse_dim(d) for d in opts["dims"])
+        from edgeport.recipe_flags import parse_dim
+
+        dims = dict(parse_dim(d) for d in opts["dims"])
         remote = _remote_target(opts)
         result = validate(
             model, profile=list(profiles), reference=opts["reference"], data=opts["data"], runs=opts["runs"],
             time_limit_s=opts["time_limit"], dims=dims, progress=TerminalProgress(enabled=False if quiet else None),
             out_dir=opts["out_dir"], junit=opts["junit"], force=opts["force"], stateful=opts["stateful"] or None, remote=remote,
+            baseline=opts["baseline"],
         )
         if opts["as_json"]:
             click.echo(dumps_strict(result.report))
         elif not quiet:
             click.echo("\n".join(summary_lines(result.report)))
+            if "regression" in result.report:
+                from edgeport.regression_report import summary_lines as regression_lines
+
+                click.echo("\n".join(regression_lines(result.report["regression"])))
         return result.exit_code
 
     _run(action)
-
-
-def _parse_dim(text: str) -> tuple[str, int]:
-    from edgeport.errors import UsageError
-
-    name, _, size = text.partition("=")
-    if not name or not size.isdigit() or int(size) < 1:
-        raise UsageError(f"--dim '{text}' is not NAME=N", fix="write e.g. --dim sequence=128")
-    return name, int(size)
 
 
 @cli.group("profiles")
@@ -318,17 +336,9 @@ def profiles_calibrate(out: str, threads: int | None, name: str | None, budgets_
 def profiles_check(file: str) -> None:
     """Check a profile file against the schema and name every wrong field (exit 2 if any)."""
 
-    def action() -> int:
-        from edgeport.device_profiles import check_profile
+    from edgeport.device_profiles import check_profile
 
-        _, problems = check_profile(file)
-        for problem in problems:
-            click.echo(problem, err=True)
-        if not problems:
-            click.echo(f"{file}: valid")
-        return 2 if problems else 0
-
-    _run(action)
+    _run(lambda: _report_problems(file, check_profile))
 
 
 def _common_compress_output(result, as_json: bool, quiet: bool) -> None:
@@ -383,15 +393,6 @@ _compress_common_options = [
     click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."),
 ]
-
-
-def _with(options):
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
 
 
 @cli.command("distill")

@@ -23,6 +23,9 @@ from edgeport.npu_checks import coverage_from_refusal, qnn_context_check
 from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
 from edgeport.passes.parity_check import accumulate_on_data
+from edgeport.recipe import RegressionSection
+from edgeport.regression import baseline_model, gate_model_file
+from edgeport.regression_report import render_markdown as render_regression_markdown
 from edgeport.runtimes import benchmark, coverage, ep_plugins, estimate
 from edgeport.runtimes.graph_cost import graph_cost
 from edgeport.runtimes.hostcpu import host_cpu
@@ -73,7 +76,8 @@ class ValidationResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if all(v.verdict == PASS for v in self.verdicts) else EXIT_BUDGET_FAILED
+        gate = self.report.get("regression", {}).get("verdict", PASS)
+        return EXIT_OK if all(v.verdict == PASS for v in self.verdicts) and gate == PASS else EXIT_BUDGET_FAILED
 
 
 def validate(
@@ -93,13 +97,16 @@ def validate(
     force: bool = False,
     stateful: Sequence[str] | StateCarry | None = None,
     remote: RemoteTarget | str | None = None,
+    baseline: str | Path | None = None,
+    regression: RegressionSection | None = None,
 ) -> ValidationResult:
     """Validate ``model`` against one profile or several (a matrix in one report). With
     ``out_dir``, writes validation.json and validation.md there (beside an export's files, which it
     never touches); with ``junit``, JUnit XML to that file. ``force`` replaces files of those names
     that an earlier validate did not write. ``stateful`` (``["state:stateN"]``) runs the data's
     feeds in order as one stream, each run taking the state the previous run returned. ``remote``
-    (``ssh://user@host[:port]`` or a RemoteTarget) measures on that device over SSH instead of here."""
+    (``ssh://user@host[:port]`` or a RemoteTarget) measures on that device over SSH instead of here.
+    ``baseline`` (the last release's output folder) adds the regression gate (``regression``'s limits)."""
     if runs < 1:
         raise UsageError(f"--runs {runs} is below 1", fix="use at least 1 timed run (100 is the default)")
     # an unwritable or foreign folder fails before measuring
@@ -109,10 +116,21 @@ def validate(
         device = RemoteDevice(RemoteTarget.parse(remote) if isinstance(remote, str) else remote) if remote is not None else None
         if device is not None and carry is not None:
             raise UsageError("--stateful and --remote together are not supported yet", fix="validate the stateful model here, or drop --stateful")
+        if baseline is not None:
+            if device is not None:
+                raise UsageError("--baseline with --remote is not supported yet", fix="run the regression gate here, or drop --baseline")
+            baseline_model(baseline)  # a missing baseline fails before measuring
         result = _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eval_samples, seed, progress, carry, device)
+        markdown = render_markdown(result.report)
+        if baseline is not None:
+            gate = gate_model_file(Path(model), baseline, regression or RegressionSection(), reference=Path(reference) if reference else None,
+                                   data=data, profile=result.verdicts[0].profile, dims=dims or {}, runs=runs, seed=seed, carry=carry, progress=progress)
+            result.report["regression"] = gate.report
+            result.report["verdict"] = FAIL if gate.verdict == FAIL else result.report["verdict"]
+            markdown += "\n" + render_regression_markdown(gate.report)
         if output is not None:
             files = ["validation.json", "validation.md"]
-            output.stage("validation.md").write_text(render_markdown(result.report))
+            output.stage("validation.md").write_text(markdown)
             output.write_json("validation.json", {**result.report, **output.ledger(files)})
             output.commit(["validation.md", "validation.json"])
     except BaseException:
@@ -120,7 +138,7 @@ def validate(
             output.discard()
         raise
     if junit is not None:
-        write_atomic(junit, render_junit(result.report))
+        write_atomic(junit, render_junit(result.report, result.report.get("regression")))
     return result
 
 

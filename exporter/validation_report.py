@@ -99,22 +99,33 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_junit(report: dict[str, Any]) -> str:
+def render_junit(report: dict[str, Any] | None, regression: dict[str, Any] | None = None) -> str:
+    """Each budget a test case, one suite per profile; with ``regression``, a suite of the gate's
+    checks whose output shows the baseline's figure beside the new one."""
+    from edgeport.regression_report import sides
+
     suites = ET.Element("testsuites", name="edgeport validate")
-    for profile in report["profiles"]:
-        results = _results(profile)
+    groups = [(f"edgeport.{p['profile']}", _results(p), {}) for p in (report or {}).get("profiles", [])]
+    if regression is not None:
+        checks = _results({"budgets": regression["checks"]})
+        shown = {}
+        for check in checks:
+            old, new, label, unit = sides(regression, check.name)
+            shown[check.name] = f"{label}: baseline {old}{unit}, new {new}{unit} (baseline {regression['baseline']['path']}). "
+        groups.append(("edgeport.regression", checks, shown))
+    for suite_name, results, prefix in groups:
         suite = ET.SubElement(
-            suites, "testsuite", name=f"edgeport.{profile['profile']}", tests=str(len(results)),
+            suites, "testsuite", name=suite_name, tests=str(len(results)),
             failures=str(sum(r.status == FAIL for r in results)), skipped=str(sum(r.status == SKIPPED for r in results)),
         )
         for result in results:
-            case = ET.SubElement(suite, "testcase", classname=f"edgeport.{profile['profile']}", name=result.name)
+            case = ET.SubElement(suite, "testcase", classname=suite_name, name=result.name)
             if result.status == FAIL:
-                failure = ET.SubElement(case, "failure", message=result.describe(), type="BudgetFailed")
+                failure = ET.SubElement(case, "failure", message=prefix.get(result.name, "") + result.describe(), type="BudgetFailed")
                 failure.text = f"measured={result.measured} limit={result.limit} margin={result.margin} basis={result.basis}"
             elif result.status == SKIPPED:
                 ET.SubElement(case, "skipped", message=result.detail)
-            ET.SubElement(case, "system-out").text = result.describe()
+            ET.SubElement(case, "system-out").text = prefix.get(result.name, "") + result.describe()
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

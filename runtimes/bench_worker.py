@@ -258,6 +258,33 @@ def run(request: dict) -> dict:
     return result
 
 
+def run_interleaved(request: dict) -> dict:
+    """Time several models on the same feed in alternating rounds (A B, B A, A B, ...), so drift in
+    the machine's speed (another tenant, frequency, heat) lands on every model alike."""
+    import onnxruntime as ort
+
+    feed = _feed(request["inputs"], request.get("seed", 0))
+    ep_plugins.register_plugins(ort)
+    try:
+        sessions = [_session({**request, "model": model}, ort, _options(request, ort)) for model in request["models"]]
+        for session in sessions:
+            for _ in range(1 + request.get("warmup", 10)):
+                session.run(None, feed)
+    except Exception as exc:
+        raise _ModelFault(exc) from exc
+    times: list[list[float]] = [[] for _ in sessions]
+    deadline = time.perf_counter() + request.get("time_limit_s", 60.0)
+    for round_index in range(request.get("runs", 100)):
+        order = range(len(sessions)) if round_index % 2 == 0 else reversed(range(len(sessions)))
+        for k in order:
+            start = time.perf_counter()
+            sessions[k].run(None, feed)
+            times[k].append((time.perf_counter() - start) * 1e3)
+        if time.perf_counter() > deadline and round_index >= 9:
+            break
+    return {"latency_ms_runs": [[round(t, 5) for t in ts] for ts in times]}
+
+
 def _session(request: dict, ort, options):
     return ep_plugins.create_session(ort, request["model"], options, request["providers"], request.get("provider_options"))
 
@@ -276,7 +303,7 @@ class _ModelFault(Exception):
 def main() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        result = run(request)
+        result = run_interleaved(request) if "models" in request else run(request)
     except Exception as exc:  # reported to the parent, which turns it into a one-line error
         cause = exc.__cause__ if isinstance(exc, _ModelFault) and exc.__cause__ is not None else exc
         result = {"error": f"{type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}",

@@ -33,8 +33,8 @@ def test_export_digits_end_to_end(tmp_path):
     for name, entry in manifest["artifacts"].items():
         assert entry["sha256"] == file_sha256(out / name)
     assert manifest["versions"]["torch"] and manifest["versions"]["onnxruntime"]
-    assert manifest["recipe"]["steps"][-1]["config"]["quant"]["per_channel"] is True
-    assert manifest["recipe"]["steps"][-1]["config"]["target"]["min_cosine"] == 0.99
+    assert manifest["pipeline"][-1]["config"]["quant"]["per_channel"] is True
+    assert manifest["pipeline"][-1]["config"]["target"]["min_cosine"] == 0.99
     assert not list(tmp_path.glob(".out.edgeport-*"))  # staging folder gone
 
 

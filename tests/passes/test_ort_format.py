@@ -40,7 +40,7 @@ def test_mobile_profile_needs_the_ort_file_and_export_writes_it(tmp_path, digits
     assert exported.exit_code == 0, exported.output
     assert (out / "model.ort").is_file()
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "model.ort" in manifest["artifacts"] and manifest["recipe"]["steps"][-1]["pass"] == "OrtFormatConfig"
+    assert "model.ort" in manifest["artifacts"] and manifest["pipeline"][-1]["pass"] == "OrtFormatConfig"
     on_ort = runner.invoke(cli, ["validate", str(out / "model.ort"), "--profile", "android-nnapi", "--runs", "5", "--json"])
     assert on_ort.exit_code == 0, on_ort.output
     profile = json.loads(on_ort.stdout)["profiles"][0]

@@ -87,7 +87,7 @@ def test_export_judges_int8_on_a_carried_stream(vad, tmp_path):
     search = next(s for s in report["steps"] if s["name"] == "quantize_search")
     assert "state carried from feed to feed" in search["metrics"]["fidelity"]["data"]
     assert any("held apart as one stream" in note for note in search["notes"])
-    assert json.loads((out / "manifest.json").read_text())["recipe"]["data"]["state_carried"] == {"state": "stateN"}
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["data"]["stateful"] == ["state:stateN"]
 
 
 def test_stateful_without_anything_to_carry_through_is_refused(vad, tmp_path):
