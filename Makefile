@@ -9,17 +9,24 @@ OV_VENV := .venv-openvino
 OV_STAMP := $(OV_VENV)/.installed
 OV_ORT := onnxruntime-openvino==1.24.1
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz clean browser
+
+# Debian's Chromium and ChromeDriver for the report.html browser test (tests/exporter/test_html_report.py).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev,qnn]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev,qnn,report]'
 	touch $(STAMP)
 
 # edgeport without torch and with onnxruntime-openvino in place of onnxruntime.
 $(OV_STAMP): pyproject.toml
 	test -x $(OV_VENV)/bin/python || $(PYTHON) -m venv $(OV_VENV)
-	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(OV_ORT)' onnx numpy click pytest
+	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check '$(OV_ORT)' onnx numpy click tqdm pytest
 	$(OV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $(OV_STAMP)
 
@@ -31,7 +38,7 @@ demo: $(STAMP)
 		--calib examples/digits/calib.npz --eval examples/digits/test.npz \
 		--profile ci-x86-avx2 -o out/digits
 
-test: $(STAMP) $(OV_STAMP)
+test: $(STAMP) $(OV_STAMP) browser
 	$(BIN)/python -m pytest -q
 	$(OV_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/runtimes/test_openvino.py
 

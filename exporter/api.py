@@ -33,6 +33,7 @@ from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.qnn_context import QnnContextConfig, QnnRefusal, context_files
 from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
+from edgeport.html_report import render_html
 from edgeport.recipe import RegressionSection
 from edgeport.regression import baseline_model, compare_with_baseline
 from edgeport.regression_report import render_markdown as render_regression_markdown
@@ -101,7 +102,7 @@ def export(
 
     Writes model.onnx in ``precision`` (int8: static, with calibration data; dynamic-int8: weights
     only; fp16; fp32, the same as ``quantize=False``), model.fp32.onnx beside it, report.json,
-    report.md and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left
+    report.md, report.html and manifest.json. Raises an EdgeportError subclass on bad input; nothing is left
     half-written. With ``profile``, int8 settings follow the (first) profile unless
     ``quant_config`` is given, and the artifact is validated against every profile;
     ``exit_code`` is then 1 if a budget failed. ``torch_steps`` (pruning, low-rank, distillation
@@ -277,7 +278,8 @@ def export(
         if gate is not None:
             markdown += "\n" + render_regression_markdown(gate.report)
         output.stage("report.md").write_text(markdown)
-        files = [*names, "report.json", "report.md", "manifest.json"]
+        output.stage("report.html").write_text(render_html(report, model_path=output.stage(names[0])))
+        files = [*names, "report.json", "report.md", "report.html", "manifest.json"]
         if junit and (profiles or gate is not None):
             output.stage("junit.xml").write_text(render_junit(validation.report if profiles else None, gate.report if gate else None))
             files.append("junit.xml")

@@ -111,7 +111,7 @@ def export_command(model: str, **opts: Any) -> None:
 
     MODEL is package.module:attr (an nn.Module or a zero-argument factory), a TorchScript file,
     a torch.export .pt2 file, or an .onnx file. Writes OUTDIR/model.onnx, model.fp32.onnx,
-    report.json, report.md and manifest.json.
+    report.json, report.md, report.html and manifest.json.
     """
 
     def action() -> int:

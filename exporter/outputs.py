@@ -28,8 +28,8 @@ from edgeport.errors import UsageError
 
 COMMAND_FILES: dict[str, tuple[str, ...]] = {
     "export": ("model.onnx", "model.onnx.data", "model.fp32.onnx", "model.fp32.onnx.data", "model.ort",
-               "model_ctx.onnx", "model_ctx_qnn.bin", "report.json", "report.md", "junit.xml", "manifest.json"),
-    "validate": ("validation.json", "validation.md"),
+               "model_ctx.onnx", "model_ctx_qnn.bin", "report.json", "report.md", "report.html", "junit.xml", "manifest.json"),
+    "validate": ("validation.json", "validation.md", "validation.html"),
     "compress": ("model.pt2", "report.json"),  # prune and distill
 }
 LEDGER = {"export": "manifest.json", "validate": "validation.json", "compress": "report.json"}

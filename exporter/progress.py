@@ -1,52 +1,47 @@
-"""Progress on a terminal (stderr), silent when asked or when stderr is not a terminal."""
+"""Progress on a terminal (stderr) through tqdm, silent when asked or when stderr is not a terminal.
+
+tqdm draws the bars (rate, elapsed time, width of the terminal) and keeps notes from tearing them.
+"""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class TerminalProgress:
+    """Bars nest: a loop inside a loop (calibration inside the int8 search's trials) draws a second
+    bar below the first; ``advance`` moves the innermost, ``finish`` closes it."""
+
     def __init__(self, stream: TextIO | None = None, enabled: bool | None = None):
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self._label = ""
-        self._total: int | None = None
-        self._done = 0
-        self._last_draw = 0.0
-        self._started = 0.0
+        self.enabled = _is_terminal(self.stream) if enabled is None else enabled
+        self._bars: list[Any] = []
 
     def note(self, text: str) -> None:
         if self.enabled:
-            print(text, file=self.stream, flush=True)
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
 
     def start(self, label: str, total: int | None = None) -> None:
-        self._label, self._total, self._done = label, total, 0
-        self._started = time.perf_counter()
-        self._draw(force=True)
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bars.append(tqdm(total=total, desc=label, file=self.stream, leave=not self._bars, position=len(self._bars),
+                                   dynamic_ncols=True, mininterval=0.1))
 
     def advance(self, count: int = 1) -> None:
-        self._done += count
-        self._draw()
+        if self._bars:
+            self._bars[-1].update(count)
 
     def finish(self) -> None:
-        if self.enabled and self._label:
-            self._draw(force=True)
-            print(f"  ({time.perf_counter() - self._started:.1f}s)", file=self.stream, flush=True)
-        self._label = ""
+        if self._bars:
+            self._bars.pop().close()
 
-    def _draw(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self._last_draw < 0.1):
-            return
-        self._last_draw = now
-        if self._total:
-            width = 28
-            filled = int(width * min(self._done, self._total) / self._total)
-            bar = "#" * filled + "-" * (width - filled)
-            text = f"\r{self._label:<14} [{bar}] {self._done}/{self._total}"
-        else:
-            text = f"\r{self._label:<14} {self._done}"
-        self.stream.write(text)
-        self.stream.flush()
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or file-like stream without a terminal
+        return False

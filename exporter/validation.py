@@ -19,6 +19,7 @@ from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, DataError, UsageError
+from edgeport.html_report import render_html
 from edgeport.npu_checks import coverage_from_refusal, qnn_context_check
 from edgeport.outputs import OutputFolder, write_atomic
 from edgeport.passes.context import NullProgress, Progress
@@ -129,10 +130,11 @@ def validate(
             result.report["verdict"] = FAIL if gate.verdict == FAIL else result.report["verdict"]
             markdown += "\n" + render_regression_markdown(gate.report)
         if output is not None:
-            files = ["validation.json", "validation.md"]
+            files = ["validation.json", "validation.md", "validation.html"]
             output.stage("validation.md").write_text(markdown)
+            output.stage("validation.html").write_text(render_html(result.report, model_path=Path(model)))
             output.write_json("validation.json", {**result.report, **output.ledger(files)})
-            output.commit(["validation.md", "validation.json"])
+            output.commit(["validation.md", "validation.html", "validation.json"])
     except BaseException:
         if output is not None:
             output.discard()
@@ -166,13 +168,13 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
     for prof in profiles:
         progress.note(f"validating against {prof.name} ...")
         verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed, carry,
-                                      device))
+                                      device, show_progress=getattr(progress, "enabled", False)))
     report = _report(artifact, ref, source, verdicts)
     return ValidationResult(artifact.path, verdicts, report)
 
 
 def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims, data_dims, max_eval_samples, seed,
-                  carry: StateCarry | None = None, device: RemoteDevice | None = None) -> ProfileVerdict:
+                  carry: StateCarry | None = None, device: RemoteDevice | None = None, show_progress: bool = False) -> ProfileVerdict:
     import onnxruntime as ort
 
     # where it runs: this host, or the device over SSH (its own CPU facts and providers)
@@ -219,7 +221,8 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
             cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed, provider_options=options,
             compiled_context=providers[0] in ep_plugins.PLUGINS,
         )
-        measurement = device.measure(_device_files(artifact), request) if device else benchmark.run_worker(artifact.path, providers, request)
+        measurement = device.measure(_device_files(artifact), request) if device else \
+            benchmark.run_worker(artifact.path, providers, request, show_progress=show_progress)
         if "refused" in measurement:
             details["providers"]["note"] = measurement["refused"]
             refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])

@@ -40,9 +40,12 @@ MIN_SQNR_GAIN_DB = 0.1
 class SearchBudget:
     deadline: float
     trials_left: int
+    progress: Progress | None = None  # one tick per trial
 
     def spend(self) -> None:
         self.trials_left -= 1
+        if self.progress is not None:
+            self.progress.advance(1)
 
     def ok(self) -> bool:
         return self.trials_left > 0 and time.perf_counter() < self.deadline

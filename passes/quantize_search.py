@@ -109,8 +109,16 @@ class _Candidate:
 
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
+    ctx.progress.start("int8 search trials")  # a counter: the search ends when the target is met, mostly long before its budget
+    try:
+        return _search(model, config, ctx)
+    finally:
+        ctx.progress.finish()
+
+
+def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassContext) -> OnnxArtifact:
     started = time.perf_counter()
-    budget = SearchBudget(started + config.search_budget_s, config.max_trials)
+    budget = SearchBudget(started + config.search_budget_s, config.max_trials, ctx.progress)
     notes: list[str] = []
     quant = per_tensor_if_needed(config.quant, model.path, notes)
     if quant.format not in ("qdq", "qoperator"):

@@ -60,6 +60,17 @@ def _feed(inputs: list[dict], seed: int):
     return feed
 
 
+def _progress_bar(request: dict, total: int):
+    """A bar on stderr for the timed runs when the parent asked for one and tqdm is here (a device may lack it)."""
+    if not request.get("progress"):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=request["progress"], file=sys.stderr, leave=False, mininterval=0.1, dynamic_ncols=True)
+
+
 def _options(request: dict, ort, profile_dir: str | None = None):
     options = ort.SessionOptions()
     options.log_severity_level = 4
@@ -225,12 +236,17 @@ def run(request: dict) -> dict:
         session.run(None, feed)
     times: list[float] = []
     deadline = time.perf_counter() + request.get("time_limit_s", 60.0)
+    bar = _progress_bar(request, request.get("runs", 100))
     for _ in range(request.get("runs", 100)):
         start = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - start) * 1e3)
+        if bar is not None:  # outside the timed span
+            bar.update(1)
         if time.perf_counter() > deadline and len(times) >= 5:
             break
+    if bar is not None:
+        bar.close()
     peak = _status_mb("VmHWM") if exact else _maxrss_mb()
     ordered = sorted(times)
 
@@ -245,6 +261,7 @@ def run(request: dict) -> dict:
         "runs": len(times),
         "latency_ms": {"p50": pct(50), "p90": pct(90), "p95": pct(95), "p99": pct(99), "mean": round(mean, 4),
                        "min": round(ordered[0], 4), "cv": round(statistics.pstdev(times) / mean, 4) if mean else 0.0},
+        "latency_ms_runs": [round(t, 4) for t in times],  # each timed run in order: the report's distribution
         "memory": {"baseline_rss_mb": round(baseline, 2), "peak_rss_mb": round(peak, 2),
                    "peak_above_baseline_mb": round(max(peak - baseline, 0.0), 2),
                    "load_peak_above_baseline_mb": round(max(load_peak - baseline, 0.0), 2),  # loading includes an EP's compile

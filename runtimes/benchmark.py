@@ -80,16 +80,21 @@ def worker_request(model: Path | str, providers: list[str], inputs: list[TensorS
     }
 
 
-def run_worker(model: Path, providers: list[str], request: dict[str, Any]) -> dict[str, Any]:
+def run_worker(model: Path, providers: list[str], request: dict[str, Any], *, show_progress: bool = False) -> dict[str, Any]:
+    """Run the worker on ``request``. ``show_progress``: its timed runs draw a bar on this process's
+    stderr (a terminal), which it then shares instead of having it captured."""
+    if show_progress:
+        request = {**request, "progress": f"timing {Path(model).name}"}
     try:
         done = subprocess.run(
             [sys.executable, "-m", "edgeport.runtimes.bench_worker"],
-            input=json.dumps(request), capture_output=True, text=True, timeout=WORKER_TIMEOUT_S,
+            input=json.dumps(request), stdout=subprocess.PIPE, stderr=None if show_progress else subprocess.PIPE, text=True,
+            timeout=WORKER_TIMEOUT_S,
         )
     except subprocess.TimeoutExpired as exc:
         raise InternalError(f"the benchmark worker ran past {WORKER_TIMEOUT_S} s on '{model}'", fix="lower --runs or --time-limit") from exc
     if done.returncode != 0 or not done.stdout.strip():
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        tail = ((done.stderr or "").strip().splitlines() or ["no output (see above)" if show_progress else "no output"])[-1]
         raise InternalError(f"the benchmark worker died on '{model}' (exit {done.returncode}: {tail[:200]})", fix="rerun with EDGEPORT_DEBUG=1, and report it")
     result = json.loads(done.stdout)
     if "error" in result and result.get("stage") == "measurement":  # our measuring code failed, not the model

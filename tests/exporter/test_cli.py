@@ -23,7 +23,7 @@ def test_export_digits_end_to_end(tmp_path):
     result = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", out)
     assert result.exit_code == 0, result.output
     assert "quantize_search" in result.stdout and "top-1 agree" in result.stdout and "target met" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.html", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
     assert report["schema_version"] == "1.0"
     assert [s["name"] for s in report["steps"]] == ["export", "optimize", "quantize_search"]
@@ -47,7 +47,7 @@ def test_json_mode_prints_only_the_report(tmp_path):
 def test_quiet_and_no_quantize(tmp_path):
     result = _run(*DIGITS_ARGS, "--no-quantize", "-o", tmp_path / "o", "--quiet")
     assert result.exit_code == 0 and result.stdout == ""
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["manifest.json", "model.onnx", "report.html", "report.json", "report.md"]
 
 
 def _bad_calib(tmp_path):

@@ -43,7 +43,7 @@ def test_validate_into_an_export_folder_keeps_every_export_file_byte_identical(t
         assert result.exit_code in (0, 1), result.output
     after = _digests(out)
     assert {n: after[n] for n in before} == before
-    assert set(after) - set(before) == {"validation.json", "validation.md"}
+    assert set(after) - set(before) == {"validation.json", "validation.md", "validation.html"}
     assert json.loads((out / "validation.json").read_text())["written_by"] == "validate"
 
 
@@ -81,7 +81,7 @@ def test_a_rerun_removes_only_its_own_stale_files(tmp_path, linear):
     assert not (out / "model.fp32.onnx").exists()  # written by the earlier export, not by this one
     assert (out / "notes.txt").read_text() == "the user's"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["files"] == sorted(["model.onnx", "report.json", "report.md", "manifest.json"])
+    assert manifest["files"] == sorted(["model.onnx", "report.json", "report.md", "report.html", "manifest.json"])
 
 
 def test_json_is_strict_and_says_why_a_value_is_missing():

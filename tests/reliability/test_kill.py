@@ -81,7 +81,7 @@ def test_killed_runs_leave_a_complete_result_never_a_mix(tmp_path):
         assert (out / "notes.txt").read_text() == "the user's own file"
         visible = {p.name for p in out.iterdir()}
         assert visible <= {"model.onnx", "model.fp32.onnx", "report.json", "report.md", "manifest.json", "validation.json",
-                           "validation.md", "notes.txt"}, visible
+                           "validation.md", "report.html", "validation.html", "notes.txt"}, visible
     # a later run finishes, reads no truncated cache entry, and removes the staging folders of the killed ones
     _run(export, tmp_path, None, env)
     assert _complete(out, "manifest.json")
