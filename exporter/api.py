@@ -48,6 +48,8 @@ from edgeport.verdict import FAIL
 from edgeport.versions import runtime_versions
 
 
+# 2.0: "recipe" holds the resolved recipe (was: a description), "inputs" their hashes, "pipeline" the steps
+MANIFEST_SCHEMA_VERSION = "2.0"
 PRECISIONS = ("int8", "dynamic-int8", "fp16", "fp32", "auto")  # auto: int8 where the profile's target runs it faster
 
 
@@ -266,7 +268,7 @@ def export(
         if baseline is not None:
             data = evaluation or calibration
             gate = compare_with_baseline(
-                output.stage(names[0]), baseline, regression or RegressionSection(), reference=output.stage("model.fp32.onnx") if reduced else None,
+                output.stage(names[0]), baseline, regression or RegressionSection(), reference=output.stage("model.fp32.onnx" if reduced else names[0]),
                 data=data, inputs=concrete_inputs(final.inputs, profiles[0] if profiles else None, dims or {}, dims_from_data(final.inputs, data)),
                 profile=profiles[0] if profiles else None, runs=runs, seed=seed, carry=carry, progress=ctx.progress)
             report["regression"] = gate.report
@@ -343,7 +345,7 @@ def _manifest(report: dict[str, Any], pipeline: Pipeline, seed: int, specs, prov
         "data": report["data"],
     }
     return {
-        "schema_version": report["schema_version"],
+        "schema_version": MANIFEST_SCHEMA_VERSION,
         "created_utc": report["created_utc"],
         "artifacts": {n: {"sha256": a["sha256"], "bytes": a["bytes"]} for n, a in report["artifacts"].items()},
         "versions": report["versions"],

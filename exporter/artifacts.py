@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 
-from edgeport.errors import ModelLoadError, first_line
+from edgeport.errors import ModelLoadError, UsageError, first_line
 from edgeport.specs import SUPPORTED_DTYPES, TensorSpec
 
 
@@ -61,6 +61,34 @@ class OnnxArtifact:
     @property
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
+
+    def onnx_view(self) -> Path | None:
+        """The ONNX file with this artifact's graph: itself, or for an .ort file the .onnx beside it."""
+        if not self.is_ort_format:
+            return self.path
+        sibling = self.path.with_suffix(".onnx")
+        return sibling if sibling.is_file() else None
+
+    def device_files(self) -> dict[str, Path]:
+        """The model and its external data by the names they keep beside each other on a device."""
+        files = self.files()
+        for path in files[1:]:
+            if path.parent != self.path.parent:
+                raise UsageError(f"'{self.path}' keeps weights in a subfolder ('{path.relative_to(self.path.parent)}'), which --remote does not copy",
+                                 fix="save the model with its external data beside it (onnx.save(..., location='model.onnx.data'))")
+        return {path.name: path for path in files}
+
+    def io_mismatch(self, other: "OnnxArtifact") -> str | None:
+        """Why ``other`` cannot take this model's inputs and give comparable outputs, or None when it can:
+        the same input names, ranks and dtypes, no fixed dim that differs, and as many outputs."""
+        if [s.name for s in self.inputs] != [s.name for s in other.inputs] or len(self.outputs) != len(other.outputs):
+            return (f"'{other.path}' takes {[s.name for s in other.inputs]} -> {len(other.outputs)} outputs, "
+                    f"but '{self.path}' takes {[s.name for s in self.inputs]} -> {len(self.outputs)}")
+        for mine, theirs in (*zip(self.inputs, other.inputs), *zip(self.outputs, other.outputs)):
+            fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(mine.shape, theirs.shape))
+            if mine.rank != theirs.rank or fixed_differ or mine.dtype != theirs.dtype:
+                return f"'{other.path}' has {theirs.describe()} where '{self.path}' has {mine.describe()}"
+        return None
 
     def sha256(self) -> str:
         digest = hashlib.sha256()

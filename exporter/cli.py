@@ -165,7 +165,9 @@ def run_command(recipe: str | None, **opts: Any) -> None:
     def action() -> int:
         from edgeport.run import load_run_source, run_recipe
 
-        loaded = load_run_source(recipe)
+        loaded, warnings = load_run_source(recipe)
+        for warning in [] if opts["quiet"] or opts["as_json"] else warnings:
+            click.echo(f"warning: {warning}", err=True)
         return _run_and_report(lambda progress: run_recipe(loaded, out_dir=opts["out_dir"], baseline=opts["baseline"], cache_dir=opts["cache_dir"],
                                                              use_cache=not opts["no_cache"], force=opts["force"], progress=progress), opts)
 

@@ -153,7 +153,7 @@ def step_config(step: Step) -> Any:
     """The pass config a step stands for."""
     key = f"prune:{step.options.get('method')}" if step.kind == "prune" else step.kind
     cls = step_kinds()[key]
-    fields_given = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items() if k != "method"}
+    fields_given = {k: tuple(v) if isinstance(v, list) else v for k, v in step.options.items() if k != "method" or step.kind != "prune"}
     return cls(**fields_given)
 
 
@@ -165,6 +165,9 @@ def parse_recipe(data: dict[str, Any], origin: str) -> tuple[Recipe | None, list
     if version != SCHEMA_VERSION:
         problems.add("schema_version", f"must be {SCHEMA_VERSION}, not {version!r}" if version is not None else f"is required (write schema_version = {SCHEMA_VERSION})")
         return None, problems.items
+    if "path" in data:  # Recipe.path records where a recipe was read from; a file does not set it
+        problems.add("path", "unknown key")
+        data.pop("path")
     steps = _parse_steps(data.pop("steps", []), problems)
     budgets = _parse_budgets(data.pop("budgets", {}), problems)
     recipe = build_dataclass(Recipe, {**data, "path": origin}, "", problems)
@@ -194,7 +197,7 @@ def _parse_steps(raw: Any, problems: Problems) -> tuple[Step, ...]:
         if key not in kinds:
             problems.add(f"{where}.method", f"must be magnitude, channels or lowrank, not {options.get('method')!r}")
             continue
-        config_fields = {k: v for k, v in options.items() if k != "method"}
+        config_fields = {k: v for k, v in options.items() if k != "method" or kind != "prune"}
         before = len(problems.items)
         built = build_dataclass(kinds[key], config_fields, f"{where}.", problems)
         if built is not None and len(problems.items) == before:
@@ -234,6 +237,9 @@ def _check_values(r: Recipe, problems: Problems) -> None:
                  "accuracy_max_drop", "cosine_max_drop"):
         if getattr(r.regression, name) < 0:
             problems.add(f"regression.{name}", f"must not be negative, not {getattr(r.regression, name)}")
+    for dim, size in r.model.dims.items():
+        if size < 1:
+            problems.add(f"model.dims.{dim}", f"must be at least 1, not {size}")
     if not 0 <= r.quantization.max_fallback <= 1:
         problems.add("quantization.max_fallback", f"must be within [0, 1], not {r.quantization.max_fallback}")
     for profile in r.budgets:

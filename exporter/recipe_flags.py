@@ -95,5 +95,8 @@ def recipe_from_flags(model: str, opts: dict[str, Any], base: Path | None = None
         table[name] = value
     recipe, problems = parse_recipe(data, "flags")
     if problems:
-        raise UsageError(problems[0].replace("flags: ", "", 1), fix="correct the flag (edgeport export --help)")
+        key, _, why = problems[0].replace("flags: ", "", 1).partition(": ")
+        flag = next((p for p, (k, _) in EXPORT_FLAGS.items() if k == key), None)
+        named = "MODEL" if flag == "model" else f"--{flag.replace('_', '-')}" if flag else key
+        raise UsageError(f"{named}: {why}", fix="correct the flag (edgeport export --help)")
     return resolve(recipe, base or Path.cwd())

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from edgeport.api import ExportResult, export
 from edgeport.artifacts import file_sha256
-from edgeport.device_profiles import load_profile
+from edgeport.device_profiles import BUILTIN_DIR, load_profile
 from edgeport.errors import UsageError, first_line
 from edgeport.passes.context import Progress
 from edgeport.passes.export_onnx import OnnxExportConfig
 from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.profile_defaults import fidelity_target, quant_config_for
+from edgeport.versions import package_version, runtime_versions
 from edgeport.recipe import DEFAULT_RECIPE, Recipe, load_recipe, parse_recipe, step_config, with_budget_overrides
 
 
@@ -30,6 +31,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | Path | None = None, baseline: s
     replaces the recipe's regression baseline."""
     if baseline is not None:
         recipe = dataclasses.replace(recipe, regression=dataclasses.replace(recipe.regression, baseline=str(Path(baseline).absolute())))
+    if out_dir is not None:  # the manifest says where this run wrote, so running it again writes there
+        recipe = dataclasses.replace(recipe, outputs=dataclasses.replace(recipe.outputs, dir=str(Path(out_dir).absolute())))
     profiles = [with_budget_overrides(load_profile(p), recipe.budgets.get(p, {})) for p in recipe.validation.profiles]
     q, m, d = recipe.quantization, recipe.model, recipe.data
     base = quant_config_for(profiles[0]) if profiles else StaticInt8Config()
@@ -46,7 +49,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | Path | None = None, baseline: s
     _importable(recipe)
     provenance = {"recipe": recipe.to_dict(), "inputs": input_hashes(recipe)}
     return export(
-        m.source, out_dir=out_dir or recipe.outputs.dir, force=force, inputs=list(m.inputs) or None, weights=m.weights,
+        m.source, out_dir=recipe.outputs.dir, force=force, inputs=list(m.inputs) or None, weights=m.weights,
         calib=d.calibration, eval=d.evaluation, precision=q.precision, trust_pickle=m.trust_pickle,
         export_config=OnnxExportConfig(opset=m.opset, exporter=m.exporter), quant_config=quant_config, search=q.search, fidelity=target,
         max_fallback=q.max_fallback, search_budget=q.search_budget, seed=recipe.seed, cache_dir=cache_dir, progress=progress,
@@ -57,12 +60,13 @@ def run_recipe(recipe: Recipe, *, out_dir: str | Path | None = None, baseline: s
     )
 
 
-def load_run_source(path: str | Path | None) -> Recipe:
-    """The recipe ``edgeport run`` was given: a recipe file (default ./edgeport.toml) or an
-    earlier run's manifest.json, whose inputs must be unchanged to build the same bytes."""
+def load_run_source(path: str | Path | None) -> tuple[Recipe, list[str]]:
+    """The recipe ``edgeport run`` was given, and warnings about it: a recipe file (default
+    ./edgeport.toml) or an earlier run's manifest.json, whose inputs must be unchanged to build the
+    same bytes. A manifest's regression baseline is not replayed (give --baseline for a gate)."""
     path = Path(path or DEFAULT_RECIPE)
     if path.suffix != ".json":
-        return load_recipe(path)
+        return load_recipe(path), []
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -74,20 +78,31 @@ def load_run_source(path: str | Path | None) -> Recipe:
     recipe, problems = parse_recipe(data, str(path))
     if problems:
         raise UsageError(problems[0], fix="the manifest's recipe is from another edgeport version: rebuild it from the recipe file")
+    recipe = dataclasses.replace(recipe, regression=dataclasses.replace(recipe.regression, baseline=None))
     _importable(recipe)
     now = input_hashes(recipe)
     for key, digest in (manifest.get("inputs") or {}).items():
         if now.get(key) != digest:
             state = "has changed" if key in now else "is gone"
             raise UsageError(f"input {key} of the recipe {state} since {path} was written", fix="restore that input, or run the recipe as it is now")
-    return recipe
+    then, current = manifest.get("versions") or {}, {**runtime_versions(), "torch": package_version("torch")}  # torch is not imported yet
+    changed = [f"{name} {then[name]} -> {current.get(name)}" for name in sorted(then) if then[name] != current.get(name)]
+    warnings = [f"{path} was built with other versions ({', '.join(changed)}): the artifacts may differ in bytes"] if changed else []
+    return recipe, warnings
 
 
 def _importable(recipe: Recipe) -> None:
-    """module:attr references import from the recipe's import root."""
+    """module:attr references import from the recipe's import root, ahead of the current folder
+    (which edgeport's loaders otherwise put first)."""
     root = recipe.model.import_root
-    if root and root not in sys.path:
-        sys.path.insert(0, root)
+    if not root:
+        return
+    if root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.insert(1, here)
 
 
 def input_hashes(recipe: Recipe) -> dict[str, str]:
@@ -96,7 +111,8 @@ def input_hashes(recipe: Recipe) -> dict[str, str]:
     m, d = recipe.model, recipe.data
     keys = {"model.source": m.source, "model.weights": m.weights, "model.teacher": m.teacher, "model.teacher_weights": m.teacher_weights,
             "data.calibration": d.calibration, "data.evaluation": d.evaluation, "data.training": d.training}
-    keys.update({f"validation.profiles[{i}]": p for i, p in enumerate(recipe.validation.profiles)})
+    keys.update({f"validation.profiles[{i}]": p if Path(p).is_file() else str(BUILTIN_DIR / f"{p}.toml")
+                 for i, p in enumerate(recipe.validation.profiles)})  # a built-in profile by its file: it changes with edgeport
     hashes = {}
     for key, value in keys.items():
         digest = _digest(value) if value else None

@@ -7,14 +7,13 @@ is judged on a roofline estimate for the target, which the verdict names as its 
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from edgeport.artifacts import OnnxArtifact, file_sha256
+from edgeport.artifacts import OnnxArtifact
 from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
@@ -36,11 +35,9 @@ from edgeport.runtimes.state_carry import StateCarry
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.runtimes.target_match import claim_target
 from edgeport.specs import example_array
-from edgeport.validation_report import render_junit, render_markdown
+from edgeport.validation_report import build_report, render_junit, render_markdown
 from edgeport.verdict import FAIL, PASS, BudgetResult, judge, overall
-from edgeport.versions import runtime_versions
 
-VALIDATION_SCHEMA_VERSION = "1.0"
 # A simulated NPU (QNN HTP on x86) takes seconds per inference on a real model: its timings mean
 # nothing for the device, so a few runs show it works, and parity takes this many samples at most.
 SIMULATOR_RUNS = 3
@@ -125,7 +122,8 @@ def validate(
         markdown = render_markdown(result.report)
         if baseline is not None:
             gate = gate_model_file(Path(model), baseline, regression or RegressionSection(), reference=Path(reference) if reference else None,
-                                   data=data, profile=result.verdicts[0].profile, dims=dims or {}, runs=runs, seed=seed, carry=carry, progress=progress)
+                                   data=data, profile=result.verdicts[0].profile, dims=dims or {}, runs=runs, time_limit_s=max(time_limit_s, 120.0),
+                                   seed=seed, carry=carry, progress=progress)
             result.report["regression"] = gate.report
             result.report["verdict"] = FAIL if gate.verdict == FAIL else result.report["verdict"]
             markdown += "\n" + render_regression_markdown(gate.report)
@@ -155,7 +153,9 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
     ref = OnnxArtifact.from_file(reference) if reference else None
     if ref is not None:
         create_session(ref.path, optimization="disable")
-        _check_same_io(artifact, ref)
+        mismatch = artifact.io_mismatch(ref)
+        if mismatch:
+            raise DataError(f"the reference does not match the model: {mismatch}", fix="give the fp32 model this artifact was made from as --reference")
     source = open_data(data, role="evaluation", seed=seed)
     data_dims = dims_from_data(artifact.inputs, source)  # also: bad data fails here, before any measurement
     if carry is not None:
@@ -169,7 +169,7 @@ def _validate(model, profile, reference, data, runs, time_limit_s, dims, max_eva
         progress.note(f"validating against {prof.name} ...")
         verdicts.append(_validate_one(artifact, ref, source, prof, runs, time_limit_s, dims or {}, data_dims, max_eval_samples, seed, carry,
                                       device, show_progress=getattr(progress, "enabled", False)))
-    report = _report(artifact, ref, source, verdicts)
+    report = build_report(artifact, ref, source, [v.to_dict() for v in verdicts])
     return ValidationResult(artifact.path, verdicts, report)
 
 
@@ -221,17 +221,17 @@ def _validate_one(artifact, ref, source, prof: Profile, runs, time_limit_s, dims
             cpu_fallback=prof.runtime.allow_cpu_fallback, seed=seed, provider_options=options,
             compiled_context=providers[0] in ep_plugins.PLUGINS,
         )
-        measurement = device.measure(_device_files(artifact), request) if device else \
+        measurement = device.measure(artifact.device_files(), request) if device else \
             benchmark.run_worker(artifact.path, providers, request, show_progress=show_progress)
         if "refused" in measurement:
             details["providers"]["note"] = measurement["refused"]
             refused = BudgetResult("runs_without_cpu_fallback", FAIL, None, None, "", "ONNX Runtime session", measurement["refused"])
-            refusal_coverage = coverage_from_refusal(onnx_view(artifact), measurement, prof.preferred_provider)
+            refusal_coverage = coverage_from_refusal(artifact.onnx_view(), measurement, prof.preferred_provider)
             measurement, providers = None, None
         else:
             details["measurement"] = {"kind": "target" if on_target else "host", "threads": threads, **measurement,
                                       **({"remote": device.target.describe()} if device else {})}
-    graph = onnx_view(artifact)  # the ONNX graph for static analysis (an .ort file has none)
+    graph = artifact.onnx_view()  # the ONNX graph for static analysis (an .ort file has none)
     preferred = prof.preferred_provider
     if measurement is not None and preferred in measurement["providers_used"]:
         cover = measurement.get("coverage")
@@ -366,14 +366,6 @@ def _format_check(artifact: OnnxArtifact, prof: Profile) -> BudgetResult | None:
     return BudgetResult("model_format", PASS if ok else FAIL, None, None, "", "model file", detail)
 
 
-def onnx_view(artifact: OnnxArtifact) -> Path | None:
-    """The ONNX file with this artifact's graph: itself, or for an .ort file the .onnx beside it."""
-    if not artifact.is_ort_format:
-        return artifact.path
-    sibling = artifact.path.with_suffix(".onnx")
-    return sibling if sibling.is_file() else None
-
-
 def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: StateCarry | None = None,
             device: RemoteDevice | None = None, threads: int | None = None, options: dict[str, dict[str, str]] | None = None,
             cpu_fallback: bool = True) -> dict[str, Any]:
@@ -388,7 +380,7 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
         else:
             rng = np.random.default_rng(seed)
             feeds, labels, kind = [{s.name: example_array(s, rng) for s in shapes} for _ in range(4)], [None] * 4, "synthetic inputs"
-        for feed, label, outputs in zip(feeds, labels, device.outputs(_device_files(artifact), feeds, providers, threads, options, cpu_fallback)):
+        for feed, label, outputs in zip(feeds, labels, device.outputs(artifact.device_files(), feeds, providers, threads, options, cpu_fallback)):
             acc.update(run_session(reference, feed), outputs, label)
         return {**acc.result(), "data": kind}
     cand = create_session(artifact.path, providers, provider_options=options, cpu_fallback=cpu_fallback)
@@ -405,41 +397,3 @@ def _parity(artifact, ref, source, providers, shapes, max_samples, seed, carry: 
             acc.update(run_session(reference, feed), run_session(cand, feed))
         kind = "synthetic inputs"
     return {**acc.result(), "data": kind}
-
-
-def _device_files(artifact: OnnxArtifact) -> dict[str, Path]:
-    """The model and its external data by the names they keep beside each other on the device."""
-    files = artifact.files()
-    for path in files[1:]:
-        if path.parent != artifact.path.parent:
-            raise UsageError(f"'{artifact.path}' keeps weights in a subfolder ('{path.relative_to(artifact.path.parent)}'), which --remote does not copy",
-                             fix="save the model with its external data beside it (onnx.save(..., location='model.onnx.data'))")
-    return {path.name: path for path in files}
-
-
-def _check_same_io(model: OnnxArtifact, ref: OnnxArtifact) -> None:
-    if [s.name for s in model.inputs] != [s.name for s in ref.inputs] or len(model.outputs) != len(ref.outputs):
-        raise DataError(
-            f"reference '{ref.path}' takes {[s.name for s in ref.inputs]} -> {len(ref.outputs)} outputs, but the model takes {[s.name for s in model.inputs]} -> {len(model.outputs)}",
-            fix="give the fp32 model this artifact was made from as --reference",
-        )
-    for mine, theirs in zip(model.inputs, ref.inputs):  # a fixed dim that differs cannot take the same data
-        fixed_differ = any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(mine.shape, theirs.shape))
-        if mine.rank != theirs.rank or fixed_differ or mine.dtype != theirs.dtype:
-            raise DataError(f"reference '{ref.path}' takes {theirs.describe()} but the model takes {mine.describe()}",
-                            fix="give the fp32 model this artifact was made from as --reference")
-
-
-def _report(artifact, ref, source, verdicts: list[ProfileVerdict]) -> dict[str, Any]:
-    return {
-        "schema_version": VALIDATION_SCHEMA_VERSION,
-        "kind": "validate",
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": runtime_versions(),
-        "model": {"path": str(artifact.path), "bytes": artifact.size_bytes, "sha256": file_sha256(artifact.path),
-                  "inputs": [s.to_dict() for s in artifact.inputs]},
-        "reference": str(ref.path) if ref else None,
-        "data": source.description if source else None,
-        "verdict": FAIL if any(v.verdict == FAIL for v in verdicts) else PASS,
-        "profiles": [v.to_dict() for v in verdicts],
-    }

@@ -1,12 +1,34 @@
-"""Validation outputs: the terminal table, report.md, and JUnit XML (each budget a test case)."""
+"""Validation outputs: validation.json's content, the terminal table, report.md, and JUnit XML (each budget a test case)."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from edgeport.artifacts import file_sha256
 from edgeport.runtimes.estimate import band_text
-from edgeport.verdict import FAIL, SKIPPED, BudgetResult
+from edgeport.verdict import FAIL, PASS, SKIPPED, BudgetResult
+from edgeport.versions import runtime_versions
+
+
+VALIDATION_SCHEMA_VERSION = "1.0"
+
+
+def build_report(artifact: Any, ref: Any, source: Any, profiles: list[dict[str, Any]]) -> dict[str, Any]:
+    """validation.json's content: the model, its reference and data, and each profile's judged budgets."""
+    return {
+        "schema_version": VALIDATION_SCHEMA_VERSION,
+        "kind": "validate",
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": runtime_versions(),
+        "model": {"path": str(artifact.path), "bytes": artifact.size_bytes, "sha256": file_sha256(artifact.path),
+                  "inputs": [s.to_dict() for s in artifact.inputs]},
+        "reference": str(ref.path) if ref else None,
+        "data": source.description if source else None,
+        "verdict": FAIL if any(p["verdict"] == FAIL for p in profiles) else PASS,
+        "profiles": profiles,
+    }
 
 
 def _results(profile: dict[str, Any]) -> list[BudgetResult]:

@@ -45,16 +45,19 @@ def interleaved(
     *,
     threads: int | None = None,
     runs: int = 100,
+    min_runs: int = 10,
     warmup: int = 10,
     time_limit_s: float = 60.0,
     seed: int = 0,
     provider_options: dict[str, dict[str, str]] | None = None,
 ) -> list[list[float]]:
     """Per-run latencies (ms) of each model, timed in alternating rounds in one worker process on
-    the same feed: the fair way to compare two models on a machine whose speed drifts."""
+    the same feed: the fair way to compare two models on a machine whose speed drifts. At least
+    ``min_runs`` rounds, ``runs`` when they fit in ``time_limit_s``."""
     request = worker_request(models[0], providers, inputs, threads=threads, runs=runs, warmup=warmup, time_limit_s=time_limit_s,
                              coverage=False, cpu_mem_arena=True, mem_pattern=True, cpu_fallback=True, seed=seed, provider_options=provider_options)
-    return run_worker(models[0], providers, {**request, "models": [str(m) for m in models]})["latency_ms_runs"]
+    label = Path(" and ".join(str(m) for m in models))  # an error names both: either may be the one ORT refuses
+    return run_worker(label, providers, {**request, "models": [str(m) for m in models], "min_runs": min_runs})["latency_ms_runs"]
 
 
 def worker_request(model: Path | str, providers: list[str], inputs: list[TensorSpec], *, threads: int | None, runs: int, warmup: int,

@@ -1,5 +1,5 @@
-"""The CI examples stay in step with the CLI: every edgeport command line in them parses, and the
-files they publish are the ones a run writes."""
+"""The CI examples stay in step with the CLI: each is valid YAML, every edgeport command line in its
+shell steps parses, and the files it publishes are the ones a run writes."""
 
 import re
 import shlex
@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 import pytest
 
+yaml = pytest.importorskip("yaml", reason="PyYAML reads the CI files (pip install -e '.[dev]')")
+
 from edgeport.cli import cli
 from edgeport.outputs import COMMAND_FILES
 
@@ -15,8 +17,16 @@ CI = Path(__file__).resolve().parents[2] / "examples" / "ci"
 FILES = sorted(CI.glob("*.yml"))
 
 
-def _edgeport_lines(text: str) -> list[list[str]]:
-    return [shlex.split(line.strip()) for line in text.splitlines() if line.strip().startswith("edgeport ")]
+def _shell_steps(path: Path) -> list[str]:
+    """The shell a CI file runs: GitHub's ``run:`` steps, GitLab's ``script:`` lines."""
+    data = yaml.safe_load(path.read_text())
+    if "jobs" in data:
+        return [step["run"] for job in data["jobs"].values() for step in job["steps"] if "run" in step]
+    return [line for job in data.values() if isinstance(job, dict) for line in job.get("script", [])]
+
+
+def _edgeport_lines(path: Path) -> list[list[str]]:
+    return [shlex.split(line.strip()) for script in _shell_steps(path) for line in script.splitlines() if line.strip().startswith("edgeport ")]
 
 
 def _parse(args: list[str]) -> click.Context:
@@ -37,7 +47,7 @@ def test_there_are_both_examples():
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_edgeport_command_line_parses(path):
-    lines = _edgeport_lines(path.read_text())
+    lines = _edgeport_lines(path)
     assert any(args[1] == "run" and "--baseline" in args for args in lines), "the example gates on the last release"
     for args in lines:
         ctx = _parse(args)

@@ -3,6 +3,8 @@ manifest all build the same bytes."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -95,8 +97,9 @@ def test_a_recipe_equal_to_the_demo_flags_builds_the_same_bytes(tmp_path):
 
 def test_run_of_a_manifest_rebuilds_the_example_byte_for_byte(tmp_path):
     """The example recipe (distill, prune, distill, int8, two profiles) twice: once from the file,
-    once from the manifest it wrote, each in its own fresh cache."""
-    first, again = tmp_path / "first", tmp_path / "again"
+    then from the manifest it wrote, in a fresh process started in another folder, with a fresh
+    cache and no -o (the manifest says where it wrote)."""
+    first = tmp_path / "first"
     result = _invoke("run", EXAMPLE, "-o", first, "--cache-dir", tmp_path / "c1", "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads((first / "report.json").read_text())
@@ -104,11 +107,35 @@ def test_run_of_a_manifest_rebuilds_the_example_byte_for_byte(tmp_path):
     assert [p["profile"] for p in report["validation"]["profiles"]] == ["ci-x86-avx2", "raspberry-pi-5"]
     manifest = json.loads((first / "manifest.json").read_text())
     assert manifest["recipe"]["budgets"]["raspberry-pi-5"] == {"latency_p95_ms": 5.0}
+    assert manifest["recipe"]["outputs"]["dir"] == str(first)
+    assert {"model.teacher_weights", "data.training", "validation.profiles[0]"} <= set(manifest["inputs"])
     pi5 = report["validation"]["profiles"][1]
     assert next(b for b in pi5["budgets"] if b["name"] == "latency_p95_ms")["limit"] == 5.0
-    rebuilt = _invoke("run", first / "manifest.json", "-o", again, "--cache-dir", tmp_path / "c2", "--quiet")
-    assert rebuilt.exit_code == 0, rebuilt.output
-    assert _model_hashes(first) == _model_hashes(again)
+    built = _model_hashes(first)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rebuilt = subprocess.run([sys.executable, "-m", "edgeport.cli", "run", str(first / "manifest.json"), "--cache-dir", str(tmp_path / "c2"), "--quiet"],
+                             cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert any((tmp_path / "c2").rglob("*.onnx"))  # built anew in the fresh cache, not copied
+    assert json.loads((first / "report.json").read_text())["created_utc"] >= report["created_utc"]
+    assert _model_hashes(first) == built and len(built) == 2
+
+
+def test_a_manifest_replays_without_its_regression_baseline(tmp_path):
+    release = tmp_path / "release"
+    assert _invoke("export", "examples.digits.model:DigitsCNN", "--weights", P["weights"], "--input", "image:batchx1x8x8", "--calib", P["calib"],
+                   "--no-search", "-o", release, "--quiet").exit_code == 0
+    gated = tmp_path / "gated"
+    result = _invoke("export", "examples.digits.model:DigitsCNN", "--weights", P["weights"], "--input", "image:batchx1x8x8", "--calib", P["calib"],
+                     "--no-search", "-o", gated, "--baseline", release, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((gated / "manifest.json").read_text())["recipe"]["regression"]["baseline"] == str(release)
+    shutil.rmtree(release)  # the old release is gone: the rebuild still runs, with no gate
+    again = _invoke("run", gated / "manifest.json", "-o", tmp_path / "again", "--quiet")
+    assert again.exit_code == 0, again.output
+    assert "regression" not in json.loads((tmp_path / "again" / "report.json").read_text())
+    assert _model_hashes(gated) == _model_hashes(tmp_path / "again")
 
 
 def test_run_of_a_manifest_refuses_changed_inputs(tmp_path):

@@ -20,15 +20,17 @@ def _invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def _matmul_chain(path, layers: int, width: int = 384):
-    """x -> (MatMul, Relu) x layers: its cost grows with ``layers``, so fewer layers is a faster release."""
-    rng = np.random.default_rng(0)
+def _matmul_chain(path, layers: int, width: int = 384, seed: int = 0):
+    """x -> (MatMul, Relu) x layers, the last MatMul giving y: its cost grows with ``layers``, so fewer layers is a faster release."""
+    rng = np.random.default_rng(seed)
     nodes, inits, name = [], [], "x"
     for i in range(layers):
         inits.append(numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
-        nodes += [helper.make_node("MatMul", [name, f"w{i}"], [f"m{i}"]), helper.make_node("Relu", [f"m{i}"], [f"r{i}"])]
+        last = i == layers - 1  # a MatMul makes the output: class scores, so labelled data gives accuracy
+        nodes.append(helper.make_node("MatMul", [name, f"w{i}"], ["y" if last else f"m{i}"]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"]))
         name = f"r{i}"
-    nodes.append(helper.make_node("Identity", [name], ["y"]))
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -61,10 +63,10 @@ def test_same_model_as_baseline_passes_and_every_format_shows_both_sides(tmp_pat
 
 
 def test_a_faster_baseline_fails_the_gate_on_latency(tmp_path):
-    new = _matmul_chain(tmp_path / "new.onnx", layers=6)
+    new = _matmul_chain(tmp_path / "new.onnx", layers=10)
     release = tmp_path / "release"
     release.mkdir()
-    _matmul_chain(release / "model.onnx", layers=3)  # the last release did half the work
+    _matmul_chain(release / "model.onnx", layers=7)  # the last release did 30% less work: about 30% faster
     data = npz_file(tmp_path, "eval.npz", x=np.random.default_rng(1).standard_normal((16, 384)).astype(np.float32))
     junit = tmp_path / "junit.xml"
     result = _invoke("validate", new, "--profile", "ci-x86-avx2", "--data", data, "--runs", "40", "--baseline", release, "--junit", junit)
@@ -109,3 +111,30 @@ def test_recipe_regression_limits_apply(tmp_path):
     assert failed == {"model_size_increase_max"}
     assert (tmp_path / "out" / "junit.xml").is_file()
     shutil.rmtree(tmp_path / "out")
+
+
+def test_a_retrained_baseline_is_compared_on_accuracy_not_on_cosine(tmp_path):
+    """Each release is closest to its own fp32 model: cosine to either would favour one side."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    for folder, seed in ((new, 1), (old, 2)):
+        folder.mkdir()
+        _matmul_chain(folder / "model.onnx", layers=2, width=16, seed=seed)
+        shutil.copyfile(folder / "model.onnx", folder / "model.fp32.onnx")
+    rng = np.random.default_rng(3)
+    data = npz_file(tmp_path, "eval.npz", x=rng.standard_normal((32, 16)).astype(np.float32), labels=rng.integers(0, 16, 32))
+    result = _invoke("validate", new / "model.onnx", "--profile", "ci-x86-avx2", "--data", data, "--runs", "10", "--baseline", old, "--json")
+    assert result.exit_code in (0, 1), result.output
+    gate = json.loads(result.stdout)["regression"]
+    checks = {c["name"]: c for c in gate["checks"]}
+    assert checks["cosine_min_drop_max"]["status"] == "skipped" and "another fp32 model" in checks["cosine_min_drop_max"]["detail"]
+    assert checks["accuracy_drop_max"]["status"] in ("pass", "fail") and gate["reference"]["same_fp32_as_baseline"] is False
+    assert gate["reference"]["path"] == str(new / "model.fp32.onnx")  # the new release's own fp32 model, never the baseline's
+
+
+def test_a_baseline_with_another_interface_is_refused(tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    _matmul_chain(release / "model.onnx", layers=2, width=32)
+    new = _matmul_chain(tmp_path / "new.onnx", layers=2, width=16)
+    result = _invoke("validate", new, "--profile", "ci-x86-avx2", "--runs", "5", "--baseline", release)
+    assert result.exit_code == 2 and "the baseline is not comparable" in result.stderr

@@ -154,7 +154,7 @@ CASES: list[Case] = [
          one_line=False),
     # options
     Case("--search-budget that is neither", _export("--search-budget", "soon"), "not seconds or trials"),
-    Case("--max-fallback above 1", _export("--max-fallback", "2"), "max_fallback"),
+    Case("--max-fallback above 1", _export("--max-fallback", "2"), "--max-fallback: must be within [0, 1]"),
     Case("--min-cosine with --no-search", _export("--min-cosine", "0.99", "--no-search"), "--no-search"),
     Case("--exclude-nodes naming no node", _export("--exclude-nodes", "matmull", "--no-search"), "'matmull' to exclude is not in the model"),
     Case("--metric module missing", _export("--metric", "no_such_metric_mod:fn", "--metric-min", "0"), "cannot be imported"),
@@ -165,7 +165,7 @@ CASES: list[Case] = [
     Case("validate with --runs 0", _validate("--profile", "ci-x86-avx2", "--runs", "0"), "below 1"),
     Case("validate with a bad --dim", _validate("--profile", "ci-x86-avx2", "--dim", "batch:3"), "NAME=N"),
     Case("validate against a reference of other inputs", lambda f: ["validate", _model(f), "--profile", "ci-x86-avx2", "--reference",
-                                                                    str(make_linear_onnx(f / "wide.onnx", 6, 3)), "--quiet"], "takes x:batchx6:float32 but the model takes x:batchx4"),
+                                                                    str(make_linear_onnx(f / "wide.onnx", 6, 3)), "--quiet"], "has x:batchx6:float32 where"),
 ]
 
 
