@@ -1,5 +1,5 @@
 """The pipeline's step cache: an ONNX-to-ONNX step whose input file, config, data and library
-versions are unchanged is taken from the cache instead of recomputed (DESIGN.md, Pipeline)."""
+versions are unchanged is taken from the cache instead of recomputed (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -137,6 +137,8 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, best_state, history, stale = state["epoch"], state["best"], state["best_state"], state["history"], state["stale"]
+        notes.append(f"resumed from the checkpoint written after epoch {start_epoch}")
+    resumed_after = start_epoch  # 0: trained from the start
     if world.rank == 0:
         ctx.progress.start("distilling", total=config.epochs)
         ctx.progress.advance(start_epoch)
@@ -189,7 +191,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
             "epochs_run": len(history), "best_epoch": max(range(len(history)), key=lambda i: -_score(history[i])) + 1 if history else 0,
             "loss": loss_kind, "loss_rule": loss_rule, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
             "teacher_calls": teacher_calls, "teacher_outputs": cache_state, "world_size": world.size, "device": device,
-            "hints": list(config.hints), "history": history,
+            "hints": list(config.hints), "history": history, "resumed_after_epoch": resumed_after,
         },
         notes=notes,
     ))

@@ -1,6 +1,6 @@
 """Int8 defaults that depend on the model family and the target CPU, each with the rule that chose it.
 
-Measured (DESIGN.md): quantizing every op type breaks transformers (MiniLM cosine 0.85 vs 0.945 with
+Measured (docs/ARCHITECTURE.md): quantizing every op type breaks transformers (MiniLM cosine 0.85 vs 0.945 with
 MatMul/Gemm/Gather only) and recurrent nets (a VAD model lost 13 points until only Conv/Gemm were
 quantized); x86 without VNNI saturates u8*s8 products unless weights use 7 bits (reduce_range).
 """
@@ -54,7 +54,7 @@ def choose_op_types(model: onnx.ModelProto) -> Choice:
     return Choice(None, "convolutional graph: every op type ONNX Runtime can quantize")
 
 
-# Measured on the development hosts (DESIGN.md): int8 QDQ ResNet-18 ran at 0.30x of fp32 with
+# Measured on the development hosts (docs/ARCHITECTURE.md): int8 QDQ ResNet-18 ran at 0.30x of fp32 with
 # AVX-512 VNNI and 1.02x on AVX2 without it. Other CPUs: unknown unless a profile states its peaks.
 HOST_INT8_SPEEDUP = {("x86", True): 1 / 0.30, ("x86", False): 1.0}
 
@@ -68,7 +68,7 @@ def int8_speedup(target: QuantTarget) -> Choice:
     if known is None:
         return Choice(None, f"{target.source} is {target.arch}, whose int8 speed-up is unknown here: give a --profile for a latency estimate")
     return Choice(known, f"{target.source}: x86 {'with' if target.has_vnni else 'without'} VNNI, where int8 ran at "
-                         f"{1 / known:.2f}x of fp32 on the hosts measured (DESIGN.md)")
+                         f"{1 / known:.2f}x of fp32 on the hosts measured (docs/ARCHITECTURE.md)")
 
 
 def choose_reduce_range(target: QuantTarget) -> Choice:

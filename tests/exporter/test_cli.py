@@ -129,6 +129,16 @@ def test_unchanged_steps_come_from_the_step_cache(tmp_path):
     assert first.exit_code == 0
 
 
+def test_two_fresh_runs_give_the_same_bytes(tmp_path):
+    """Determinism, not the cache: two runs, each with --no-cache and its own cache folder."""
+    for name in ("a", "b"):
+        result = _run(*DIGITS_ARGS, "--calib", P["calib"], "--eval", P["test"], "-o", tmp_path / name, "--no-cache", "--cache-dir", tmp_path / f"cache-{name}", "--quiet")
+        assert result.exit_code == 0, result.output
+    for artifact in ("model.onnx", "model.fp32.onnx"):
+        assert file_sha256(tmp_path / "a" / artifact) == file_sha256(tmp_path / "b" / artifact), artifact
+    assert not (tmp_path / "cache-a" / "steps").exists() or not any((tmp_path / "cache-a" / "steps").iterdir())
+
+
 def test_a_truncated_step_cache_entry_is_recomputed_not_served(tmp_path, monkeypatch):
     import os
 

@@ -124,6 +124,51 @@ def test_resume_from_the_cli_after_an_interrupted_run(tmp_path):
     assert not checkpoints.exists()  # a finished run cleans up after itself
 
 
+def _student_weights(out) -> dict:
+    import torch
+
+    return {k: v.clone() for k, v in torch.export.load(str(out / "model.pt2")).module().state_dict().items()}
+
+
+def test_a_distillation_killed_after_an_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL a running distill once its checkpoint holds epoch 2 or later, resume it, and the
+    student equals the one an uninterrupted run trains."""
+    import signal
+    import time
+
+    import torch
+
+    args = [sys.executable, "-m", "edgeport.cli", "distill", *TEACHER, "--student", "examples.digits.model:digits_student", "--data", str(P["train"]),
+            "--epochs", "8", "--patience", "0", "--min-fidelity", "0", "--quiet"]
+    whole = subprocess.run([*args, "-o", str(tmp_path / "whole")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    checkpoint = tmp_path / ".killed.edgeport-checkpoints" / "distill-0.pt"
+    process = subprocess.Popen([*args, "-o", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at, deadline = None, time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        if checkpoint.is_file():
+            try:
+                epoch = torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
+            except Exception:  # replaced while being read: look again
+                epoch = 0
+            if epoch >= 2:
+                process.send_signal(signal.SIGKILL)
+                killed_at = epoch
+                break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    assert killed_at is not None and killed_at < 8, "the run ended before it could be killed mid-way"
+    assert not out.exists()  # nothing half-written where the result goes
+    resumed = subprocess.run([*args, "-o", str(out), "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((out / "report.json").read_text())["steps"][0]["metrics"]
+    assert metrics["resumed_after_epoch"] >= killed_at  # it went on from the checkpoint, not from the start
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 9))
+    expected, got = _student_weights(tmp_path / "whole"), _student_weights(out)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+
+
 def test_a_collapsed_student_with_sigmoid_outputs_is_never_reported_as_a_success(tmp_path):
     """CREPE's 360 sigmoid outputs got KL over softened 'class scores', and a student at 3036 cents
     exited 0 with 'accuracy -'. Independent probabilities now get BCE, and fidelity to the teacher

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import onnx
 import pytest
@@ -106,7 +104,6 @@ def test_configs_roundtrip_through_plain_values():
         assert config_from_dict(type(config), config_to_dict(config)) == config
     with pytest.raises(UsageError, match="did you mean 'per_channel'"):
         config_from_dict(StaticInt8Config, {"per_chanel": True})
-    assert dataclasses.is_dataclass(StaticInt8Config)
 
 
 def test_int8_larger_than_fp32_is_reported(tmp_path):
