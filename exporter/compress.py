@@ -19,12 +19,13 @@ from edgeport.data import DataSource, open_data
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, ExportError, UsageError, first_line
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
+from edgeport.passes import run_pass
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.distill import DistillConfig, distill as distill_pass
 from edgeport.passes.distill_world import finish_distributed, is_main_process
 from edgeport.passes.export_onnx import OnnxExportConfig, export_onnx
-from edgeport.passes.lowrank import LowRankConfig, low_rank
-from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, channel_prune, magnitude_prune
+from edgeport.passes.lowrank import LowRankConfig
+from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
 from edgeport.specs import TensorSpec, example_array, parse_input_specs
@@ -108,7 +109,7 @@ def prune(
     def work(ctx: PassContext) -> TorchArtifact:
         current = original
         for config in configs:
-            current = {MagnitudePruneConfig: magnitude_prune, ChannelPruneConfig: channel_prune, LowRankConfig: low_rank}[type(config)](current, config, ctx=ctx)
+            current = run_pass(current, config, ctx)
             if recover is not None:
                 current = distill_pass(current, recover, teacher=teacher_art, data=train, ctx=ctx)
         return current

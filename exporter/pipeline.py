@@ -6,35 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeport import step_cache
-from edgeport.passes import run_pass
+from edgeport.passes import pass_info, run_pass
 from edgeport.passes.context import PassContext, config_to_dict
-
-STEP_LABELS = {
-    "MagnitudePruneConfig": "pruning weights",
-    "ChannelPruneConfig": "pruning channels",
-    "LowRankConfig": "factorizing layers",
-    "DistillConfig": "distilling",
-    "OnnxExportConfig": "exporting to ONNX",
-    "FixShapesConfig": "fixing input shapes",
-    "GraphOptimizeConfig": "optimizing graph",
-    "StaticInt8Config": "quantizing to int8",
-    "AccuracyAwareInt8Config": "quantizing to int8 (accuracy-aware search)",
-    "DynamicInt8Config": "quantizing weights to int8 (dynamic)",
-    "Fp16Config": "converting to fp16",
-    "OrtFormatConfig": "saving ORT format",
-    "QnnContextConfig": "compiling the QNN context binary",
-}
 
 
 @dataclass
 class Pipeline:
     steps: list[Any] = field(default_factory=list)
-
     use_cache: bool = True
 
     def run(self, artifact: Any, ctx: PassContext) -> Any:
         for config in self.steps:
-            label = STEP_LABELS.get(type(config).__name__, type(config).__name__)
+            label = pass_info(config).label
             key = step_cache.step_key(artifact, config, ctx) if self.use_cache else None
             cached = step_cache.load(key, artifact, ctx) if key else None
             if cached is not None:

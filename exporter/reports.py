@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from edgeport.passes import precision_of_step
+
 REPORT_SCHEMA_VERSION = "1.0"
-PRECISION_STEPS = {"quantize_static": "int8", "quantize_search": "int8", "quantize_dynamic": "dynamic-int8", "fp16": "fp16"}
 
 
 def build_export_report(
@@ -20,9 +21,9 @@ def build_export_report(
     versions: dict[str, Any],
     warnings: list[str],
 ) -> dict[str, Any]:
-    quant = next((s for s in steps if s["name"] in PRECISION_STEPS), None)
+    quant = next((s for s in steps if precision_of_step(s["name"])), None)
     fp32 = artifacts.get("model.fp32.onnx") or artifacts.get("model.onnx")
-    summary: dict[str, Any] = {"precision": PRECISION_STEPS[quant["name"]] if quant else "fp32", "fp32_bytes": fp32["bytes"] if fp32 else None}
+    summary: dict[str, Any] = {"precision": precision_of_step(quant["name"]) if quant else "fp32", "fp32_bytes": fp32["bytes"] if fp32 else None}
     if quant:
         # "int8_bytes"/"parity_int8_vs_fp32" name the deployable model whatever its precision (schema 1.0)
         summary["int8_bytes"] = artifacts["model.onnx"]["bytes"]
@@ -66,7 +67,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
         elif step["name"] == "ort_format":
             p = metrics["parity_vs_onnx"]
             result = f"ORT mobile format; vs .onnx cos {p['cosine_min']}"
-        elif step["name"] in PRECISION_STEPS:
+        elif precision_of_step(step["name"]):
             p = metrics["parity_vs_fp32"]
             parts = [f"cos {p['cosine_mean']}" if "fidelity" not in metrics else f"held-out cos min {p['cosine_min'] if p['cosine_min'] is None else round(p['cosine_min'], 5)}"]
             if p.get("top1_agreement") is not None:

@@ -92,10 +92,6 @@ def parse_input_specs(inputs) -> tuple[TensorSpec, ...] | None:
     return tuple(parse_input_spec(s) if isinstance(s, str) else s for s in inputs) if inputs else None
 
 
-def numpy_dtype(spec: TensorSpec) -> np.dtype:
-    return np.dtype(spec.dtype)
-
-
 def example_array(spec: TensorSpec, rng: np.random.Generator, sizes: dict[str, int] | None = None) -> np.ndarray:
     """A synthetic array for a spec: normal floats; ints and bools are all ones, which is a valid
     token id, attention mask and segment id for any model (random 0/1 masks can mask whole rows)."""

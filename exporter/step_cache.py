@@ -12,23 +12,17 @@ from pathlib import Path
 from typing import Any
 
 from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
+from edgeport.passes import pass_info
 from edgeport.passes.context import PassContext, config_to_dict
-from edgeport.passes.fix_shapes import FixShapesConfig
-from edgeport.passes.fp16 import Fp16Config
-from edgeport.passes.optimize import GraphOptimizeConfig
-from edgeport.passes.quantize_dynamic import DynamicInt8Config
-from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config
-from edgeport.passes.quantize_static import StaticInt8Config
 from edgeport.versions import runtime_versions
 
-CACHEABLE = (FixShapesConfig, GraphOptimizeConfig, StaticInt8Config, AccuracyAwareInt8Config, DynamicInt8Config, Fp16Config, OrtFormatConfig)
 MAX_CACHE_BYTES = 2 * 2**30  # the oldest step entries go beyond this
 
 
 def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
     """None when the step cannot be cached (a torch input, whose code is not hashable)."""
-    if not isinstance(artifact, OnnxArtifact) or not isinstance(config, CACHEABLE):
+    if not isinstance(artifact, OnnxArtifact) or not pass_info(config).cacheable:
         return None
     if isinstance(config, AccuracyAwareInt8Config) and config.target.metric is not None:
         return None  # a user metric is Python code: its result cannot be keyed by a hash

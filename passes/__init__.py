@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from edgeport.passes import distill as _distill, export_onnx as _export_onnx, fix_shapes as _fix_shapes, fp16 as _fp16
+from edgeport.passes import lowrank as _lowrank, opset_upgrade as _opset_upgrade, optimize as _optimize, ort_format as _ort_format
+from edgeport.passes import prune as _prune, qnn_context as _qnn_context, quantize_dynamic as _quantize_dynamic
+from edgeport.passes import quantize_search as _quantize_search, quantize_static as _quantize_static
+from edgeport.artifacts import TorchArtifact
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, Progress
 from edgeport.passes.distill import DistillConfig, distill
@@ -23,39 +28,42 @@ from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig, chan
 from edgeport.passes.quantize_dynamic import DynamicInt8Config, quantize_dynamic_int8
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
 from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_int8
+from edgeport.passes.registry import PassInfo
 
-def _distill_step(artifact: Any, config: DistillConfig, *, ctx: PassContext) -> Any:
-    if ctx.teacher is None or ctx.training is None:
-        raise UsageError("a distillation step needs a teacher and training data", fix="pass teacher= and train_data= to edgeport.export")
-    return distill(artifact, config, teacher=ctx.teacher, data=ctx.training, ctx=ctx)
+# Every pass, by its config class: the one table the pipeline, step cache and reports read.
+PASSES: dict[type, PassInfo] = {info.config: info for info in (
+    _prune.MAGNITUDE_PASS, _prune.CHANNELS_PASS, _lowrank.PASS, _distill.PASS, _export_onnx.PASS, _opset_upgrade.PASS, _fix_shapes.PASS,
+    _optimize.PASS, _quantize_static.PASS, _quantize_search.PASS, _quantize_dynamic.PASS, _fp16.PASS, _ort_format.PASS, _qnn_context.PASS,
+)}
+PASS_REGISTRY: dict[type, Callable[..., Any]] = {config: info.run for config, info in PASSES.items()}
 
 
-PASS_REGISTRY: dict[type, Callable[..., Any]] = {
-    MagnitudePruneConfig: magnitude_prune,
-    ChannelPruneConfig: channel_prune,
-    LowRankConfig: low_rank,
-    DistillConfig: _distill_step,
-    OnnxExportConfig: export_onnx,
-    OpsetUpgradeConfig: upgrade_opset,
-    FixShapesConfig: fix_shapes,
-    GraphOptimizeConfig: optimize_graph,
-    StaticInt8Config: quantize_static_int8,
-    AccuracyAwareInt8Config: quantize_accuracy_aware,
-    DynamicInt8Config: quantize_dynamic_int8,
-    Fp16Config: convert_fp16,
-    OrtFormatConfig: to_ort_format,
-    QnnContextConfig: compile_qnn_context,
-}
+def pass_info(config: Any) -> PassInfo:
+    info = PASSES.get(type(config))
+    if info is None:
+        raise TypeError(f"no pass is registered for {type(config).__name__}")
+    return info
+
+
+def precision_of_step(name: str) -> str | None:
+    """The precision a step (by its report name) writes; None when it keeps its input's."""
+    return next((info.precision for info in PASSES.values() if info.name == name), None)
 
 
 def run_pass(artifact: Any, config: Any, ctx: PassContext) -> Any:
-    handler = PASS_REGISTRY.get(type(config))
-    if handler is None:
-        raise TypeError(f"no pass is registered for {type(config).__name__}")
-    return handler(artifact, config, ctx=ctx)
+    info = pass_info(config)
+    if (info.kind == "torch") != isinstance(artifact, TorchArtifact):
+        have = "a torch model" if isinstance(artifact, TorchArtifact) else "an ONNX model"
+        raise UsageError(f"the {info.name} step takes {'a torch' if info.kind == 'torch' else 'an ONNX'} model, and it was given {have}",
+                         fix="put torch steps (distill, prune) before the export, and give them a PyTorch model")
+    return info.run(artifact, config, ctx=ctx)
 
 
 __all__ = [
+    "PASSES",
+    "PassInfo",
+    "pass_info",
+    "precision_of_step",
     "AccuracyAwareInt8Config",
     "quantize_accuracy_aware",
     "PASS_REGISTRY",

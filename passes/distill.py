@@ -24,6 +24,7 @@ from edgeport.data import DataSource
 from edgeport.errors import DataError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.distill_world import DEVICES, World
+from edgeport.passes.registry import PassInfo
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -184,7 +185,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     model.eval().cpu()  # export and fidelity checks run on the CPU
     result = TorchArtifact(model, student.inputs, student.source, lineage=(*student.lineage, "distill"))
     ctx.record(StepRecord(
-        name="distill",
+        name=PASS.name,
         config=config_to_dict(config),
         wall_s=time.perf_counter() - started,
         metrics={
@@ -474,3 +475,13 @@ def _scheduler(optimizer, config: DistillConfig, steps_per_epoch: int):
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def distill_step(artifact: TorchArtifact, config: DistillConfig, *, ctx: PassContext) -> TorchArtifact:
+    """The pipeline's form: the teacher and the training data come from the context."""
+    if ctx.teacher is None or ctx.training is None:
+        raise UsageError("a distillation step needs a teacher and training data", fix="pass teacher= and train_data= to edgeport.export")
+    return distill(artifact, config, teacher=ctx.teacher, data=ctx.training, ctx=ctx)
+
+
+PASS = PassInfo(DistillConfig, distill_step, name="distill", label="distilling", kind="torch")

@@ -28,6 +28,7 @@ from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session, run_session
 from edgeport.specs import TensorSpec, example_array
+from edgeport.passes.registry import PassInfo
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 _INLINE_LIMIT = 1_800_000_000  # protobuf caps a file at 2 GB; keep a margin for the graph itself
@@ -93,7 +94,7 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "export"))
     ctx.record(
         StepRecord(
-            name="export",
+            name=PASS.name,
             config=config_to_dict(config),
             wall_s=time.perf_counter() - started,
             output_bytes=artifact.size_bytes,
@@ -294,3 +295,6 @@ def _export_fix(exc: Exception) -> str:
     if "ScriptModule" in str(exc) or "RecursiveScriptModule" in type(exc).__name__:
         return "pass the eager nn.Module (package.module:attr) instead of a TorchScript file"
     return "replace that op with supported ones, raise --opset, or register a custom symbolic for it"
+
+
+PASS = PassInfo(OnnxExportConfig, export_onnx, name="export", label="exporting to ONNX", kind="torch")

@@ -16,6 +16,7 @@ import onnx
 from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.registry import PassInfo
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,11 @@ def fix_shapes(model: OnnxArtifact, config: FixShapesConfig, *, ctx: PassContext
     onnx.save(proto, str(out_path), save_as_external_data=external, location=f"{out_path.name}.data" if external else None)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fix_shapes"))
     ctx.record(StepRecord(
-        name="fix_shapes", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
         metrics={"fixed": changed},
     ))
     return artifact
+
+
+PASS = PassInfo(FixShapesConfig, fix_shapes, name="fix_shapes", label="fixing input shapes", kind="onnx", cacheable=True)

@@ -13,6 +13,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
+from edgeport.passes.registry import PassInfo
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,13 @@ def convert_fp16(model: OnnxArtifact, config: Fp16Config, *, ctx: PassContext) -
     onnx.save(converted, str(out_path))
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fp16"))
     ctx.record(StepRecord(
-        name="fp16", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
         metrics={"size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
                  "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples)},
         notes=["fp16 kernels are slow or missing on most CPUs: this artifact is for GPUs and NPUs"],
     ))
     return artifact
+
+
+PASS = PassInfo(Fp16Config, convert_fp16, name="fp16", label="converting to fp16", kind="onnx", cacheable=True, precision="fp16")

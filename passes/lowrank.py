@@ -13,6 +13,7 @@ from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.prune import _select_layers, verify_pruned
 from edgeport.passes.torch_stats import count_macs, count_params
+from edgeport.passes.registry import PassInfo
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def low_rank(model: TorchArtifact, config: LowRankConfig, *, ctx: PassContext) -
     parity = verify_pruned(module, model, ctx) if replaced else None
     macs_after = count_macs(module, model.inputs)
     ctx.record(StepRecord(
-        name="low_rank", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         metrics={"replaced": replaced, "macs_before": macs_before, "macs_after": macs_after,
                  "params_after": count_params(module), "parity_onnx_vs_torch": parity},
         notes=[] if replaced else ["no layer saves MACs at this energy: the model is unchanged"],
@@ -75,3 +76,6 @@ def _set_submodule(root: Any, dotted: str, new: Any) -> None:
     parent_name, _, child = dotted.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+PASS = PassInfo(LowRankConfig, low_rank, name="low_rank", label="factorizing layers", kind="torch")

@@ -20,6 +20,7 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
+from edgeport.passes.registry import PassInfo
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear gained its axis attribute in opset 13
 _LARGE_BYTES = 1_800_000_000  # beyond this, a model is saved with its weights in a side file
@@ -85,7 +86,7 @@ def upgrade_opset(model: OnnxArtifact, config: OpsetUpgradeConfig, *, ctx: PassC
              "with onnx.version_converter; outputs match the original"] if upgraded else \
             [f"opset {before} could not be upgraded ({attempts[-1].get('reason')}); int8 is quantized per tensor"]
     ctx.record(StepRecord(
-        name="upgrade_opset",
+        name=PASS.name,
         config=config_to_dict(config),
         wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes,
@@ -101,3 +102,6 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
         onnx.save(model, str(path), save_as_external_data=True, location=f"{path.name}.data")
     else:
         onnx.save(model, str(path))
+
+
+PASS = PassInfo(OpsetUpgradeConfig, upgrade_opset, name="upgrade_opset", label="upgrading the opset", kind="onnx")

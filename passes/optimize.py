@@ -16,6 +16,7 @@ from edgeport.errors import UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.runtimes.session import create_session
+from edgeport.passes.registry import PassInfo
 
 _PORTABLE_LEVELS = ("disable", "basic")
 
@@ -53,7 +54,7 @@ def optimize_graph(model: OnnxArtifact, config: GraphOptimizeConfig, *, ctx: Pas
     metrics["parity_vs_input"] = parity_between(model, artifact, ctx, samples=8)
     ctx.record(
         StepRecord(
-            name="optimize",
+            name=PASS.name,
             config=config_to_dict(config),
             wall_s=time.perf_counter() - started,
             input_bytes=model.size_bytes,
@@ -67,3 +68,6 @@ def optimize_graph(model: OnnxArtifact, config: GraphOptimizeConfig, *, ctx: Pas
 
 def _node_count(model: OnnxArtifact) -> int:
     return len(onnx.load(str(model.path), load_external_data=False).graph.node)
+
+
+PASS = PassInfo(GraphOptimizeConfig, optimize_graph, name="optimize", label="optimizing graph", kind="onnx", cacheable=True)

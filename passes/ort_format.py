@@ -12,6 +12,7 @@ from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.runtimes.session import session_options
+from edgeport.passes.registry import PassInfo
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ def to_ort_format(model: OnnxArtifact, config: OrtFormatConfig, *, ctx: PassCont
     ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
     artifact = OnnxArtifact(out_path, model.inputs, model.outputs, lineage=(*model.lineage, "ort_format"))
     ctx.record(StepRecord(
-        name="ort_format", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
         metrics={"parity_vs_onnx": parity_between(model, artifact, ctx, samples=8)},
     ))
     return artifact
+
+
+PASS = PassInfo(OrtFormatConfig, to_ort_format, name="ort_format", label="saving ORT format", kind="onnx", cacheable=True)

@@ -24,6 +24,7 @@ from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.trace_sizes import traceable_sizes
 from edgeport.specs import example_array
+from edgeport.passes.registry import PassInfo
 
 
 def _check_ratio(ratio: float) -> None:
@@ -49,7 +50,6 @@ class ChannelPruneConfig:
     round_to: int = 8  # channel counts stay multiples of this (SIMD widths)
     importance: str = "l2"  # l1 or l2 norm of each channel's weights
     ignore: tuple[str, ...] = ()  # module names kept whole; the output layer is always kept
-    iterative_steps: int = 1
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio)
@@ -57,8 +57,6 @@ class ChannelPruneConfig:
             raise UsageError(f"round_to {self.round_to} is below 1", fix="use 1 (no rounding) or 8")
         if self.importance not in ("l1", "l2"):
             raise UsageError(f"importance '{self.importance}' is unknown", fix="use l1 or l2")
-        if self.iterative_steps < 1:
-            raise UsageError("iterative_steps must be at least 1", fix="use 1, or more for gradual pruning")
 
 
 def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: PassContext) -> TorchArtifact:
@@ -82,7 +80,7 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
     module.eval()
     parity = verify_pruned(module, model, ctx)
     ctx.record(StepRecord(
-        name="prune_magnitude", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=MAGNITUDE_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         metrics={"layers": len(params), "sparsity": round(zeros / total, 4), "compressed_bytes_before": before,
                  "compressed_bytes_after": _compressed_size(module), "parity_onnx_vs_torch": parity},
         notes=["unstructured sparsity shrinks the compressed (zipped) size, not latency or raw size: dense runtimes still multiply the zeros"],
@@ -117,7 +115,7 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
                          fix=f"keep that layer whole with --ignore {','.join((*(config.ignore or ()), culprit))}") from exc
     macs_after, params_after = count_macs(module, model.inputs), count_params(module)
     ctx.record(StepRecord(
-        name="prune_channels", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=CHANNELS_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         metrics={"params_before": params_before, "params_after": params_after, "macs_before": macs_before, "macs_after": macs_after,
                  "macs_ratio": round(macs_after / macs_before, 4) if macs_before else None, "parity_onnx_vs_torch": parity},
     ))
@@ -132,11 +130,10 @@ def _prune_in_place(module: Any, example: tuple, config: ChannelPruneConfig, ign
     heads = {m: m.num_heads for m in module.modules() if isinstance(m, nn.MultiheadAttention)}
     pruner = tp.pruner.MetaPruner(
         module, example, importance=tp.importance.MagnitudeImportance(p=2 if config.importance == "l2" else 1),
-        pruning_ratio=config.ratio, iterative_steps=config.iterative_steps, ignored_layers=ignored,
+        pruning_ratio=config.ratio, ignored_layers=ignored,  # rounds with recovery between them: prune(steps=)
         round_to=config.round_to, num_heads=heads, prune_head_dims=False, prune_num_heads=bool(heads),
     )
-    for _ in range(config.iterative_steps):
-        pruner.step()
+    pruner.step()
     for m in heads:  # torch-pruning leaves MultiheadAttention's bookkeeping to us
         m.head_dim = m.embed_dim // m.num_heads
     module.eval()
@@ -256,3 +253,7 @@ def _compressed_size(module: Any) -> int:
     buffer = io.BytesIO()
     torch.save(module.state_dict(), buffer)
     return len(zlib.compress(buffer.getvalue(), 6))
+
+
+MAGNITUDE_PASS = PassInfo(MagnitudePruneConfig, magnitude_prune, name="prune_magnitude", label="pruning weights", kind="torch")
+CHANNELS_PASS = PassInfo(ChannelPruneConfig, channel_prune, name="prune_channels", label="pruning channels", kind="torch")

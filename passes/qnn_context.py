@@ -22,6 +22,7 @@ from edgeport.runtimes.ep_plugins import QNN
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.runtimes.session import create_session, run_session, session_options
 from edgeport.specs import example_array
+from edgeport.passes.registry import PassInfo
 
 CONTEXT_NAME = "model_ctx.onnx"
 
@@ -70,7 +71,7 @@ def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: P
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "qnn_context"))
     check = _reload_check(model.path, out_path, model, providers, config.check_samples, ctx.seed)
     ctx.record(StepRecord(
-        name="qnn_context", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes, output_bytes=sum(p.stat().st_size for p in (out_path, *binaries)),
         metrics={"compile_s": round(compile_s, 3), "context_binaries": {p.name: p.stat().st_size for p in binaries},
                  "reload_check": check},
@@ -103,3 +104,6 @@ def _reload_check(qdq: Path, compiled: Path, model: OnnxArtifact, providers: dic
         raise QuantizationError(f"the compiled QNN context model differs from the QDQ model by {worst:g} on the same backend",
                                 fix="report this with the model: the context binary must reproduce the QDQ model")
     return {"samples": samples, "max_abs_diff": worst, "inputs": "seeded synthetic"}
+
+
+PASS = PassInfo(QnnContextConfig, compile_qnn_context, name="qnn_context", label="compiling the QNN context binary", kind="onnx")

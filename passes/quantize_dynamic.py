@@ -11,6 +11,7 @@ from edgeport.errors import QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.quantize_static import per_tensor_if_needed, quiet_ort, resolve_reduce_range
+from edgeport.passes.registry import PassInfo
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
                                     fix="exclude the failing node (--exclude-nodes) or use static int8") from exc
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_dynamic"))
     ctx.record(StepRecord(
-        name="quantize_dynamic", config=config_to_dict(config), wall_s=time.perf_counter() - started,
+        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
         metrics={
             "reduce_range": reduce_range,
@@ -61,3 +62,6 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
         notes=notes,
     ))
     return artifact
+
+
+PASS = PassInfo(DynamicInt8Config, quantize_dynamic_int8, name="quantize_dynamic", label="quantizing weights to int8 (dynamic)", kind="onnx", cacheable=True, precision="dynamic-int8")

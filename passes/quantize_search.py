@@ -45,6 +45,7 @@ from edgeport.passes.wide_activations import (
 )
 from edgeport.runtimes.hostcpu import X86_ARCHES
 from edgeport.runtimes.parity import class_score_outputs
+from edgeport.passes.registry import PassInfo
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
 NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
@@ -330,7 +331,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     family = model_family(source)
     family_rule = choose_op_types(source).rule
     ctx.record(StepRecord(
-        name="quantize_search",
+        name=PASS.name,
         config=config_to_dict(config),
         wall_s=time.perf_counter() - started,
         input_bytes=model.size_bytes,
@@ -479,3 +480,6 @@ def _parity_view(score: FidelityScore) -> dict[str, Any]:
     values = score.to_dict()["values"]
     return {"samples": score.samples, "cosine_mean": values.get("cosine_mean"), "cosine_min": values.get("cosine_min"),
             "sqnr_db": values.get("sqnr_db"), "top1_agreement": values.get("top1_agreement"), "accuracy_drop": values.get("accuracy_drop")}
+
+
+PASS = PassInfo(AccuracyAwareInt8Config, quantize_accuracy_aware, name="quantize_search", label="quantizing to int8 (accuracy-aware search)", kind="onnx", cacheable=True, precision="int8")

@@ -28,6 +28,7 @@ from edgeport.passes.parity_check import parity_between
 from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
 from edgeport.runtimes.hostcpu import host_cpu
+from edgeport.passes.registry import PassInfo
 
 FORMATS = ("qdq", "qoperator")
 METHODS = ("minmax", "entropy", "percentile")
@@ -144,7 +145,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     }
     ctx.record(
         StepRecord(
-            name="quantize_static",
+            name=PASS.name,
             config=config_to_dict(config),
             wall_s=time.perf_counter() - started,
             input_bytes=model.size_bytes,
@@ -422,3 +423,6 @@ class quiet_ort:
         self._stdout.__exit__(*exc)
         logging.getLogger().setLevel(self._level)
         return False
+
+
+PASS = PassInfo(StaticInt8Config, quantize_static_int8, name="quantize_static", label="quantizing to int8", kind="onnx", cacheable=True, precision="int8")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -81,7 +81,3 @@ def run_session(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) ->
         first = first_line(exc)
         raise DataError(f"ONNX Runtime rejected the input data: {first[:300]}", fix="check the data's shapes and dtypes against the model's inputs") from exc
 
-
-def run_batches(session: ort.InferenceSession, batches: Iterable[dict[str, np.ndarray]]) -> Iterable[list[np.ndarray]]:
-    for inputs in batches:
-        yield run_session(session, inputs)
