@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from edgeport.errors import first_line
 from edgeport.size_breakdown import size_by_op_and_precision
+from edgeport.validation_report import cell
 
 PASS_COLOUR, FAIL_COLOUR, SKIP_COLOUR, BASE_COLOUR = "#2e7d32", "#c62828", "#9e9e9e", "#607d8b"
 _STYLE = """
@@ -85,16 +86,8 @@ def _figure(draw: Callable[[Any], None], width: float, height: float, name: str)
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_text(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{cells}</tr>{body}</table>"
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def _steps(report, validation, model_path, charts) -> list[str]:

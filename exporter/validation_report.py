@@ -89,7 +89,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             out.append(f"- note: {profile['providers']['note']}")
         out += ["", "| budget | status | measured | limit | margin | basis |", "|---|---|---|---|---|---|"]
         for b in profile["budgets"]:
-            out.append(f"| {b['name']} | {b['status']} | {_cell(b['measured'])}{b['unit']} | {_cell(b['limit'])}{b['unit']} | {_cell(b['margin'])} | {b['basis'] or b['detail']} |")
+            out.append(f"| {b['name']} | {b['status']} | {cell(b['measured'])}{b['unit']} | {cell(b['limit'])}{b['unit']} | {cell(b['margin'])} | {b['basis'] or b['detail']} |")
         m = profile.get("measurement")
         if profile.get("simulator"):
             out += ["", f"Simulator: {profile['simulator']}."]
@@ -116,7 +116,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if parity:
             out.append(f"Parity on {parity['data']}.")
             for name, figures in parity.get("outputs", {}).items():
-                shown = ", ".join(f"{k} {_cell(v)}" for k, v in figures.items() if v is not None)
+                shown = ", ".join(f"{k} {cell(v)}" for k, v in figures.items() if v is not None)
                 out.append(f"- output `{name}`: {shown}")
     return "\n".join(out) + "\n"
 
@@ -152,7 +152,8 @@ def render_junit(report: dict[str, Any] | None, regression: dict[str, Any] | Non
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A figure as a table cell: 4 significant digits, "-" for none."""
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
