@@ -35,7 +35,7 @@ from edgeport.pipeline import Pipeline
 from edgeport.profile_defaults import fidelity_target, fixed_shapes_for, qnn_context_profile, quant_config_for, quant_target
 from edgeport.html_report import render_html
 from edgeport.recipe import RegressionSection
-from edgeport.regression import baseline_model, compare_with_baseline
+from edgeport.regression import baseline_model, gate_model_file
 from edgeport.regression_report import render_markdown as render_regression_markdown
 from edgeport.reports import build_export_report, render_markdown
 from edgeport.runtimes.ep_plugins import QNN
@@ -266,11 +266,10 @@ def export(
             exit_code = max(exit_code, validation.exit_code)
         gate = None
         if baseline is not None:
-            data = evaluation or calibration
-            gate = compare_with_baseline(
-                output.stage(names[0]), baseline, regression or RegressionSection(), reference=output.stage("model.fp32.onnx" if reduced else names[0]),
-                data=data, inputs=concrete_inputs(final.inputs, profiles[0] if profiles else None, dims or {}, dims_from_data(final.inputs, data)),
-                profile=profiles[0] if profiles else None, runs=runs, seed=seed, carry=carry, progress=ctx.progress)
+            gate = gate_model_file(output.stage(names[0]), baseline, regression or RegressionSection(),
+                                   reference=output.stage("model.fp32.onnx" if reduced else names[0]), data=evaluation or calibration,
+                                   profile=profiles[0] if profiles else None, dims=dims or {}, runs=runs, time_limit_s=300.0, seed=seed,
+                                   carry=carry, progress=ctx.progress)
             report["regression"] = gate.report
             exit_code = max(exit_code, EXIT_BUDGET_FAILED if gate.verdict == FAIL else EXIT_OK)
         output.write_json("report.json", report)

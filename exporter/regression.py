@@ -111,7 +111,8 @@ def compare_with_baseline(
 def gate_model_file(model: Path, baseline: str | Path, limits: RegressionSection, *, reference: Path | None, data: str | Path | DataSource | None,
                     profile: Profile | None, dims: dict[str, int], runs: int, time_limit_s: float, seed: int, carry: StateCarry | None,
                     progress: Progress | None) -> RegressionResult:
-    """The gate for a model file as ``validate`` has it: its data opened, its shapes made concrete."""
+    """The gate for a model file as export and validate have it: its data opened, its shapes made
+    concrete as the profile's budgets state them (batch 1 without a profile)."""
     inputs = OnnxArtifact.from_file(model).inputs
     source = open_data(data, role="evaluation", seed=seed)
     shapes = concrete_inputs(inputs, profile, dims, dims_from_data(inputs, source))
