@@ -20,7 +20,7 @@ from typing import Any
 
 from edgeport.device_profiles.schema import Budgets
 from edgeport.device_profiles.typed_toml import Problems, build_dataclass, read_toml
-from edgeport.errors import UsageError
+from edgeport.errors import EdgeportError, UsageError
 
 SCHEMA_VERSION = 1
 DEFAULT_RECIPE = "edgeport.toml"
@@ -199,12 +199,10 @@ def _parse_steps(raw: Any, problems: Problems) -> tuple[Step, ...]:
             continue
         config_fields = {k: v for k, v in options.items() if k != "method" or kind != "prune"}
         before = len(problems.items)
-        built = build_dataclass(kinds[key], config_fields, f"{where}.", problems)
-        if built is not None and len(problems.items) == before:
-            try:
-                step_config(Step(kind, options))
-            except (ValueError, TypeError) as exc:  # the config's own __post_init__ checks
-                problems.add(where, str(exc))
+        try:  # building the config runs its own checks (__post_init__)
+            build_dataclass(kinds[key], config_fields, f"{where}.", problems)
+        except (EdgeportError, ValueError, TypeError) as exc:
+            problems.add(where, exc.problem if isinstance(exc, EdgeportError) else str(exc))
         if len(problems.items) == before:
             steps.append(Step(kind, options))
     return tuple(steps)

@@ -165,6 +165,7 @@ def test_run_without_a_recipe_reads_edgeport_toml_here(tmp_path, monkeypatch):
      "budgets.ci-x86-avx2.latency_p95: unknown key; did you mean 'latency_p95_ms'?"),
     ('schema_version = 1\n[model]\nsource = "m.onnx"\n[[steps]]\nkind = "distill"\n', "steps: torch steps need a torch model"),
     ('schema_version = 1\n[model]\nsource = "m:f"\n[[steps]]\nkind = "quantize"\n', "steps[0].kind: must be 'distill' or 'prune'"),
+    ('schema_version = 1\n[model]\nsource = "m:f"\n[[steps]]\nkind = "prune"\nmethod = "channels"\nratio = 1.5\n', "steps[0]: pruning ratio 1.5 is out of range"),
 ])
 def test_recipe_values_are_checked(tmp_path, text, message):
     path = tmp_path / "r.toml"
