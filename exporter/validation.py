@@ -274,21 +274,21 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
     if simulator:
         host_basis = f"measured on this host running {prof.preferred_provider}'s HTP simulator (not the device)"
     if on_target and measurement is not None:
-        latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, unit=" ms", basis=host_basis)
+        latency = judge("latency_p95_ms", measurement["latency_ms"]["p95"], budgets.latency_p95_ms, basis=host_basis)
     elif target_estimate is not None and "refused" in target_estimate:
-        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
+        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms,
                         skip_reason=f"no measurement on the target, and no estimate: {target_estimate['refused']}")
     elif target_estimate is not None:
-        latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms, unit=" ms",
+        latency = judge("latency_p95_ms", target_estimate["latency_ms"], budgets.latency_p95_ms,
                         basis=f"estimate for target (per-node roofline; {estimate.band_text(target_estimate)})")
     else:
-        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms, unit=" ms",
+        latency = judge("latency_p95_ms", None, budgets.latency_p95_ms,
                         skip_reason="not on the target, and an .ort file without its .onnx beside it cannot be estimated")
     memory = judge("peak_memory_mb", measurement["memory"]["peak_above_baseline_mb"] if measurement and not simulator else None,
-                   budgets.peak_memory_mb, unit=" MB", basis=host_basis,
+                   budgets.peak_memory_mb, basis=host_basis,
                    skip_reason="the simulator's host memory is not the device's (compile memory is in the report)" if simulator
                    else "no session could run on this host")
-    size = judge("model_size_mb", artifact.size_bytes / 2**20, budgets.model_size_mb, unit=" MB", basis="file size (external data included)")
+    size = judge("model_size_mb", artifact.size_bytes / 2**20, budgets.model_size_mb, basis="file size (external data included)")
     cover_basis = cover["source"] if cover else ""
     coverage_result = judge("provider_coverage_min", cover["preferred_share"] if cover else None, budgets.provider_coverage_min,
                             basis=cover_basis, skip_reason=f"{prof.preferred_provider} refused the model without naming nodes ({refused_reason})"
@@ -308,7 +308,7 @@ def _judge(prof, artifact, on_target, measurement, target_estimate, cover, parit
         _agreement(p, pb.top1_agreement_min, parity_basis, no_parity),
         judge("parity.cosine_min", p.get("cosine_min"), pb.cosine_min, basis=parity_basis,
               skip_reason=no_parity if not p else "no float output to compare (integer outputs are judged by exact match)"),
-        judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, unit=" dB", basis=parity_basis,
+        judge("parity.sqnr_db_min", p.get("sqnr_db"), pb.sqnr_db_min, basis=parity_basis,
               skip_reason=no_parity if not p else "no float output with signal to compare"),
         judge("parity.max_abs_diff_max", p.get("max_abs_diff"), pb.max_abs_diff_max, basis=parity_basis, skip_reason=no_parity),
         judge("accuracy_drop_max", p.get("accuracy_drop"), budgets.accuracy_drop_max, basis=parity_basis,

@@ -76,3 +76,29 @@ def test_not_toml(tmp_path):
 def test_missing_file():
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile("no/such/profile.toml")
+
+
+def test_every_budget_limit_has_one_declared_direction():
+    """A Budgets field that holds a limit is judged only through device_profiles.budgets.BUDGETS:
+    adding a budget without its row (direction, unit) fails here, not silently as a floor."""
+    import dataclasses
+
+    from edgeport.device_profiles.budgets import BUDGETS
+    from edgeport.device_profiles.schema import Budgets, ParityBudget
+
+    limits = {f.name for f in dataclasses.fields(Budgets) if f.name not in ("batch", "dims", "parity")}
+    limits |= {f"parity.{f.name}" for f in dataclasses.fields(ParityBudget)}
+    assert {spec.field for spec in BUDGETS.values()} == limits
+    budgets = Budgets(latency_p95_ms=5.0, parity=ParityBudget(cosine_min=0.99))
+    assert BUDGETS["latency_p95_ms"].limit(budgets) == 5.0 and BUDGETS["parity.cosine_min"].limit(budgets) == 0.99
+    assert BUDGETS["latency_p95_ms"].ceiling and not BUDGETS["parity.cosine_min"].ceiling
+
+
+def test_judging_follows_the_declared_direction():
+    from edgeport.verdict import judge
+
+    floor = judge("provider_coverage_min", 0.9, 0.95)  # a floor whose name ends in _min
+    ceiling = judge("accuracy_drop_max", 0.02, 0.01)
+    assert floor.status == "fail" and floor.margin == -0.05 and "is below" in floor.describe()
+    assert ceiling.status == "fail" and ceiling.margin == -0.01 and "exceeds" in ceiling.describe()
+    assert judge("parity.sqnr_db_min", 30.0, 25.0).describe().startswith("parity.sqnr_db_min: 30 dB >= 25 dB")
