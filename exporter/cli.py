@@ -140,7 +140,7 @@ def _run_and_report(work: Callable[[Any], Any], opts: dict[str, Any]) -> int:
         click.echo(format_table(summary_rows(result.report)))
         summary = result.report["summary"]
         if "size_ratio" in summary:
-            click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['int8_bytes'] / 1e6:.2f} MB)")
+            click.echo(f"{summary['precision']} model is {summary['size_ratio']:.1%} of fp32 ({summary['artifact_bytes'] / 1e6:.2f} MB)")
         for warning in result.report["warnings"]:
             click.echo(f"warning: {warning}", err=True)
         for line in fidelity_lines(result.report):

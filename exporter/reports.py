@@ -7,7 +7,7 @@ from typing import Any
 
 from edgeport.passes import precision_of_step
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "2.0"  # 2.0: summary.int8_bytes -> artifact_bytes, parity_int8_vs_fp32 -> parity_vs_fp32 (any precision)
 
 
 def build_export_report(
@@ -25,10 +25,10 @@ def build_export_report(
     fp32 = artifacts.get("model.fp32.onnx") or artifacts.get("model.onnx")
     summary: dict[str, Any] = {"precision": precision_of_step(quant["name"]) if quant else "fp32", "fp32_bytes": fp32["bytes"] if fp32 else None}
     if quant:
-        # "int8_bytes"/"parity_int8_vs_fp32" name the deployable model whatever its precision (schema 1.0)
-        summary["int8_bytes"] = artifacts["model.onnx"]["bytes"]
-        summary["size_ratio"] = round(summary["int8_bytes"] / summary["fp32_bytes"], 4)
-        summary["parity_int8_vs_fp32"] = quant["metrics"]["parity_vs_fp32"]
+        # the deployable model, whatever its precision (schema 2.0 renamed int8_bytes and parity_int8_vs_fp32)
+        summary["artifact_bytes"] = artifacts["model.onnx"]["bytes"]
+        summary["size_ratio"] = round(summary["artifact_bytes"] / summary["fp32_bytes"], 4)
+        summary["parity_vs_fp32"] = quant["metrics"]["parity_vs_fp32"]
         summary["decisions"] = quant["metrics"].get("decisions", {})
     export = next((s for s in steps if s["name"] == "export"), None)
     if export:
@@ -141,7 +141,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     summary = report["summary"]
     if "size_ratio" in summary:
         out += ["", f"## {summary['precision']} vs fp32", "", f"- size: {summary['size_ratio']:.1%} of fp32"]
-        for key, value in summary["parity_int8_vs_fp32"].items():
+        for key, value in summary["parity_vs_fp32"].items():
             out.append(f"- {key}: {value}")
         for key, rule in summary["decisions"].items():
             out.append(f"- {key}: {rule}")

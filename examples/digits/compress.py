@@ -28,7 +28,7 @@ def main() -> None:
         exported = edgeport.export(result.out_dir / "model.pt2", calib=HERE / "calib.npz", eval=HERE / "test.npz",
                                    out_dir=out / f"{name}-int8", progress=progress)
         c = result.report["comparison"]
-        parity = exported.report["summary"]["parity_int8_vs_fp32"]
+        parity = exported.report["summary"]["parity_vs_fp32"]
         print(f"{name}: MACs {c['result']['macs'] / c['reference']['macs']:.1%} of the teacher's; accuracy teacher {c['reference']['accuracy']:.3f}, "
               f"{name} {c['result']['accuracy']:.3f}, {name} int8 {parity['candidate_accuracy']:.3f}; wrote {out / f'{name}-int8' / 'model.onnx'}")
 

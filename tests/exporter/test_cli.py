@@ -25,9 +25,9 @@ def test_export_digits_end_to_end(tmp_path):
     assert "quantize_search" in result.stdout and "top-1 agree" in result.stdout and "target met" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.html", "report.json", "report.md"]
     report = json.loads((out / "report.json").read_text())
-    assert report["schema_version"] == "1.0"
+    assert report["schema_version"] == "2.0"
     assert [s["name"] for s in report["steps"]] == ["export", "optimize", "quantize_search"]
-    parity = report["summary"]["parity_int8_vs_fp32"]
+    parity = report["summary"]["parity_vs_fp32"]
     assert parity["top1_agreement"] >= 0.99 and parity["accuracy_drop"] <= 0.01
     manifest = json.loads((out / "manifest.json").read_text())
     for name, entry in manifest["artifacts"].items():

@@ -51,7 +51,7 @@ def test_cli_precision_choices(tmp_path):
     assert report["summary"]["precision"] == "dynamic-int8" and report["steps"][-1]["name"] == "quantize_dynamic"
     fp16 = runner.invoke(cli, [*base, "--precision", "fp16", "-o", str(tmp_path / "h"), "--json"])
     assert fp16.exit_code == 0, fp16.output
-    assert json.loads(fp16.stdout)["summary"]["parity_int8_vs_fp32"]["top1_agreement"] >= 0.99
+    assert json.loads(fp16.stdout)["summary"]["parity_vs_fp32"]["top1_agreement"] >= 0.99
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["manifest.json", "model.fp32.onnx", "model.onnx", "report.html", "report.json", "report.md"]
 
 
