@@ -28,6 +28,14 @@ class TorchArtifact:
     program: Any = None  # the torch.export ExportedProgram when loaded from a .pt2 file
 
 
+def default_opset(model: onnx.ModelProto | str | Path) -> int:
+    """The opset of the default ONNX domain a model (or a model file, read without its weights)
+    imports; 1, ONNX's first, when it declares none."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
 @dataclass(frozen=True)
 class OnnxArtifact:
     """An .onnx file (with any external data beside it) and its tensor specs."""

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgeport.artifacts import OnnxArtifact
+from edgeport.artifacts import OnnxArtifact, default_opset
 from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile, load_profile
@@ -340,12 +340,9 @@ def _finite_outputs(parity: dict, basis: str) -> BudgetResult | None:
 
 
 def _opset_check(graph: Path | None, prof: Profile) -> BudgetResult:
-    import onnx
-
     if graph is None:
         return BudgetResult("opset_supported", "skipped", basis="model file", detail="an .ort file does not expose its opset here")
-    model = onnx.load(str(graph), load_external_data=False)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(graph)
     low, high = prof.runtime.opset_min, prof.runtime.opset_max
     ok = low <= opset <= high
     return BudgetResult("opset_supported", PASS if ok else FAIL, opset, None, "", "model file",

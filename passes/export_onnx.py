@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact
+from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact, default_opset
 from edgeport.errors import DataError, ExportError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
@@ -98,7 +98,7 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
             config=config_to_dict(config),
             wall_s=time.perf_counter() - started,
             output_bytes=artifact.size_bytes,
-            metrics={"exporter": exporter, "opset": _opset(out_path), "parity_vs_torch": metrics, "parity_feeds": len(feeds)},
+            metrics={"exporter": exporter, "opset": default_opset(out_path), "parity_vs_torch": metrics, "parity_feeds": len(feeds)},
             notes=notes,
         )
     )
@@ -136,11 +136,6 @@ def _parity_vs_torch(model: TorchArtifact, path: Path, feeds: list[dict[str, np.
             fix="the model likely has input-dependent control flow the tracer froze; try --exporter dynamo or make the branch tensor-free",
         )
     return metrics
-
-
-def _opset(path: Path) -> int:
-    model = onnx.load(str(path), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _output_names(model: TorchArtifact, inputs: dict[str, np.ndarray]) -> list[str]:

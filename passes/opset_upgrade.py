@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact, StepRecord, default_opset
 from edgeport.errors import first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
@@ -38,13 +38,9 @@ class OpsetUpgradeConfig:
     parity_samples: int = 8
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-
-
 def per_channel_allowed(path: str | Path) -> tuple[bool, str | None]:
     """Whether per-channel int8 can be written for this file, and why not when it cannot."""
-    opset = default_opset(onnx.load(str(path), load_external_data=False))
+    opset = default_opset(path)
     if opset >= PER_CHANNEL_OPSET:
         return True, None
     return False, (f"quantized per tensor: the model is opset {opset}, and per-channel DequantizeLinear needs opset "
@@ -82,7 +78,7 @@ def upgrade_opset(model: OnnxArtifact, config: OpsetUpgradeConfig, *, ctx: PassC
             result = candidate
             break
     upgraded = result is not model
-    notes = [f"upgraded from opset {before} to {default_opset(onnx.load(str(result.path), load_external_data=False))} "
+    notes = [f"upgraded from opset {before} to {default_opset(result.path)} "
              "with onnx.version_converter; outputs match the original"] if upgraded else \
             [f"opset {before} could not be upgraded ({attempts[-1].get('reason')}); int8 is quantized per tensor"]
     ctx.record(StepRecord(
