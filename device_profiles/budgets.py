@@ -5,7 +5,6 @@ here instead of guessing it from a name."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,12 +13,6 @@ class BudgetSpec:
     field: str  # the dotted path of its limit in the profile's Budgets ("parity.cosine_min")
     ceiling: bool  # True: the measured value must stay at or below the limit; False: at or above
     unit: str = ""
-
-    def limit(self, budgets: Any) -> float | None:
-        value = budgets
-        for part in self.field.split("."):
-            value = getattr(value, part)
-        return value
 
 
 BUDGETS: dict[str, BudgetSpec] = {spec.name: spec for spec in (

@@ -89,8 +89,6 @@ def test_every_budget_limit_has_one_declared_direction():
     limits = {f.name for f in dataclasses.fields(Budgets) if f.name not in ("batch", "dims", "parity")}
     limits |= {f"parity.{f.name}" for f in dataclasses.fields(ParityBudget)}
     assert {spec.field for spec in BUDGETS.values()} == limits
-    budgets = Budgets(latency_p95_ms=5.0, parity=ParityBudget(cosine_min=0.99))
-    assert BUDGETS["latency_p95_ms"].limit(budgets) == 5.0 and BUDGETS["parity.cosine_min"].limit(budgets) == 0.99
     assert BUDGETS["latency_p95_ms"].ceiling and not BUDGETS["parity.cosine_min"].ceiling
 
 
