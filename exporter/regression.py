@@ -1,13 +1,14 @@
 """The regression gate: a new artifact against the last release's, both measured now, here.
 
-Latency is timed in alternating rounds in one worker (runtimes.benchmark.interleaved), so the
-machine's drift lands on both models alike. A latency increase counts only as far as it is sure:
-the judged figure is the low end of a 90% bootstrap interval of the paired ratio, so the same
-model against itself passes on a noisy machine, and a model 30% slower fails. Memory is each
-model's peak in a fresh worker; an increase under 1 MiB is allocator noise, not a regression.
-Parity and accuracy: both models against the same reference on the same data. The baseline's
-files give only its size and its provenance (which edgeport made it, where, when), and the report
-says which figure came from where.
+Latency is timed in alternating rounds in one worker (runtimes.benchmark.interleaved, at least
+MIN_ROUNDS), so the machine's drift lands on both models alike. A latency increase counts only as
+far as it is sure: the judged figure is the low end of a 95% paired-bootstrap interval of the
+percentile ratio, so the same model against itself passes on a noisy machine, and a model 30%
+slower fails. Memory is each model's peak in a fresh worker; an increase under 1 MiB is allocator
+noise, not a regression. Accuracy (labelled data) and min cosine: both models against one
+reference on the same data, cosine only when both releases came from the same fp32 model. The
+baseline's files give only its model, size and provenance (which edgeport made it, where, when),
+and the report says which figure came from where.
 """
 
 from __future__ import annotations
