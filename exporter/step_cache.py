@@ -13,6 +13,7 @@ from typing import Any
 
 from edgeport.artifacts import OnnxArtifact, StepRecord, file_sha256
 from edgeport.passes import pass_info
+from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.versions import runtime_versions
@@ -32,7 +33,8 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         "pass": type(config).__name__,
         "config": config_to_dict(config),
         "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime", "onnxruntime-qnn")},
-        "quant_target": repr(ctx.quant_target),
+        # without a profile, int8 defaults (reduce_range) follow this host's CPU: another CPU is another entry
+        "quant_target": repr(ctx.quant_target) if ctx.quant_target is not None else _host_facts(),
         "state_carry": ctx.state_carry.to_dict() if ctx.state_carry else None,  # carried evaluation is another verdict
         "seed": ctx.seed,
     }
@@ -40,6 +42,11 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         # every sample: two data sets that share their first samples must not share an entry
         material[role] = source.fingerprint(artifact.inputs, 8, None) if source is not None else None
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def _host_facts() -> str:
+    cpu = host_cpu()
+    return f"host {cpu.arch} {sorted(cpu.flags)}"
 
 
 def load(key: str, artifact: OnnxArtifact, ctx: PassContext) -> OnnxArtifact | None:
@@ -69,6 +76,8 @@ def store(key: str, result: OnnxArtifact, record: StepRecord, ctx: PassContext) 
     """Written under a temporary name and renamed: readers see a whole entry or none."""
     if len(result.files()) != 1:
         return  # external data files: not worth copying around
+    if record.metrics.get("stopped_by_clock"):
+        return  # its result depends on the machine's speed, not only on its inputs
     root = ctx.cache_dir / "steps"
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".step-", dir=root))

@@ -6,7 +6,7 @@ Torch passes import torch inside themselves: importing this package never does.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from edgeport.passes import distill as _distill, export_onnx as _export_onnx, fix_shapes as _fix_shapes, fp16 as _fp16
 from edgeport.passes import lowrank as _lowrank, opset_upgrade as _opset_upgrade, optimize as _optimize, ort_format as _ort_format
@@ -35,7 +35,6 @@ PASSES: dict[type, PassInfo] = {info.config: info for info in (
     _prune.MAGNITUDE_PASS, _prune.CHANNELS_PASS, _lowrank.PASS, _distill.PASS, _export_onnx.PASS, _opset_upgrade.PASS, _fix_shapes.PASS,
     _optimize.PASS, _quantize_static.PASS, _quantize_search.PASS, _quantize_dynamic.PASS, _fp16.PASS, _ort_format.PASS, _qnn_context.PASS,
 )}
-PASS_REGISTRY: dict[type, Callable[..., Any]] = {config: info.run for config, info in PASSES.items()}
 
 
 def pass_info(config: Any) -> PassInfo:
@@ -66,7 +65,6 @@ __all__ = [
     "precision_of_step",
     "AccuracyAwareInt8Config",
     "quantize_accuracy_aware",
-    "PASS_REGISTRY",
     "ChannelPruneConfig",
     "DynamicInt8Config",
     "FixShapesConfig",

@@ -365,6 +365,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             "ranking": [r.to_dict() for r in result.ranking[:20]],
             "steps": result.steps,
             "trials": config.max_trials - budget.trials_left,
+            # a search its clock stopped depends on how busy the machine was: the step cache does not keep it
+            "stopped_by_clock": time.perf_counter() >= budget.deadline,
             "candidate_runs": scorer.runs,
             "op_types_quantized": sorted(op_types),
             "reduce_range": reduce_range,
