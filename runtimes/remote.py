@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 import shlex
 import tarfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,12 @@ def run_job(target: RemoteTarget, request: dict[str, Any], files: dict[str, Path
         return asyncio.run(asyncio.wait_for(_run(target, archive), timeout_s))
     except asyncio.TimeoutError as exc:
         raise RemoteError(f"the job on {target.describe()} ran past {timeout_s:.0f} s", fix="check the device is not busy, or lower --runs") from exc
+    finally:
+        # A refused or dropped connection leaves asyncssh coroutines that were never awaited; collect
+        # them here, quietly, or their RuntimeWarning lands at a random later moment in the user's output.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            gc.collect()
 
 
 def decode_outputs(encoded: str) -> list[list[np.ndarray]]:
