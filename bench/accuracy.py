@@ -154,6 +154,7 @@ def models() -> dict[str, tuple[Callable[[], Any], list[str], Callable[[int, int
         "mobilenet_v2": (ex.mobilenet_v2, ["image:batchx3x224x224"], _images, 48),
         "tiny_transformer": (ex.tiny_transformer, ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"], _tokens, 96),
         "gru_audio": (ex.gru_audio, ["frames:batchxtimex40"], _frames, 96),
+        "lstm_speech": (ex.lstm_speech, ["frames:batchxtimex40"], _frames, 48),
         "minilm_l6_real": (lambda: _minilm()[0], ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"],
                            lambda n, s: _minilm()[1](n, s), 96),
         "ppocr_det_real": (_ppocr_det, None, _text_images, 32),
@@ -210,14 +211,15 @@ def run_plain(fp32: Path, calib: dict, out: Path, **_) -> Path:
     return out
 
 
-def run_edgeport(fp32: Path, calib: dict, out: Path, validation: dict, work: Path, timings: dict, **_) -> Path:
+def run_edgeport(fp32: Path, calib: dict, out: Path, validation: dict, work: Path, timings: dict, recurrent: str = "auto", **_) -> Path:
     import edgeport
     from edgeport.passes.fidelity import FidelityTarget
 
     np.savez(work / "calib.npz", **calib)
     np.savez(work / "val.npz", **validation)
-    result = edgeport.export(str(fp32), calib=work / "calib.npz", eval=work / "val.npz", out_dir=work / "edgeport",
-                             fidelity=FidelityTarget(min_cosine=TARGET_COSINE, source="bench"), use_cache=False, cache_dir=work / "cache")
+    result = edgeport.export(str(fp32), calib=work / "calib.npz", eval=work / "val.npz", out_dir=work / "edgeport", force=True,
+                             fidelity=FidelityTarget(min_cosine=TARGET_COSINE, source="bench"), use_cache=False, cache_dir=work / "cache",
+                             recurrent=recurrent)
     out.write_bytes((work / "edgeport" / "model.onnx").read_bytes())
     step = next(s for s in result.report["steps"] if s["name"] == "quantize_search")
     timings["search_s"] = round(step["wall_s"], 1)  # the int8 search alone, without export's other steps
@@ -258,7 +260,13 @@ def run_nncf_ac(fp32: Path, calib: dict, out: Path, validation: dict, transforme
     return out
 
 
-METHODS = {"plain": run_plain, "edgeport": run_edgeport, "nncf": run_nncf, "nncf_ac": run_nncf_ac}
+def run_edgeport_recurrent_always(fp32: Path, **kwargs: Any) -> Path:
+    """edgeport with every GRU/LSTM in int8, even where ORT's fused float cell is faster (auto's rule)."""
+    return run_edgeport(fp32, recurrent="always", **kwargs)
+
+
+METHODS = {"plain": run_plain, "edgeport": run_edgeport, "edgeport_rnn_int8": run_edgeport_recurrent_always, "nncf": run_nncf,
+           "nncf_ac": run_nncf_ac}
 
 
 def float_mac_share(fp32: Path, path: Path, feed: dict[str, np.ndarray]) -> float:
@@ -266,13 +274,25 @@ def float_mac_share(fp32: Path, path: Path, feed: dict[str, np.ndarray]) -> floa
     its operands through DequantizeLinear: the same yardstick for every method (they keep node names)."""
     import onnx
 
+    from edgeport.passes.recurrent_scan import is_int8_recurrence
     from edgeport.passes.sensitivity import node_mac_counts
 
     macs = node_mac_counts(onnx.load(str(fp32)), feed)
-    graph = onnx.load(str(path)).graph
+    model = onnx.load(str(path))
+    graph = model.graph
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     quantized = {n.name for n in graph.node if n.input and all(i in dequantized for i in n.input[:2] if i)}
     quantized |= {n.name for n in graph.node if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")}
+    quantized |= {n.name for n in graph.node if is_int8_recurrence(n)}
+    names = {n.name for n in graph.node}
+    rewritten = [n for n in macs if n not in names]  # edgeport's GRU/LSTM -> input MatMul + Scan, named "<cell>/..."
+    if rewritten:
+        own = node_mac_counts(model, feed)
+        for cell in rewritten:
+            parts = {n: m for n, m in own.items() if n.startswith(f"{cell}/")}
+            if parts:
+                del macs[cell]
+                macs.update(parts)
     return sum(m for n, m in macs.items() if n not in quantized) / max(sum(macs.values()), 1)
 
 
@@ -299,7 +319,12 @@ def bench_model(name: str, spec, work: Path, skip: set[str] = frozenset()) -> di
     row: dict[str, Any] = {"model": name, "samples": {"calibration": count, "validation": count, "test": count},
                            "fp32_inputs_rounded_min_cosine": input_rounding_floor(fp32, calib, test)}
     paths = {}
+    import onnx
+
+    recurrent = any(n.op_type in ("GRU", "LSTM") for n in onnx.load(str(fp32), load_external_data=False).graph.node)
     for method, run in METHODS.items():
+        if method == "edgeport_rnn_int8" and not recurrent:
+            continue  # the same run as edgeport's on a model without GRU/LSTM
         if method in skip:
             row[method] = {"error": "not run (--without)"}
             continue
@@ -341,17 +366,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(bench_model(name, models()[name], Path(tmp), {m for n, m in without if n == name}))
     print(f"machine: {machine()}; target: cosine >= {TARGET_COSINE} to fp32 for every test sample")
-    print(f"{'model':<18} {'method':<9} {'min cos':>8} {'target':>6} {'float MACs':>10} {'size':>6} {'latency':>8} {'wall s':>7}  (latency and size: ratio to fp32)")
+    print(f"{'model':<18} {'method':<17} {'min cos':>8} {'target':>6} {'float MACs':>10} {'size':>6} {'latency':>8} {'wall s':>7}  (latency and size: ratio to fp32)")
     for row in rows:
         floor = row["fp32_inputs_rounded_min_cosine"]
         print(f"{row['model']:<18} fp32 with only its inputs rounded to uint8: "
               + ("no float input" if floor is None else f"min cosine {floor:.4f} ({'above' if floor >= TARGET_COSINE else 'BELOW'} the target)"))
-        for method in METHODS:
+        for method in (m for m in METHODS if m in row):
             r = row[method]
             if "error" in r:
-                print(f"{row['model']:<18} {method:<9} error: {r['error']}")
+                print(f"{row['model']:<18} {method:<17} error: {r['error']}")
                 continue
-            print(f"{row['model']:<18} {method:<9} {r['min_cosine']:>8.4f} {'met' if r['meets_target'] else 'missed':>6} "
+            print(f"{row['model']:<18} {method:<17} {r['min_cosine']:>8.4f} {'met' if r['meets_target'] else 'missed':>6} "
                   f"{r['float_mac_share']:>10.1%} {r['size_ratio']:>6.3f} {r.get('latency_ratio_1t', float('nan')):>8.3f} {r['wall_s']:>7.1f}"
                   + (f"  (search alone {r['search_s']} s, {r['search_s'] / row['plain']['wall_s']:.1f}x plain)" if "search_s" in r and "error" not in row["plain"] else ""))
     out = ROOT / "bench" / "results"

@@ -2,7 +2,8 @@
 
 ResNet-18 and MobileNetV2 follow the torchvision layouts (random weights made numerically
 trained-like, for latency, size and quantization fidelity, not accuracy); the tiny transformer takes int64 token ids with dynamic batch and
-sequence; the GRU net is a small audio (log-mel frames) classifier.
+sequence; the GRU net is a small audio (log-mel frames) classifier; the LSTM net is a speech
+recognizer's recurrent encoder (per-frame token logits, two layers of 256).
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ class GRUAudio(nn.Module):
         return self.head(out.mean(1))
 
 
+class LSTMSpeech(nn.Module):
+    """Log-mel frames (batch x time x 40) -> per-frame token logits, as a CTC speech recognizer's
+    recurrent encoder (DeepSpeech-style, smaller): two LSTM layers of 256."""
+
+    def __init__(self, mels: int = 40, hidden: int = 256, tokens: int = 29):
+        super().__init__()
+        self.frontend = nn.Sequential(nn.Conv1d(mels, hidden, 5, padding=2), nn.ReLU())
+        self.lstm = nn.LSTM(hidden, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, tokens)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.frontend(frames.transpose(1, 2)).transpose(1, 2)
+        out, _ = self.lstm(x)
+        return self.head(out)
+
+
 def _like_trained(model: nn.Module, input_size: int = 224) -> nn.Module:
     """Make a random network behave like a trained one numerically: torchvision's initialisation,
     then BatchNorm statistics gathered on smooth synthetic images. Without this, PyTorch's default
@@ -166,3 +183,8 @@ def tiny_transformer() -> TinyTransformer:
 def gru_audio() -> GRUAudio:
     torch.manual_seed(0)
     return GRUAudio().eval()
+
+
+def lstm_speech() -> LSTMSpeech:
+    torch.manual_seed(0)
+    return LSTMSpeech().eval()

@@ -82,6 +82,7 @@ def export(
     fidelity: FidelityTarget | None = None,
     max_fallback: float = 0.25,
     search_budget: str | float | None = None,
+    recurrent: str = "auto",
     seed: int = 0,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -116,7 +117,9 @@ def export(
     cost the most fidelity revert to float until ``fidelity`` (default: from the profiles' parity
     budgets, else cosine >= 0.99 per sample) is met on held-out evaluation data, with at most
     ``max_fallback`` of the MACs in float and within ``search_budget`` ("300s" or "80t"). If no
-    mix meets it, the best candidate is written and ``exit_code`` is 1.
+    mix meets it, the best candidate is written and ``exit_code`` is 1. ``recurrent`` says which
+    GRU/LSTM cells the search rewrites into int8 Scans: "auto" (steps large enough to gain),
+    "always" or "never".
 
     ``stateful`` (``["state:stateN"]``) judges a streaming model as it runs: evaluation feeds run
     in order, each run taking the state the previous run returned.
@@ -206,7 +209,7 @@ def export(
             choice = choose_precision(targets, fp32, calibration is not None)
             precision = choice.precision
             ctx.progress.note(f"precision auto: {choice.precision} ({choice.reason})")
-        quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget)
+        quant_config = _int8_config(quant_config, profiles, search, fidelity, max_fallback, search_budget, recurrent)
         if not use_cache:  # --no-cache means no cached calibration ranges either
             quant_config = _without_range_cache(quant_config)
         precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
@@ -294,7 +297,7 @@ def export(
 
 
 def _int8_config(given: StaticInt8Config | AccuracyAwareInt8Config | None, profiles: list[Profile], search: bool,
-                 fidelity: FidelityTarget | None, max_fallback: float, search_budget: str | float | None) -> Any:
+                 fidelity: FidelityTarget | None, max_fallback: float, search_budget: str | float | None, recurrent: str = "auto") -> Any:
     if isinstance(given, AccuracyAwareInt8Config):
         return given
     base = given or (quant_config_for(profiles[0]) if profiles else StaticInt8Config())
@@ -302,7 +305,7 @@ def _int8_config(given: StaticInt8Config | AccuracyAwareInt8Config | None, profi
         return base
     seconds, trials = parse_search_budget(search_budget)
     return AccuracyAwareInt8Config(quant=base, target=fidelity or fidelity_target(profiles), max_fallback=max_fallback,
-                                   search_budget_s=seconds, max_trials=trials)
+                                   search_budget_s=seconds, max_trials=trials, recurrent=recurrent)
 
 
 def _without_range_cache(config: StaticInt8Config | AccuracyAwareInt8Config) -> StaticInt8Config | AccuracyAwareInt8Config:

@@ -104,6 +104,8 @@ def cli() -> None:
 @click.option("--metric-min", type=float, help="The lowest acceptable --metric value.")
 @click.option("--max-fallback", type=float, default=0.25, show_default=True, help="Share of MACs the search may leave in float.")
 @click.option("--search-budget", metavar="Ns|Nt", help="Bound on the int8 search: seconds (300s) or trials (80t). Default 600s.")
+@click.option("--recurrent", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="GRU/LSTM cells the int8 search rewrites into int8 steps: auto (steps large enough to gain), always, never.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @_with(_run_options)
 def export_command(model: str, **opts: Any) -> None:

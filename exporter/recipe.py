@@ -73,6 +73,7 @@ class QuantizationSection:
     search: bool = True
     max_fallback: float = 0.25
     search_budget: str | None = None
+    recurrent: str = "auto"  # GRU/LSTM into int8 steps: auto, always, never
     target: TargetSection = field(default_factory=TargetSection)
 
 
@@ -240,6 +241,8 @@ def _check_values(r: Recipe, problems: Problems) -> None:
             problems.add(f"model.dims.{dim}", f"must be at least 1, not {size}")
     if not 0 <= r.quantization.max_fallback <= 1:
         problems.add("quantization.max_fallback", f"must be within [0, 1], not {r.quantization.max_fallback}")
+    if r.quantization.recurrent not in ("auto", "always", "never"):
+        problems.add("quantization.recurrent", f"must be auto, always or never, not {r.quantization.recurrent!r}")
     for profile in r.budgets:
         if profile not in r.validation.profiles:
             problems.add(f"budgets.{profile}", f"overrides budgets of a profile that validation.profiles does not list ({', '.join(r.validation.profiles) or 'none'})")

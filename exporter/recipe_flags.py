@@ -66,6 +66,7 @@ EXPORT_FLAGS: dict[str, tuple[str, Callable[[Any], Any] | None]] = {
     "metric_min": ("quantization.target.metric_min", None),
     "max_fallback": ("quantization.max_fallback", None),
     "search_budget": ("quantization.search_budget", None),
+    "recurrent": ("quantization.recurrent", None),
     "seed": ("seed", None),
     "profiles": ("validation.profiles", _listed),
     "runs": ("validation.runs", None),

@@ -52,7 +52,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | Path | None = None, baseline: s
         m.source, out_dir=recipe.outputs.dir, force=force, inputs=list(m.inputs) or None, weights=m.weights,
         calib=d.calibration, eval=d.evaluation, precision=q.precision, trust_pickle=m.trust_pickle,
         export_config=OnnxExportConfig(opset=m.opset, exporter=m.exporter), quant_config=quant_config, search=q.search, fidelity=target,
-        max_fallback=q.max_fallback, search_budget=q.search_budget, seed=recipe.seed, cache_dir=cache_dir, progress=progress,
+        max_fallback=q.max_fallback, search_budget=q.search_budget, recurrent=q.recurrent, seed=recipe.seed, cache_dir=cache_dir, progress=progress,
         profile=profiles or None, runs=recipe.validation.runs, use_cache=use_cache, stateful=list(d.stateful) or None,
         dims=dict(m.dims) or None, torch_steps=[step_config(s) for s in recipe.steps], teacher=m.teacher, teacher_weights=m.teacher_weights,
         train_data=d.training, provenance=provenance, junit=recipe.outputs.junit,

@@ -20,6 +20,7 @@ from edgeport.passes.context import Progress
 from edgeport.passes.fidelity import FidelityScore
 from edgeport.passes.int8_eval import EvalSplit, Scorer
 from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.recurrent_scan import recurrence_weights
 from edgeport.passes.sensitivity import GroupRank, rank_groups
 
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
@@ -34,6 +35,7 @@ _SMALL_WEIGHTS = 64 * 1024  # bytes of constants above which give-back tries a M
 # otherwise the search pays MACs and megabytes for noise when the target is out of reach.
 MIN_STEP_GAIN = 0.02
 MIN_SQNR_GAIN_DB = 0.1
+FLOAT_COMPUTE_OPS = frozenset({"GRU", "LSTM", "RNN"})  # ORT has no int8 kernel for them, whatever Q/DQ sits around them
 
 
 @dataclass
@@ -67,11 +69,12 @@ class SearchSpace:
 
     def __post_init__(self) -> None:
         self.total = sum(self.macs.values()) or 1
-        in_groups = set(self.groups)
-        self.float_from_start = sum(m for n, m in self.macs.items() if n not in in_groups)
+        # A GRU/LSTM can read a Q/DQ'd input (and so be a group) yet ORT computes it in float
+        self._int8_macs = {n: self.macs.get(n, 0) for n in self.groups if self.op_of.get(n) not in FLOAT_COMPUTE_OPS}
+        self.float_from_start = sum(self.macs.values()) - sum(self._int8_macs.values())
 
     def share(self, reverted: set[str]) -> float:
-        return (self.float_from_start + sum(self.macs.get(n, 0) for n in reverted)) / self.total
+        return (self.float_from_start + sum(self._int8_macs.get(n, 0) for n in reverted)) / self.total
 
     def size_estimate(self, reverted: set[str]) -> int:
         """The file size with ``reverted`` in float: a float weight takes 4 bytes where int8 took 1."""
@@ -110,7 +113,8 @@ def weight_bytes(model: onnx.ModelProto, nodes: list[str]) -> dict[str, int]:
     """fp32 bytes of the constant inputs of each node: what reverting it adds to the file, times 4/3."""
     sizes = {t.name: 4 * math.prod(t.dims) for t in model.graph.initializer}
     by_name = {n.name: n for n in model.graph.node}
-    return {name: sum(sizes.get(i, 0) for i in by_name[name].input) for name in nodes if name in by_name}
+    return {name: sum(sizes.get(i, 0) for i in by_name[name].input) + sum(4 * math.prod(w.dims) for w in recurrence_weights(by_name[name]))
+            for name in nodes if name in by_name}
 
 
 def revert_free_types(space: SearchSpace, start: FidelityScore, search: EvalSplit, scorer: Scorer, budget: SearchBudget, *,

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edgeport.passes.recurrent_scan import is_recurrence
+
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
 
@@ -20,6 +22,8 @@ def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:
         for node in graph.node:
             if nested and node.op_type in COMPUTE_OPS:
                 found[node.op_type] = found.get(node.op_type, 0) + 1
+            if is_recurrence(node):
+                continue  # its step is quantized by recurrent_scan, and counted
             for attribute in node.attribute:
                 for body in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
                              attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):

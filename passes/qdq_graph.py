@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from edgeport.passes.recurrent_scan import is_int8_recurrence
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
@@ -61,7 +63,8 @@ class QdqModel:
         dq_outputs = {n.output[0] for n in qdq.graph.node if n.op_type == "DequantizeLinear"}
         self.quantized: list[str] = [
             n.name for n in qdq.graph.node
-            if n.op_type not in QDQ_OPS and n.name in self._source_nodes and n.name not in always_float and any(i in dq_outputs for i in n.input)
+            if n.op_type not in QDQ_OPS and n.name in self._source_nodes and n.name not in always_float
+            and (any(i in dq_outputs for i in n.input) or is_int8_recurrence(n))
         ]
 
     def session(self, reverted: set[str] | frozenset[str]):
@@ -114,6 +117,9 @@ def _rewired(node: onnx.NodeProto, source: onnx.NodeProto, available: set[str], 
     before its QuantizeLinear. Returns the node and {new initializer name: source initializer}."""
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
+    if is_int8_recurrence(node):  # its int8 step lives in its body: the float source's body is the revert
+        del copy.attribute[:]
+        copy.attribute.extend(source.attribute)
     floats: dict[str, str] = {}
     for index, name in enumerate(source.input):
         if index >= len(copy.input) or not name:

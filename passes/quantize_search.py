@@ -35,6 +35,7 @@ from edgeport.passes.quantize_static import (
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
+from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, prepared_recurrences
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, weight_bytes,
@@ -73,6 +74,7 @@ class AccuracyAwareInt8Config:
     calibration_methods: tuple[str, ...] = ("minmax", "percentile")
     equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
+    recurrent: str = "auto"  # GRU/LSTM into int8 Scans: auto (large steps only), always, never
     # SmoothQuant's migration strengths, each tried: 0.5 (the paper's default), 0.8, 0.95 (NNCF's for MatMul)
     smooth_alphas: tuple[float, ...] = (0.5, 0.8, 0.95)
     guard_band: float = 0.3  # the search split must beat the target by this normalized margin, so held-out data meets it too
@@ -88,6 +90,8 @@ class AccuracyAwareInt8Config:
         for alpha in self.smooth_alphas:
             if not 0.0 < alpha < 1.0:
                 raise UsageError(f"smooth alpha {alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")
+        if self.recurrent not in RECURRENT_CHOICES:
+            raise UsageError(f"recurrent '{self.recurrent}' is unknown", fix=f"use one of {', '.join(RECURRENT_CHOICES)}")
         unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
         if unknown or not self.calibration_methods:
             raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
@@ -142,6 +146,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
         source = prepare_for_qnn(source, work, notes)
     name_nodes(source)
+    if not on_npu:  # ORT's CPU kernels; QNN takes GRU/LSTM whole or not at all
+        source, recurrences = prepared_recurrences(source, config.recurrent)
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
@@ -184,6 +190,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     best = candidate(source_path, ranges, methods[0], methods[0])
     plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
+    if not on_npu and recurrences:
+        improvements["recurrent_cells"] = recurrences
     if npu_smoothing:
         improvements["smooth_quant"] = "not tried: its scales stay float, which QNN's HTP would leave to the CPU"
     # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
@@ -319,6 +327,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     held_out_score = scorer.score(final_session, held_out)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
     float_share = space.share(set() if on_npu else reverted)
+    if not on_npu and space.share(set()) > config.max_fallback:
+        notes.append(f"{space.share(set()):.0%} of MACs are in ops ONNX Runtime computes only in float, over the {config.max_fallback:.0%} "
+                     "fallback budget before any revert" + (f" (recurrent cells: {improvements['recurrent_cells']['rule']})"
+                                                            if "recurrent_cells" in improvements else ""))
     met = search_score.met and held_out_score.met
     floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
     # the floor blocks only a model that still rounds its inputs; where the search kept their

@@ -27,6 +27,7 @@ from edgeport.passes.context import PassContext, QuantTarget, config_to_dict
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
+from edgeport.passes.recurrent_scan import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.passes.registry import PassInfo
 
@@ -259,7 +260,10 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime quantization failed: {first_line(exc)[:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
     quantized = onnx.load(str(out_path), load_external_data=False)
-    if sort_topologically(quantized):  # an If moved above what its branches read
+    # ORT's quantizer never enters a Scan: the int8 search's recurrences get their int8 step here
+    stepped = quantize_recurrences(quantized, activation_type=config.activation_type, weight_type=config.weight_type,
+                                   reduce_range=reduce_range, exclude=set(exclude_nodes))
+    if sort_topologically(quantized) or stepped:  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
 
 

@@ -17,6 +17,7 @@ import onnx
 
 from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing
 from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.recurrent_scan import is_recurrence, recurrence_weights
 from edgeport.runtimes.graph_cost import node_macs
 
 
@@ -39,7 +40,9 @@ def node_mac_counts(source: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dic
     """MACs per node of the float model for one sample, from the shapes a real run produces."""
     init_shapes = {t.name: tuple(t.dims) for t in source.graph.initializer}
     wanted = [n for n in source.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN") and n.name]
-    names = list(dict.fromkeys(t for n in wanted for t in (*n.input[:3], n.output[0]) if t and t not in init_shapes))
+    recurrences = [n for n in source.graph.node if is_recurrence(n)]
+    names = list(dict.fromkeys([*(t for n in wanted for t in (*n.input[:3], n.output[0]) if t and t not in init_shapes),
+                                *(n.input[-1] for n in recurrences)]))
     values = run_exposing(source, names, [feed])
     shapes = {**init_shapes, **{name: values[name][0].shape for name in names if name in values}}
     counts = {}
@@ -47,6 +50,9 @@ def node_mac_counts(source: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dic
         out = shapes.get(node.output[0])
         macs = node_macs(node, shapes, out) if out is not None else None
         counts[node.name] = int(macs or 0)
+    for node in recurrences:  # steps x batch rows x the step MatMuls' weights
+        steps = shapes.get(node.input[-1])
+        counts[node.name] = int(steps[0] * steps[1] * sum(np.prod(w.dims) for w in recurrence_weights(node))) if steps else 0
     return counts
 
 

@@ -20,8 +20,9 @@ from edgeport.errors import first_line
 from edgeport.specs import TensorSpec
 
 MAC_OPS = {"Conv", "QLinearConv", "ConvInteger", "ConvTranspose", "Gemm", "MatMul", "QLinearMatMul", "MatMulInteger",
-           "LSTM", "GRU", "RNN"}
-INT8_COMPUTE_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits"}
+           "MatMulIntegerToFloat", "LSTM", "GRU", "RNN"}
+INT8_COMPUTE_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                    "MatMulNBits"}
 DATA_MOVEMENT_OPS = {"Transpose", "Reshape", "Concat", "Split", "Slice", "Gather", "GatherElements", "Pad", "Expand", "Tile",
                      "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Shape",
                      "Cast", "ScatterND", "GatherND"}
@@ -207,6 +208,8 @@ def _cost_graph(graph: onnx.GraphProto, tensors: _TensorFacts, cost: GraphCost, 
             _cost_control_flow(node, tensors, cost, repeats)
             continue
         out = tensors.shapes.get(node.output[0]) if node.output else None
+        if out is None and node.op_type == "MatMulIntegerToFloat":
+            out = _contrib_matmul_shape(node, tensors)  # ONNX's shape inference does not know the contrib op
         if out is None:
             cost.shapeless.append(node.name or node.op_type)
             if node.op_type in MAC_OPS:
@@ -326,7 +329,7 @@ def node_macs(node: onnx.NodeProto, shapes: dict, out: tuple[int, ...]) -> int |
         if op == "ConvTranspose":  # weight is (C_in, C_out / group, k...): each input element meets prod(weight[1:])
             return _count(shapes.get(node.input[0], out)) * int(np.prod(weight[1:]))
         return _count(out) * int(np.prod(weight[1:]))
-    if op in ("Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"):
+    if op in ("Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat"):
         a = shapes.get(node.input[0])
         if a is None:
             return None
@@ -339,6 +342,17 @@ def node_macs(node: onnx.NodeProto, shapes: dict, out: tuple[int, ...]) -> int |
             return None
         return int(x[0] * x[1] * (np.prod(w) + np.prod(r)))  # seq x batch x (input + recurrent weights)
     return None
+
+
+def _contrib_matmul_shape(node: onnx.NodeProto, tensors: _TensorFacts) -> tuple[int, ...] | None:
+    """MatMulIntegerToFloat's output shape from its operands' ([.., K] x [K, N] -> [.., N]),
+    as an int8 recurrence's step writes it inside a Scan body, where no run can expose it."""
+    a, b = tensors.shapes.get(node.input[0]), tensors.shapes.get(node.input[1])
+    if a is None or b is None or len(b) != 2:
+        return None
+    tensors.shapes[node.output[0]] = (*a[:-1], b[-1])
+    tensors.itemsize[node.output[0]] = 4
+    return tensors.shapes[node.output[0]]
 
 
 def _all_nodes(graph: onnx.GraphProto):

@@ -1,0 +1,198 @@
+"""GRU/LSTM cells into int8: the Scan rewrite is exact in float for every form it takes, its int8
+step stays faithful, the search reaches 0% float MACs on a recurrent net, a revert gives the float
+step back, and small cells (where ORT's fused kernel is faster) stay as they are, with the reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeport.artifacts import OnnxArtifact
+from edgeport.data import open_data
+from edgeport.passes import PassContext
+from edgeport.passes.fidelity import FidelityTarget
+from edgeport.passes.int8_eval import session_for
+from edgeport.passes.int8_graph_facts import name_nodes
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
+from edgeport.passes.recurrent_scan import is_int8_recurrence, quantize_recurrences, unfold_recurrences
+from edgeport.passes.sensitivity import node_mac_counts
+from tests.conftest import npz_file
+
+
+def _torch_rnn(kind: str, bidirectional: bool, layers: int = 1, hidden: int = 24) -> onnx.ModelProto:
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = getattr(torch.nn, kind)(16, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return y
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.randn(2, 7, 16),), buffer, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "batch", 1: "time"}}, opset_version=17, dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    name_nodes(model)
+    return model
+
+
+def _run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    return session_for(model).run(None, feed)
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_scan_form_computes_what_the_cell_computes_at_any_batch_and_length(kind, bidirectional):
+    source = _torch_rnn(kind, bidirectional, layers=2)
+    model, scans, skipped = unfold_recurrences(source, min_step_macs=0)
+    onnx.checker.check_model(model, full_check=True)
+    assert not skipped and len(scans) == 2 * (2 if bidirectional else 1)
+    assert not any(n.op_type in ("GRU", "LSTM") for n in model.graph.node)
+    for batch, steps in ((1, 5), (3, 19)):  # neither is the export's 2 x 7
+        x = np.random.default_rng(batch).standard_normal((batch, steps, 16)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, {"x": x})[0], _run(source, {"x": x})[0], atol=2e-6)
+
+
+def _onnx_cell(op: str, linear_before_reset: int, with_initial_state: bool, direction: str = "forward") -> onnx.ModelProto:
+    """A cell as other converters write it: every output used, states given as inputs."""
+    rng = np.random.default_rng(0)
+    hidden, width, gates = 8, 6, {"GRU": 3, "LSTM": 4}[op]
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [numpy_helper.from_array(rng.standard_normal((dirs, gates * hidden, width)).astype(np.float32) * 0.5, "W"),
+             numpy_helper.from_array(rng.standard_normal((dirs, gates * hidden, hidden)).astype(np.float32) * 0.5, "R"),
+             numpy_helper.from_array(rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32) * 0.1, "B")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", width])]
+    cell_inputs = ["x", "W", "R", "B", ""]
+    if with_initial_state:
+        inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [dirs, "batch", hidden]))
+        cell_inputs.append("h0")
+        if op == "LSTM":
+            inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [dirs, "batch", hidden]))
+            cell_inputs.append("c0")
+    outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
+    attributes = {"hidden_size": hidden, "direction": direction}
+    if op == "GRU":
+        attributes["linear_before_reset"] = linear_before_reset
+    node = helper.make_node(op, cell_inputs, outputs, name="cell", **attributes)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op,linear_before_reset,with_initial_state,direction", [
+    ("GRU", 0, False, "forward"), ("GRU", 0, True, "reverse"), ("GRU", 1, True, "bidirectional"),
+    ("LSTM", 0, True, "forward"), ("LSTM", 0, True, "bidirectional"),
+])
+def test_every_output_and_given_states_survive_the_rewrite(op, linear_before_reset, with_initial_state, direction):
+    source = _onnx_cell(op, linear_before_reset, with_initial_state, direction)
+    model, scans, skipped = unfold_recurrences(source, min_step_macs=0)
+    assert scans and not skipped
+    rng = np.random.default_rng(1)
+    dirs = 2 if direction == "bidirectional" else 1
+    feed = {"x": rng.standard_normal((9, 3, 6)).astype(np.float32)}
+    if with_initial_state:
+        feed["h0"] = np.tanh(rng.standard_normal((dirs, 3, 8))).astype(np.float32)
+        if op == "LSTM":
+            feed["c0"] = rng.standard_normal((dirs, 3, 8)).astype(np.float32)
+    for got, want in zip(_run(model, feed), _run(source, feed)):
+        np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_cells_it_cannot_rewrite_exactly_are_left_and_named():
+    source = _onnx_cell("GRU", 1, False)
+    source.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
+    model, scans, skipped = unfold_recurrences(source, min_step_macs=0)
+    assert not scans and "clip" in skipped["cell"]
+    assert [n.op_type for n in model.graph.node] == ["GRU"]
+    small = unfold_recurrences(_onnx_cell("GRU", 1, False))[2]["cell"]  # 3 x 8 x 8 MACs per step: the fused kernel wins
+    assert "192 recurrent MACs per step" in small
+
+
+def test_the_int8_step_stays_within_rounding_of_the_float_step():
+    source = _torch_rnn("GRU", False, hidden=64)
+    model, _, _ = unfold_recurrences(source, min_step_macs=0)
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    assert quantize_recurrences(quantized, activation_type="uint8", weight_type="int8", reduce_range=True) == 1
+    scan = next(n for n in quantized.graph.node if n.op_type == "Scan")
+    assert is_int8_recurrence(scan)
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    weights = [numpy_helper.to_array(t) for t in body.initializer if t.name.endswith("weight_quantized")]
+    assert weights and all(w.dtype == np.int8 and np.abs(w).max() <= 63 for w in weights)  # 7-bit under reduce_range
+    assert not any(t.data_type == TensorProto.FLOAT and len(t.dims) == 2 for t in body.initializer)  # no float weight left
+    x = np.random.default_rng(0).standard_normal((2, 40, 16)).astype(np.float32)
+    want, got = _run(source, {"x": x})[0], _run(quantized, {"x": x})[0]
+    cosine = float((want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got))
+    assert 0.999 < cosine < 1.0 - 1e-9  # int8 changed the numbers, and only by rounding
+
+
+def _audio_gru(hidden: int):
+    import torch
+    from torch import nn
+
+    class AudioGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frontend = nn.Sequential(nn.Conv1d(10, hidden, 3, padding=1), nn.ReLU())
+            self.gru = nn.GRU(hidden, hidden, batch_first=True)
+            self.head = nn.Linear(hidden, 6)
+
+        def forward(self, frames):
+            x = self.frontend(frames.transpose(1, 2)).transpose(1, 2)
+            out, _ = self.gru(x)
+            return self.head(out.mean(1))
+
+    torch.manual_seed(0)
+    return AudioGRU().eval()
+
+
+def test_the_search_puts_a_recurrent_net_in_int8_and_a_revert_gives_the_float_step_back(tmp_path):
+    import edgeport
+
+    edgeport.export(_audio_gru(32), inputs=["frames:batchxtimex10"], quantize=False, out_dir=tmp_path / "fp32")
+    artifact = OnnxArtifact.from_file(tmp_path / "fp32" / "model.onnx")
+    rng = np.random.default_rng(0)
+    calib = npz_file(tmp_path, "calib.npz", frames=rng.standard_normal((32, 30, 10)).astype(np.float32))
+    evaluation = npz_file(tmp_path, "eval.npz", frames=rng.standard_normal((32, 30, 10)).astype(np.float32))
+    target = FidelityTarget(min_cosine=0.99, min_top1_agreement=None)
+
+    def search(mode: str, name: str):
+        ctx = PassContext(work_dir=tmp_path / name, calibration=open_data(calib, role="calibration"),
+                          evaluation=open_data(evaluation, role="evaluation"))
+        result = quantize_accuracy_aware(artifact, AccuracyAwareInt8Config(target=target, recurrent=mode), ctx=ctx)
+        return result, ctx.records[-1]
+
+    result, record = search("always", "always")
+    metrics = record.metrics
+    assert metrics["fidelity"]["met"] and metrics["float_mac_share"] == 0.0
+    assert metrics["improvements"]["recurrent_cells"]["rewritten"] == ["/gru/GRU/recurrence"]
+    int8 = onnx.load(str(result.path))
+    scan = next(n for n in int8.graph.node if n.op_type == "Scan")
+    assert is_int8_recurrence(scan)
+    feed = {"frames": rng.standard_normal((2, 45, 10)).astype(np.float32)}  # a length calibration never saw
+    np.testing.assert_allclose(_run(int8, feed)[0], _run(onnx.load(str(artifact.path)), feed)[0], atol=0.05)
+
+    # the Scan is one group: reverting it puts the float step back, exactly
+    source, _, _ = unfold_recurrences(onnx.load(str(artifact.path)), min_step_macs=0)
+    qdq = QdqModel(int8, source)
+    assert scan.name in qdq.quantized
+    reverted = qdq.with_float({scan.name})
+    assert not is_int8_recurrence(next(n for n in reverted.graph.node if n.op_type == "Scan"))
+    macs = node_mac_counts(source, feed)
+    assert macs[scan.name] == 45 * 2 * 3 * 32 * 32  # steps x batch x the step's weights
+
+    # auto: a 32-wide step is far below where int8 pays on ORT, so the GRU stays, counted as float
+    _, auto_record = search("auto", "auto")
+    auto = auto_record.metrics
+    assert auto["improvements"]["recurrent_cells"]["rewritten"] == []
+    assert "/gru/GRU" in auto["improvements"]["recurrent_cells"]["kept_float"]
+    assert auto["float_mac_share"] > 0.5  # the GRU reads a Q/DQ'd input, yet ORT computes it in float
+    assert any("computes only in float" in note for note in auto_record.notes)
