@@ -28,7 +28,7 @@ from edgeport.passes.opset_upgrade import OpsetUpgradeConfig
 from edgeport.passes.fidelity import FidelityTarget
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 from edgeport.passes.quantize_static import StaticInt8Config
-from edgeport.passes import run_pass
+from edgeport.passes import finishing_steps, pass_info, run_pass
 from edgeport.passes.ort_format import OrtFormatConfig
 from edgeport.passes.qnn_context import QnnContextConfig, QnnRefusal, context_files
 from edgeport.pipeline import Pipeline
@@ -213,9 +213,15 @@ def export(
         if not use_cache:  # --no-cache means no cached calibration ranges either
             quant_config = _without_range_cache(quant_config)
         precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
-        int8_pipeline = Pipeline([precision_step] if precision_step else [], use_cache=use_cache)
+        # what a torch step asks of the finished file (weight sharing: indices and codebooks), for fp32
+        # output; a reduced precision stores the weights its own way
+        finishing = finishing_steps(torch_steps) if isinstance(artifact, TorchArtifact) else []
+        unfinished = [f"{pass_info(f).name} not run: it applies to fp32 output, and {precision} stores weights its own way"
+                      for f in finishing] if precision_step is not None else []
+        finishing = finishing if precision_step is None else []
+        int8_pipeline = Pipeline([precision_step] if precision_step else finishing, use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
-        reduced = precision_step is not None  # a second, smaller-precision model beside the fp32 one
+        reduced = precision_step is not None or bool(finishing)  # a second model (smaller precision, or packed) beside the fp32 one
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
         names = _stage_artifacts(output, fp32, final if reduced else None)
         post_steps = [OrtFormatConfig()] if any(p.runtime.model_format == "ort" for p in profiles) else []
@@ -243,7 +249,7 @@ def export(
             steps=[r.to_dict() for r in ctx.records],
             artifacts={n: {"bytes": output.stage(n).stat().st_size, "sha256": file_sha256(output.stage(n))} for n in names},
             versions=runtime_versions(),
-            warnings=data_warnings + [n for r in ctx.records for n in r.notes] + ([context_warning] if context_warning else []),
+            warnings=data_warnings + [n for r in ctx.records for n in r.notes] + ([context_warning] if context_warning else []) + unfinished,
         )
         if choice is not None:
             report["precision"] = choice.to_dict()

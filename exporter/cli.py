@@ -448,7 +448,8 @@ def distill_command(**opts: Any) -> None:
 @click.argument("model")
 @click.option("--weights", metavar="FILE")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]")
-@click.option("--method", type=click.Choice(["magnitude", "channels", "lowrank"]), required=True)
+@click.option("--method", required=True, metavar="METHOD",
+              help="magnitude, channels, lowrank: any prune:<method> pass of the registry (checked when it runs).")
 @click.option("--ratio", type=float, help="Share of weights (magnitude) or channels (channels) to remove.")
 @click.option("--energy", type=float, default=0.9, show_default=True, help="lowrank: share of the spectrum each factorization keeps.")
 @click.option("--steps", type=int, default=1, show_default=True, help="channels: prune in this many rounds, recovering between them.")

@@ -19,7 +19,7 @@ from edgeport.data import DataSource, open_data
 from edgeport.errors import EXIT_BUDGET_FAILED, EXIT_OK, ExportError, UsageError, first_line
 from edgeport.model_loading import load_model
 from edgeport.outputs import OutputFolder
-from edgeport.passes import run_pass
+from edgeport.passes import prune_methods, run_pass, step_kinds
 from edgeport.passes.context import NullProgress, PassContext, Progress, default_cache_dir
 from edgeport.passes.distill import DistillConfig, distill as distill_pass
 from edgeport.passes.distill_world import finish_distributed, is_main_process
@@ -31,7 +31,6 @@ from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
 from edgeport.specs import TensorSpec, example_array, parse_input_specs
 from edgeport.versions import runtime_versions
 
-METHODS = ("magnitude", "channels", "lowrank")
 
 
 @dataclass
@@ -76,13 +75,16 @@ def prune(
     steps: int = 1, recover: DistillConfig | None = None, round_to: int = 8, ignore: Sequence[str] = (), layers: Sequence[str] | None = None,
     energy: float = 0.9, eval_data: str | Path | DataSource | None = None, trust_pickle: bool = False, seed: int = 0,
     cache_dir: str | Path | None = None, progress: Progress | None = None, force: bool = False, min_fidelity: float = 0.9,
+    method_options: dict[str, Any] | None = None,
 ) -> CompressResult:
-    """Prune ``model`` (magnitude or channels) or factorize it (lowrank). With ``data`` and
-    ``recover``, channel pruning runs in ``steps`` rounds, each followed by distillation from the
-    original (or ``teacher``) to win back accuracy."""
-    if method not in METHODS:
-        raise UsageError(f"pruning method '{method}' is unknown", fix=f"use one of {', '.join(METHODS)}")
-    if method != "lowrank" and ratio is None:
+    """Prune ``model`` (magnitude or channels) or factorize it (lowrank), or run any other
+    ``prune:<method>`` pass the registry holds, configured by ``method_options`` (its config's
+    fields). With ``data`` and ``recover``, channel pruning runs in ``steps`` rounds, each followed
+    by distillation from the original (or ``teacher``) to win back accuracy."""
+    methods = prune_methods()
+    if method not in methods:
+        raise UsageError(f"pruning method '{method}' is unknown", fix=f"use one of {', '.join(methods)}")
+    if method in ("magnitude", "channels") and ratio is None:
         raise UsageError(f"--ratio is required for {method} pruning", fix="pass e.g. --ratio 0.5")
     if steps < 1:
         raise UsageError(f"--steps {steps} is below 1", fix="use 1 or more")
@@ -98,6 +100,8 @@ def prune(
         configs = [MagnitudePruneConfig(ratio=ratio, layers=tuple(layers) if layers else None)]
     elif method == "lowrank":
         configs = [LowRankConfig(energy=energy, layers=tuple(layers) if layers else None)]
+    elif method != "channels":
+        configs = [step_kinds()[f"prune:{method}"](**{**({"layers": tuple(layers)} if layers else {}), **(method_options or {})})]
     else:
         per_step = 1 - (1 - ratio) ** (1 / steps)  # the kept share compounds over steps
         configs = [ChannelPruneConfig(ratio=round(per_step, 6), round_to=round_to, ignore=tuple(ignore)) for _ in range(steps)]

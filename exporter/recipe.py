@@ -141,13 +141,10 @@ def _plain(value: Any) -> Any:
 
 
 def step_kinds() -> dict[str, type]:
-    """Step kind -> pass config class. ``prune`` takes ``method`` to pick its config."""
-    from edgeport.passes.distill import DistillConfig
-    from edgeport.passes.lowrank import LowRankConfig
-    from edgeport.passes.prune import ChannelPruneConfig, MagnitudePruneConfig
+    """Step kind -> pass config class, from the pass registry. ``prune`` takes ``method`` to pick its config."""
+    from edgeport.passes import step_kinds as registered
 
-    return {"distill": DistillConfig, "prune:magnitude": MagnitudePruneConfig, "prune:channels": ChannelPruneConfig,
-            "prune:lowrank": LowRankConfig}
+    return registered()
 
 
 def step_config(step: Step) -> Any:
@@ -192,11 +189,12 @@ def _parse_steps(raw: Any, problems: Problems) -> tuple[Step, ...]:
         options = {k: v for k, v in table.items() if k != "kind"}
         kind = table.get("kind")
         key = f"prune:{options.get('method')}" if kind == "prune" else kind
-        if kind not in ("distill", "prune"):
+        if kind not in {k.split(":", 1)[0] for k in kinds}:
             problems.add(f"{where}.kind", f"must be 'distill' or 'prune', not {kind!r}")
             continue
         if key not in kinds:
-            problems.add(f"{where}.method", f"must be magnitude, channels or lowrank, not {options.get('method')!r}")
+            methods = [k.split(":", 1)[1] for k in kinds if k.startswith("prune:")]
+            problems.add(f"{where}.method", f"must be {', '.join(methods[:-1])} or {methods[-1]}, not {options.get('method')!r}")
             continue
         config_fields = {k: v for k, v in options.items() if k != "method" or kind != "prune"}
         before = len(problems.items)

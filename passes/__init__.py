@@ -37,6 +37,21 @@ PASSES: dict[type, PassInfo] = {info.config: info for info in (
 )}
 
 
+def step_kinds() -> dict[str, type]:
+    """Recipe step kind ("distill", "prune:<method>") -> its pass config class."""
+    return {info.step: info.config for info in PASSES.values() if info.step}
+
+
+def prune_methods() -> list[str]:
+    return [kind.split(":", 1)[1] for kind in step_kinds() if kind.startswith("prune:")]
+
+
+def finishing_steps(torch_steps: Any) -> list[Any]:
+    """The ONNX passes the given torch steps ask export to run on the shipped fp32 model, once each."""
+    found = [pass_info(step).finishing for step in torch_steps if pass_info(step).finishing is not None]
+    return list({type(config): config for config in found}.values())
+
+
 def pass_info(config: Any) -> PassInfo:
     info = PASSES.get(type(config))
     if info is None:

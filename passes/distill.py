@@ -484,4 +484,4 @@ def distill_step(artifact: TorchArtifact, config: DistillConfig, *, ctx: PassCon
     return distill(artifact, config, teacher=ctx.teacher, data=ctx.training, ctx=ctx)
 
 
-PASS = PassInfo(DistillConfig, distill_step, name="distill", label="distilling", kind="torch")
+PASS = PassInfo(DistillConfig, distill_step, name="distill", label="distilling", kind="torch", step="distill")

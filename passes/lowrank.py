@@ -11,7 +11,7 @@ from typing import Any
 from edgeport.artifacts import StepRecord, TorchArtifact
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
-from edgeport.passes.prune import _select_layers, verify_pruned
+from edgeport.passes.prune import select_layers, verify_pruned
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.registry import PassInfo
 
@@ -35,7 +35,7 @@ def low_rank(model: TorchArtifact, config: LowRankConfig, *, ctx: PassContext) -
 
     started = time.perf_counter()
     module = copy.deepcopy(model.module).eval()
-    candidates = _select_layers(module, config.layers, (nn.Linear, nn.Conv2d))
+    candidates = select_layers(module, config.layers, (nn.Linear, nn.Conv2d))
     replaced: list[dict[str, Any]] = []
     macs_before = count_macs(module, model.inputs)
     for name, layer in candidates:
@@ -78,4 +78,4 @@ def _set_submodule(root: Any, dotted: str, new: Any) -> None:
     setattr(parent, child, new)
 
 
-PASS = PassInfo(LowRankConfig, low_rank, name="low_rank", label="factorizing layers", kind="torch")
+PASS = PassInfo(LowRankConfig, low_rank, name="low_rank", label="factorizing layers", kind="torch", step="prune:lowrank")

@@ -65,7 +65,7 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
 
     started = time.perf_counter()
     module = copy.deepcopy(model.module)
-    targets = _select_layers(module, config.layers, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
+    targets = select_layers(module, config.layers, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
     before = _compressed_size(module)
     params = [(m, "weight") for _, m in targets]
     if config.scope == "global":
@@ -97,7 +97,7 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
     rng = np.random.default_rng(ctx.seed)
     sizes = traceable_sizes(model, rng)
     example = tuple(torch.from_numpy(example_array(s, rng, sizes)) for s in model.inputs)
-    ignored = [m for _, m in _select_layers(module, config.ignore, (nn.Module,))] if config.ignore else []
+    ignored = [m for _, m in select_layers(module, config.ignore, (nn.Module,))] if config.ignore else []
     ignored += _output_layers(module, example)
     ignored_names = [n for n, m in module.named_modules() if any(m is i for i in ignored)]
     macs_before, params_before = count_macs(module, model.inputs), count_params(module)
@@ -234,7 +234,7 @@ def _width_fixed_by_code(model: TorchArtifact, config: ChannelPruneConfig, kept:
     return None
 
 
-def _select_layers(module: Any, names: tuple[str, ...] | None, kinds: tuple) -> list[tuple[str, Any]]:
+def select_layers(module: Any, names: tuple[str, ...] | None, kinds: tuple) -> list[tuple[str, Any]]:
     named = dict(module.named_modules())
     if names is None:
         return [(n, m) for n, m in named.items() if isinstance(m, kinds) and n]
@@ -255,5 +255,7 @@ def _compressed_size(module: Any) -> int:
     return len(zlib.compress(buffer.getvalue(), 6))
 
 
-MAGNITUDE_PASS = PassInfo(MagnitudePruneConfig, magnitude_prune, name="prune_magnitude", label="pruning weights", kind="torch")
-CHANNELS_PASS = PassInfo(ChannelPruneConfig, channel_prune, name="prune_channels", label="pruning channels", kind="torch")
+MAGNITUDE_PASS = PassInfo(MagnitudePruneConfig, magnitude_prune, name="prune_magnitude", label="pruning weights", kind="torch",
+                          step="prune:magnitude")
+CHANNELS_PASS = PassInfo(ChannelPruneConfig, channel_prune, name="prune_channels", label="pruning channels", kind="torch",
+                         step="prune:channels")

@@ -17,6 +17,11 @@ class PassInfo:
     kind: str  # "torch" or "onnx": the artifact it takes
     cacheable: bool = False  # its output depends only on its input, config, data and library versions
     precision: str | None = None  # the precision of the model it writes; None: its input's
+    # torch passes a recipe or the CLI can ask for: "distill", or "prune:<method>" (edgeport prune --method)
+    step: str | None = None
+    # an ONNX pass config that export runs on the shipped fp32 model when this torch pass ran
+    # (weight sharing's packing: only the finished file can hold indices instead of weights)
+    finishing: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("torch", "onnx"):

@@ -32,3 +32,14 @@ def test_run_pass_refuses_the_other_kind_of_model(tmp_path, digits_onnx):
     onnx_model = OnnxArtifact.from_file(digits_onnx)
     with pytest.raises(UsageError, match="the distill step takes a torch model, and it was given an ONNX model"):
         passes.run_pass(onnx_model, passes.DistillConfig(), ctx=None)
+
+
+def test_step_kinds_and_finishing_passes_come_from_the_registry():
+    kinds = passes.step_kinds()
+    assert kinds["distill"] is passes.DistillConfig and kinds["prune:channels"] is passes.ChannelPruneConfig
+    assert all(passes.pass_info(config()).kind == "torch" for config in kinds.values())  # a recipe step runs on the torch model
+    assert set(passes.prune_methods()) >= {"magnitude", "channels", "lowrank"}
+    for info in passes.PASSES.values():
+        if info.finishing is not None:  # a torch pass asks for an ONNX pass on the finished file
+            assert info.kind == "torch" and passes.pass_info(info.finishing).kind == "onnx"
+            assert passes.finishing_steps([info.config(), info.config()]) == [info.finishing]  # once, however often it ran
