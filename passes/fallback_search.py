@@ -73,6 +73,10 @@ class SearchSpace:
         self._int8_macs = {n: self.macs.get(n, 0) for n in self.groups if self.op_of.get(n) not in FLOAT_COMPUTE_OPS}
         self.float_from_start = sum(self.macs.values()) - sum(self._int8_macs.values())
 
+    def float_compute_share(self) -> float:
+        """MACs in ops ORT computes only in float (GRU/LSTM/RNN), as a share."""
+        return sum(m for n, m in self.macs.items() if self.op_of.get(n) in FLOAT_COMPUTE_OPS) / self.total
+
     def share(self, reverted: set[str]) -> float:
         return (self.float_from_start + sum(self._int8_macs.get(n, 0) for n in reverted)) / self.total
 

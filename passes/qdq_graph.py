@@ -99,7 +99,7 @@ class QdqModel:
         if restored:  # each re-applied activation goes right after the node that makes its input
             by_input = {n.input[0]: n for n in restored.values()}
             nodes = [m for n in nodes for m in (n, *(by_input[o] for o in n.output if o in by_input))]
-        nodes = _live_nodes(nodes, outputs)
+        nodes = live_nodes(nodes, outputs)
         used = {i for n in nodes for i in reads(n)} | outputs  # subgraphs read outer initializers too
         initializers = [t for t in graph.initializer if t.name in used]
         initializers += [_renamed(self._source_init[source], name) for name, source in needed_init.items()]
@@ -144,7 +144,7 @@ def _reapplied(activation: onnx.NodeProto, pre_activation: str) -> onnx.NodeProt
     return copy
 
 
-def _live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+def live_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
     """Drop nodes whose outputs nothing reads (Q/DQ pairs only reverted nodes used). An If or Loop
     reads, besides its inputs, every outer tensor its subgraphs name."""
     live = list(nodes)

@@ -35,7 +35,7 @@ from edgeport.passes.quantize_static import (
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
-from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, prepared_recurrences
+from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX, prepared_recurrences, restore_cells
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, weight_bytes,
@@ -146,8 +146,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
         source = prepare_for_qnn(source, work, notes)
     name_nodes(source)
+    folded = source  # a reverted cell goes back to its node from here
     if not on_npu:  # ORT's CPU kernels; QNN takes GRU/LSTM whole or not at all
-        source, recurrences = prepared_recurrences(source, config.recurrent)
+        excluded = {"GRU", "LSTM", "MatMul"} & set(quant.exclude_op_types) or (quant.op_types is not None and "MatMul" not in quant.op_types)
+        source, recurrences = prepared_recurrences(source, "never" if excluded else config.recurrent, frozenset(quant.exclude_nodes))
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)
@@ -298,12 +300,13 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         # The mix the search measured, exactly: reverted nodes read their float inputs, every other
         # Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted node's input quantized when its
         # producer is quantized, which is a different model.)
-        final_model = qdq_model.with_float(reverted)
+        final_model, unfolded = restore_cells(qdq_model.with_float(reverted), folded, reverted) if not on_npu else (qdq_model.with_float(reverted), set())
         if gather_before_dequantize(final_model):
             notes.append("embedding tables stay int8 at run time: each Gather reads the int8 table and dequantizes only the rows it takes")
         onnx.save(final_model, str(out_path))
     else:
         final_source = best.correction.restored(reverted) if best.correction is not None else best.float_source
+        final_source, unfolded = restore_cells(final_source, folded, reverted)
         final_source_path = work / "final-source.onnx"
         onnx.save(final_source, str(final_source_path))
         quantize_from_ranges(final_source_path, out_path, best.ranges, best.method, op_types, quant, reduce_range,
@@ -314,7 +317,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     final_qdq = str(out_path)
     final_session = session_for(final_qdq)
     # a QDQ artifact is the very mix the search scored last; a QOperator one is a new model
-    search_score = result.score if quant.format == "qdq" else scorer.score(final_session, search)
+    search_score = result.score if quant.format == "qdq" and not unfolded else scorer.score(final_session, search)
     judged_on = "ONNX Runtime's CPU kernels on this host"
     searched_on = len(search)
     npu_session = npu_verdict_session(final_qdq, quant.target_options, notes) if on_npu else None
@@ -326,11 +329,15 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         search_score = scorer.score(final_session, search)
     held_out_score = scorer.score(final_session, held_out)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_search"))
-    float_share = space.share(set() if on_npu else reverted)
-    if not on_npu and space.share(set()) > config.max_fallback:
-        notes.append(f"{space.share(set()):.0%} of MACs are in ops ONNX Runtime computes only in float, over the {config.max_fallback:.0%} "
-                     "fallback budget before any revert" + (f" (recurrent cells: {improvements['recurrent_cells']['rule']})"
-                                                            if "recurrent_cells" in improvements else ""))
+    if unfolded:
+        notes.append(f"reverted recurrent cells run as their original GRU/LSTM node (ORT's fused float kernel beats a float Scan): "
+                     f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
+    float_share = space.share(set() if on_npu else reverted | unfolded)
+    float_only = space.float_compute_share()
+    if not on_npu and float_only > config.max_fallback:
+        notes.append(f"{float_only:.0%} of MACs are in GRU/LSTM/RNN nodes, which ONNX Runtime computes only in float: over the "
+                     f"{config.max_fallback:.0%} fallback budget before any revert" + (f" (recurrent cells: {improvements['recurrent_cells']['rule']})"
+                                                                                        if "recurrent_cells" in improvements else ""))
     met = search_score.met and held_out_score.met
     floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
     # the floor blocks only a model that still rounds its inputs; where the search kept their
@@ -368,7 +375,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "fallback": "16-bit activations (W8A16): float on QNN's HTP would run on the CPU" if on_npu else "float",
-            "fallback_mac_share": round(space.share(reverted) - space.share(set()), 4),
+            "fallback_mac_share": round(space.share(reverted | unfolded) - space.share(set()), 4),
             **({"activations_16bit": wide_activation_share(onnx.load(final_qdq, load_external_data=False))} if on_npu else {}),
             "reverted": [space.describe(g) for g in sorted(reverted)],
             "groups": len(groups),

@@ -261,8 +261,8 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
             raise QuantizationError(f"ONNX Runtime quantization failed: {first_line(exc)[:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
     quantized = onnx.load(str(out_path), load_external_data=False)
     # ORT's quantizer never enters a Scan: the int8 search's recurrences get their int8 step here
-    stepped = quantize_recurrences(quantized, activation_type=config.activation_type, weight_type=config.weight_type,
-                                   reduce_range=reduce_range, exclude=set(exclude_nodes))
+    stepped = quantize_recurrences(quantized, activation_type=config.activation_type, reduce_range=reduce_range,
+                                   exclude=set(exclude_nodes)) if "MatMul" in op_types else 0
     if sort_topologically(quantized) or stepped:  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
 

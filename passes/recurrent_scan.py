@@ -10,7 +10,10 @@ starts from zeros or from a state it made: its int8 range is known without calib
 matters because a Scan body's tensors are not visible to ORT's calibrator.
 
 Handled: GRU and LSTM, forward, reverse and bidirectional, layout 0, default activations, no clip,
-no sequence_lens, no peepholes. Anything else is left as it is and named.
+no sequence_lens, no peepholes, starting from zeros (a given initial state can lie outside (-1, 1),
+which the step's fixed scale would clip). Anything else is left as it is and named. A cell whose
+Scan the search reverts goes back to the original node (``restore_cells``): a float Scan is slower
+than ORT's fused cell.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from onnx import helper, numpy_helper
 from edgeport.passes.graph_edit import editable_copy
 
 SCAN_SUFFIX = "/recurrence"
+MARK = "edgeport:recurrence:"  # a made Scan body's doc_string, then the cell's name: no user Scan is taken for one
 PROJECTION_SUFFIX = "/input_projection"
 STEP_MATMUL = "recurrent_matmul"
 _GATES = {"GRU": 3, "LSTM": 4}
@@ -32,7 +36,8 @@ _GATES = {"GRU": 3, "LSTM": 4}
 MIN_STEP_MACS = 200_000
 
 
-def unsupported_reason(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> str | None:
+def unsupported_reason(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+                       producers: dict[str, onnx.NodeProto] | None = None) -> str | None:
     """Why this GRU/LSTM cannot be rewritten exactly; None when it can."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if attrs.get("layout", 0) != 0:
@@ -47,6 +52,9 @@ def unsupported_reason(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto])
         return "input_forget"
     if len(node.input) > 4 and node.input[4]:
         return "sequence_lens"
+    states = node.input[5:7] if node.op_type == "LSTM" else node.input[5:6]
+    if any(s and not _zeros(s, inits, producers or {}) for s in states):
+        return "a given initial state, which may lie outside the (-1, 1) the int8 step's fixed scale covers"
     if node.op_type == "LSTM" and len(node.input) > 7 and node.input[7]:
         return "peepholes"
     if any(name not in inits for name in node.input[1:4] if name):
@@ -54,13 +62,33 @@ def unsupported_reason(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto])
     return None
 
 
-def unfold_recurrences(source: onnx.ModelProto, min_step_macs: int = MIN_STEP_MACS) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
+_SHAPE_ONLY = ("Slice", "Gather", "Reshape", "Squeeze", "Unsqueeze", "Expand", "Identity", "Transpose", "Tile")
+
+
+def _zeros(tensor: str, inits: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto]) -> bool:
+    """A constant zero state: an all-zero initializer, or ConstantOfShape of 0 (what PyTorch writes,
+    sliced per layer for a stack), through ops that only move values."""
+    if tensor in inits:
+        return not np.any(numpy_helper.to_array(inits[tensor]))
+    node = producers.get(tensor)
+    if node is not None and node.op_type in _SHAPE_ONLY:
+        return _zeros(node.input[0], inits, producers)
+    if node is None or node.op_type != "ConstantOfShape":
+        return False
+    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    return value is None or not np.any(numpy_helper.to_array(value))
+
+
+def unfold_recurrences(source: onnx.ModelProto, min_step_macs: int = MIN_STEP_MACS, keep: frozenset[str] = frozenset()
+                       ) -> tuple[onnx.ModelProto, list[str], dict[str, str]]:
     """A float-exact copy of ``source`` with each eligible GRU/LSTM rewritten. Returns the model,
     the Scan nodes made (each a group the int8 search can revert), and {node: why not} for the rest.
-    Cells whose step has fewer than ``min_step_macs`` recurrent MACs stay as they are (0: none stays)."""
+    Cells whose step (per direction) has fewer than ``min_step_macs`` recurrent MACs stay as they
+    are (0: none stays), and so do the cells named in ``keep``."""
     model, inits, _ = editable_copy(source)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    producers = {o: n for n in graph.node for o in n.output}
     scans: list[str] = []
     skipped: dict[str, str] = {}
     nodes: list[onnx.NodeProto] = []
@@ -69,8 +97,10 @@ def unfold_recurrences(source: onnx.ModelProto, min_step_macs: int = MIN_STEP_MA
         if node.op_type not in _GATES:
             nodes.append(node)
             continue
-        reason = "opset below 9 (no Scan)" if opset < 9 else unsupported_reason(node, inits)
-        step_macs = int(np.prod(inits[node.input[2]].dims)) if not reason else 0
+        reason = "excluded from quantization" if node.name in keep else \
+            "opset below 10 (Slice with inputs)" if opset < 10 else unsupported_reason(node, inits, producers)
+        dims = inits[node.input[2]].dims if not reason else [1]
+        step_macs = int(np.prod(dims[1:])) if not reason else 0  # one direction's: each runs as its own Scan
         if not reason and step_macs < min_step_macs:
             reason = (f"{step_macs:,} recurrent MACs per step, under {min_step_macs:,}: ONNX Runtime's fused {node.op_type} kernel "
                       "runs faster in float than an int8 step does")
@@ -142,6 +172,7 @@ def _rewrite(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[
         if node.op_type == "LSTM":
             state_inputs.append(_state(initial_c, d, zeros_state, made, const, f"{tag}/c0"))
         body = (_gru_body if node.op_type == "GRU" else _lstm_body)(tag, r[d], b[d, gates * hidden:], hidden, lbr)
+        body.doc_string = f"{MARK}{base}"  # on the body, not the node: ORT's quantizer keeps attributes, not node doc strings
         outs = [f"{tag}/h_last"] + ([f"{tag}/c_last"] if node.op_type == "LSTM" else []) + [f"{tag}/h_all"]
         made.append(helper.make_node("Scan", [*state_inputs, projected], outs, name=f"{tag}{SCAN_SUFFIX}", body=body,
                                      num_scan_inputs=1, scan_input_directions=[reverse], scan_output_directions=[reverse]))
@@ -262,13 +293,14 @@ def _body(b: str, nodes: list, inits: list, states: list[str], step_input: str, 
 RECURRENT_CHOICES = ("auto", "always", "never")
 
 
-def prepared_recurrences(source: onnx.ModelProto, mode: str) -> tuple[onnx.ModelProto, dict[str, object]]:
+def prepared_recurrences(source: onnx.ModelProto, mode: str, keep: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, dict[str, object]]:
     """The int8 search's float source with its GRU/LSTM cells rewritten as ``mode`` says ("auto":
-    where the step is large enough to gain from int8; "always"; "never"), and what the report says of it."""
+    where the step is large enough to gain from int8; "always"; "never"; never the cells in
+    ``keep``), and what the report says of it."""
     cells = [n.name for n in source.graph.node if n.op_type in _GATES]
     if not cells or mode == "never":
         return source, ({"rule": "never: GRU/LSTM cells stay float (ONNX Runtime does not quantize them)"} if cells else {})
-    model, scans, skipped = unfold_recurrences(source, MIN_STEP_MACS if mode == "auto" else 0)
+    model, scans, skipped = unfold_recurrences(source, MIN_STEP_MACS if mode == "auto" else 0, keep)
     return model, {"rule": f"{mode}: a GRU/LSTM becomes an int8 input MatMul and a Scan with an int8 step MatMul"
                            + (f" where its step has at least {MIN_STEP_MACS:,} recurrent MACs" if mode == "auto" else ""),
                    "rewritten": scans, "kept_float": skipped}
@@ -276,7 +308,45 @@ def prepared_recurrences(source: onnx.ModelProto, mode: str) -> tuple[onnx.Model
 
 def is_recurrence(node: onnx.NodeProto) -> bool:
     """A Scan this module made from a GRU/LSTM: its step MatMul can be int8 without calibration."""
-    return node.op_type == "Scan" and node.name.endswith(SCAN_SUFFIX)
+    return node.op_type == "Scan" and _cell_of(node) is not None
+
+
+def _cell_of(node: onnx.NodeProto) -> str | None:
+    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    return body.doc_string[len(MARK):] if body is not None and body.doc_string.startswith(MARK) else None
+
+
+def restore_cells(model: onnx.ModelProto, original: onnx.ModelProto, reverted: set[str]) -> tuple[onnx.ModelProto, set[str]]:
+    """``model`` with every cell that has a Scan in ``reverted`` put back as its original GRU/LSTM
+    node (float either way, and ORT's fused cell is the faster float), and the names of the nodes
+    its rewrite made (its input projections, float now too). A no-op when nothing is reverted."""
+    from edgeport.passes.qdq_graph import live_nodes
+
+    cells = {_cell_of(n) for n in model.graph.node if is_recurrence(n) and n.name in reverted}
+    if not cells:
+        return model, set()
+    originals = {n.name: n for n in original.graph.node if n.name in cells}
+    made = {n.name for n in model.graph.node if any(n.name.startswith(f"{cell}/") for cell in cells)}
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        cell = next((c for c in cells if node.name.startswith(f"{c}/")), None)
+        if cell is None:
+            nodes.append(node)
+        elif cell in originals:  # the original cell takes the place of its first made node
+            nodes.append(originals.pop(cell))
+    restored = onnx.ModelProto()
+    restored.CopyFrom(model)
+    outputs = {o.name for o in model.graph.output}
+    nodes = live_nodes(nodes, outputs)
+    read = {i for n in nodes for i in n.input}
+    have = {t.name for t in model.graph.initializer}
+    initializers = [t for t in model.graph.initializer if t.name in read]
+    produced = {o for n in nodes for o in n.output}  # ORT's DQ outputs can carry an original initializer's name
+    initializers += [t for t in original.graph.initializer if t.name in read and t.name not in have | produced]
+    del restored.graph.node[:], restored.graph.initializer[:]
+    restored.graph.node.extend(nodes)
+    restored.graph.initializer.extend(initializers)
+    return restored, made
 
 
 def recurrence_weights(node: onnx.NodeProto) -> list[onnx.TensorProto]:
@@ -296,7 +366,7 @@ def _body_of(node: onnx.NodeProto) -> onnx.GraphProto:
     return next(a.g for a in node.attribute if a.name == "body")
 
 
-def quantize_recurrences(model: onnx.ModelProto, *, activation_type: str, weight_type: str, reduce_range: bool,
+def quantize_recurrences(model: onnx.ModelProto, *, activation_type: str, reduce_range: bool,
                          exclude: set[str] | frozenset[str] = frozenset()) -> int:
     """Put each recurrence Scan's step MatMuls in int8, in place; returns how many Scans changed.
 
@@ -305,19 +375,20 @@ def quantize_recurrences(model: onnx.ModelProto, *, activation_type: str, weight
     covers it. The step runs ORT's MatMulIntegerToFloat kernel directly (bias folded in): ORT does
     not fuse Q/DQ pairs inside a Scan body, where a DQ->MatMul form dequantized the weight on every
     step and ran 20-30x slower than the float Scan (measured, bench/README.md). Weights are
-    symmetric per output column, 7-bit under reduce_range, as ORT makes them outside."""
+    symmetric per output column, 7-bit under reduce_range, as ORT makes them outside; always int8
+    (MatMulIntegerToFloat has no int8 x uint8 kernel)."""
     changed = 0
     for node in model.graph.node:
         if not is_recurrence(node) or node.name in exclude or is_int8_recurrence(node):
             continue
-        _quantize_body(_body_of(node), activation_type, weight_type, reduce_range)
+        _quantize_body(_body_of(node), activation_type, reduce_range)
         changed += 1
     if changed and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return changed
 
 
-def _quantize_body(body: onnx.GraphProto, activation_type: str, weight_type: str, reduce_range: bool) -> None:
+def _quantize_body(body: onnx.GraphProto, activation_type: str, reduce_range: bool) -> None:
     inits = {t.name: t for t in body.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in body.node:
@@ -338,8 +409,7 @@ def _quantize_body(body: onnx.GraphProto, activation_type: str, weight_type: str
         weight = numpy_helper.to_array(inits[weight_name]).astype(np.float32)  # [K, N]: one scale per output column
         scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels).astype(np.float32)
         q = np.clip(np.round(weight / scale), -levels, levels)
-        q_weight, w_zero = ((q + 128).astype(np.uint8), np.full(scale.shape, 128, np.uint8)) if weight_type == "uint8" else \
-            (q.astype(np.int8), np.zeros(scale.shape, np.int8))
+        q_weight, w_zero = q.astype(np.int8), np.zeros(scale.shape, np.int8)
         body.initializer.remove(inits[weight_name])
         prefix = node.name
         body.initializer.extend([

@@ -19,7 +19,7 @@ from edgeport.passes.int8_eval import session_for
 from edgeport.passes.int8_graph_facts import name_nodes
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
-from edgeport.passes.recurrent_scan import is_int8_recurrence, quantize_recurrences, unfold_recurrences
+from edgeport.passes.recurrent_scan import is_int8_recurrence, quantize_recurrences, restore_cells, unfold_recurrences
 from edgeport.passes.sensitivity import node_mac_counts
 from tests.conftest import npz_file
 
@@ -62,8 +62,9 @@ def test_the_scan_form_computes_what_the_cell_computes_at_any_batch_and_length(k
         np.testing.assert_allclose(_run(model, {"x": x})[0], _run(source, {"x": x})[0], atol=2e-6)
 
 
-def _onnx_cell(op: str, linear_before_reset: int, with_initial_state: bool, direction: str = "forward") -> onnx.ModelProto:
-    """A cell as other converters write it: every output used, states given as inputs."""
+def _onnx_cell(op: str, linear_before_reset: int, initial_state: str, direction: str = "forward") -> onnx.ModelProto:
+    """A cell as other converters write it: every output used; ``initial_state`` "none", "zeros"
+    (an all-zero initializer) or "input" (a graph input)."""
     rng = np.random.default_rng(0)
     hidden, width, gates = 8, 6, {"GRU": 3, "LSTM": 4}[op]
     dirs = 2 if direction == "bidirectional" else 1
@@ -72,12 +73,13 @@ def _onnx_cell(op: str, linear_before_reset: int, with_initial_state: bool, dire
              numpy_helper.from_array(rng.standard_normal((dirs, 2 * gates * hidden)).astype(np.float32) * 0.1, "B")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", width])]
     cell_inputs = ["x", "W", "R", "B", ""]
-    if with_initial_state:
-        inputs.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, [dirs, "batch", hidden]))
-        cell_inputs.append("h0")
-        if op == "LSTM":
-            inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [dirs, "batch", hidden]))
-            cell_inputs.append("c0")
+    states = ["h0", "c0"] if op == "LSTM" else ["h0"]
+    if initial_state == "input":
+        inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, [dirs, "batch", hidden]) for s in states]
+        cell_inputs += states
+    elif initial_state == "zeros":  # a fixed batch of 3, as a converter that folded the state writes it
+        inits += [numpy_helper.from_array(np.zeros((dirs, 3, hidden), np.float32), s) for s in states]
+        cell_inputs += states
     outputs = ["y", "y_h"] + (["y_c"] if op == "LSTM" else [])
     attributes = {"hidden_size": hidden, "direction": direction}
     if op == "GRU":
@@ -87,33 +89,40 @@ def _onnx_cell(op: str, linear_before_reset: int, with_initial_state: bool, dire
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("op,linear_before_reset,with_initial_state,direction", [
-    ("GRU", 0, False, "forward"), ("GRU", 0, True, "reverse"), ("GRU", 1, True, "bidirectional"),
-    ("LSTM", 0, True, "forward"), ("LSTM", 0, True, "bidirectional"),
+@pytest.mark.parametrize("op,linear_before_reset,initial_state,direction", [
+    ("GRU", 0, "none", "forward"), ("GRU", 0, "zeros", "reverse"), ("GRU", 1, "zeros", "bidirectional"),
+    ("LSTM", 0, "zeros", "forward"), ("LSTM", 0, "none", "bidirectional"),
 ])
-def test_every_output_and_given_states_survive_the_rewrite(op, linear_before_reset, with_initial_state, direction):
-    source = _onnx_cell(op, linear_before_reset, with_initial_state, direction)
+def test_every_output_survives_the_rewrite(op, linear_before_reset, initial_state, direction):
+    source = _onnx_cell(op, linear_before_reset, initial_state, direction)
     model, scans, skipped = unfold_recurrences(source, min_step_macs=0)
     assert scans and not skipped
-    rng = np.random.default_rng(1)
-    dirs = 2 if direction == "bidirectional" else 1
-    feed = {"x": rng.standard_normal((9, 3, 6)).astype(np.float32)}
-    if with_initial_state:
-        feed["h0"] = np.tanh(rng.standard_normal((dirs, 3, 8))).astype(np.float32)
-        if op == "LSTM":
-            feed["c0"] = rng.standard_normal((dirs, 3, 8)).astype(np.float32)
+    feed = {"x": np.random.default_rng(1).standard_normal((9, 3, 6)).astype(np.float32)}
     for got, want in zip(_run(model, feed), _run(source, feed)):
         np.testing.assert_allclose(got, want, atol=2e-6)
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(model)
+    assert quantize_recurrences(quantized, activation_type="int8", reduce_range=False) == len(scans)
+    for got, want in zip(_run(quantized, feed), _run(source, feed)):  # every form's int8 step runs, and stays close
+        assert np.abs(got - want).max() < 0.05
+
+
+def test_a_state_given_from_outside_keeps_the_cell_float():
+    """A decoder's initial state can come from a Linear layer, unbounded: the step's fixed (-1, 1)
+    scale would clip it (a state of 4 sigma was off by 3.6 on the first step)."""
+    model, scans, skipped = unfold_recurrences(_onnx_cell("GRU", 1, "input"), min_step_macs=0)
+    assert not scans and "initial state" in skipped["cell"]
 
 
 def test_cells_it_cannot_rewrite_exactly_are_left_and_named():
-    source = _onnx_cell("GRU", 1, False)
+    source = _onnx_cell("GRU", 1, "none")
     source.graph.node[0].attribute.append(helper.make_attribute("clip", 3.0))
     model, scans, skipped = unfold_recurrences(source, min_step_macs=0)
     assert not scans and "clip" in skipped["cell"]
     assert [n.op_type for n in model.graph.node] == ["GRU"]
-    small = unfold_recurrences(_onnx_cell("GRU", 1, False))[2]["cell"]  # 3 x 8 x 8 MACs per step: the fused kernel wins
+    small = unfold_recurrences(_onnx_cell("GRU", 1, "none", "bidirectional"))[2]["cell"]  # 3 x 8 x 8 per direction: the fused kernel wins
     assert "192 recurrent MACs per step" in small
+    assert "excluded" in unfold_recurrences(_onnx_cell("GRU", 1, "none"), min_step_macs=0, keep=frozenset({"cell"}))[2]["cell"]
 
 
 def test_the_int8_step_stays_within_rounding_of_the_float_step():
@@ -121,7 +130,7 @@ def test_the_int8_step_stays_within_rounding_of_the_float_step():
     model, _, _ = unfold_recurrences(source, min_step_macs=0)
     quantized = onnx.ModelProto()
     quantized.CopyFrom(model)
-    assert quantize_recurrences(quantized, activation_type="uint8", weight_type="int8", reduce_range=True) == 1
+    assert quantize_recurrences(quantized, activation_type="uint8", reduce_range=True) == 1
     scan = next(n for n in quantized.graph.node if n.op_type == "Scan")
     assert is_int8_recurrence(scan)
     body = next(a.g for a in scan.attribute if a.name == "body")
@@ -186,6 +195,11 @@ def test_the_search_puts_a_recurrent_net_in_int8_and_a_revert_gives_the_float_st
     assert scan.name in qdq.quantized
     reverted = qdq.with_float({scan.name})
     assert not is_int8_recurrence(next(n for n in reverted.graph.node if n.op_type == "Scan"))
+    # ...and what ships for a reverted cell is the original GRU, ORT's fused float kernel
+    shipped, made = restore_cells(reverted, onnx.load(str(artifact.path)), {scan.name})
+    assert "GRU" in {n.op_type for n in shipped.graph.node} and "Scan" not in {n.op_type for n in shipped.graph.node}
+    assert scan.name in made and "/gru/GRU/input_projection" in made
+    np.testing.assert_allclose(_run(shipped, feed)[0], _run(onnx.load(str(artifact.path)), feed)[0], atol=0.05)
     macs = node_mac_counts(source, feed)
     assert macs[scan.name] == 45 * 2 * 3 * 32 * 32  # steps x batch x the step's weights
 
