@@ -1,7 +1,10 @@
 """Compression that pays off on the device: MACs, parameters, ONNX Runtime latency (1 thread,
 interleaved) and accuracy of teacher, distilled student, pruned-and-recovered, and pruned+int8 on
 the digits example; distillation vs hard-label training of the same student over five seeds; and
-ResNet-18 dense vs 50% channel-pruned latency. Writes bench/results/compress.json."""
+ResNet-18 dense vs 50% channel-pruned latency; and weight sharing (16 clusters) against fp32 and
+int8 on digits and ResNet-18: size, zipped size, latency, accuracy. Writes bench/results/compress.json.
+
+    python bench/compress.py [share]     (share: the weight-sharing rows alone, merged into the json)"""
 
 from __future__ import annotations
 
@@ -82,11 +85,81 @@ def resnet(work: Path) -> dict:
     return {"latency_ms": latency, "ratio": latency["pruned50"] / latency["dense"], "macs_ratio": pruned.report["ratios"]["macs"]}
 
 
+def _zipped(path: Path) -> int:
+    import zlib
+
+    return len(zlib.compress(path.read_bytes(), 9))
+
+
+def sharing(work: Path) -> dict:
+    """fp32, int8 (one static pass) and shared weights (16 clusters, packed fp32) of the same model."""
+    import numpy as np
+
+    import edgeport
+    from edgeport.passes.weight_sharing import WeightShareConfig
+    from bench.common import session, synthetic_images
+    from examples.models import resnet18
+
+    rows = {}
+    images = synthetic_images(16, 224, seed=3)
+    np.savez(work / "resnet-calib.npz", image=synthetic_images(32, 224, seed=4))
+    with np.load(DIGITS / "test.npz") as test:
+        digits_images, labels = test["image"], test["labels"]
+    cases = {"digits": ("examples.digits.model:trained_digits_cnn", "image:batchx1x8x8", DIGITS / "calib.npz", digits_images),
+             "resnet18": (resnet18, "image:batchx3x224x224", work / "resnet-calib.npz", images)}
+    for name, (model, spec, calib, data) in cases.items():
+        made = {}
+        for variant, options in {"fp32": dict(precision="fp32"), "int8": dict(calib=calib, search=False),
+                                 "shared16": dict(precision="fp32", torch_steps=[WeightShareConfig(clusters=16)]),
+                                 "shared256": dict(precision="fp32", torch_steps=[WeightShareConfig(clusters=256)])}.items():
+            out = work / f"share-{name}-{variant}"
+            edgeport.export(model() if callable(model) else model, inputs=[spec], out_dir=out, cache_dir=work / "cache", **options)
+            made[variant] = out / "model.onnx"
+        feed = {"image": data[:1]}
+        latency = interleaved_latency(made, feed, threads=1, runs=300 if name == "digits" else 40)
+        outputs = {v: np.concatenate([session(p, 1).run(None, {"image": data[i:i + 8]})[0] for i in range(0, len(data), 8)]) for v, p in made.items()}
+        row = {}
+        for variant, path in made.items():
+            top1 = outputs[variant].argmax(1)
+            a, b = outputs[variant].astype(np.float64), outputs["fp32"].astype(np.float64)
+            cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            row[variant] = {"bytes": path.stat().st_size, "zipped_bytes": _zipped(path), "latency_ms": round(latency[variant], 4),
+                            "size_ratio": round(path.stat().st_size / made["fp32"].stat().st_size, 4),
+                            "zipped_ratio_to_fp32_zipped": round(_zipped(path) / _zipped(made["fp32"]), 4),
+                            "latency_ratio": round(latency[variant] / latency["fp32"], 3), "min_cosine_to_fp32": round(float(cosine.min()), 4),
+                            ("accuracy" if name == "digits" else "top1_agreement_with_fp32"):
+                                round(float((top1 == (labels if name == "digits" else outputs["fp32"].argmax(1))).mean()), 4)}
+        rows[name] = row
+    return rows
+
+
+def _print_sharing(rows: dict) -> None:
+    print(f"{'weight sharing':<16} {'variant':<9} {'bytes':>10} {'size/fp32':>9} {'zipped':>10} {'zip/fp32 zip':>12} {'lat/fp32':>8} "
+          f"{'accuracy':>8} {'min cos':>7}")
+    for name, row in rows.items():
+        for variant, r in row.items():
+            quality = r.get("accuracy", r.get("top1_agreement_with_fp32"))
+            print(f"{name:<16} {variant:<9} {r['bytes']:>10,} {r['size_ratio']:>9.3f} {r['zipped_bytes']:>10,} {r['zipped_ratio_to_fp32_zipped']:>12.3f} "
+                  f"{r['latency_ratio']:>8.3f} {quality:>8.3f} {r['min_cosine_to_fp32']:>7.4f}")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["share"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = sharing(Path(tmp))
+        print(f"machine: {machine()}; ORT latency at 1 thread, batch 1, median of interleaved runs; accuracy on digits' 500 test "
+              "images, ResNet-18's top-1 agreement with its fp32 model on 16 synthetic images")
+        _print_sharing(rows)
+        path = ROOT / "bench" / "results" / "compress.json"
+        stored = json.loads(path.read_text()) if path.exists() else {"machine": machine()}
+        stored["weight_sharing"] = {"machine": machine(), "rows": rows}
+        path.write_text(json.dumps(stored, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         d = digits(work)
         r = resnet(work)
+        shared = sharing(work)
     print(f"machine: {machine()}; ORT latency at 1 thread, batch 1, median of interleaved runs")
     teacher = d["models"]["teacher"]
     print(f"{'digits':<12} {'MACs':>10} {'params':>8} {'MACs/T':>7} {'latency ms':>10} {'lat/T':>6} {'accuracy':>8}")
@@ -99,9 +172,11 @@ def main() -> None:
           f"distillation better on {sum(s['distilled'] > s['hard_labels'] for s in runs)} of {len(runs)} seeds, worse on {sum(s['distilled'] < s['hard_labels'] for s in runs)}")
     print(f"resnet18 224x224: dense {r['latency_ms']['dense']:.1f} ms, 50% channels {r['latency_ms']['pruned50']:.1f} ms, "
           f"latency ratio {r['ratio']:.3f}, MACs ratio {r['macs_ratio']:.3f}")
+    _print_sharing(shared)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "compress.json").write_text(json.dumps({"machine": machine(), "digits": d, "resnet18": r}, indent=2) + "\n")
+    (out / "compress.json").write_text(json.dumps({"machine": machine(), "digits": d, "resnet18": r,
+                                                   "weight_sharing": {"machine": machine(), "rows": shared}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

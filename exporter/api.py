@@ -213,15 +213,14 @@ def export(
         if not use_cache:  # --no-cache means no cached calibration ranges either
             quant_config = _without_range_cache(quant_config)
         precision_step = {"int8": quant_config, "dynamic-int8": DynamicInt8Config(), "fp16": Fp16Config()}.get(precision)
-        # what a torch step asks of the finished file (weight sharing: indices and codebooks), for fp32
-        # output; a reduced precision stores the weights its own way
-        finishing = finishing_steps(torch_steps) if isinstance(artifact, TorchArtifact) else []
+        # what passes ask of a finished fp32 file (weight sharing: indices and codebooks where weights
+        # are shared); a reduced precision stores the weights its own way
+        finishing = finishing_steps() if precision_step is None else []
         unfinished = [f"{pass_info(f).name} not run: it applies to fp32 output, and {precision} stores weights its own way"
-                      for f in finishing] if precision_step is not None else []
-        finishing = finishing if precision_step is None else []
+                      for f in finishing_steps() if any(pass_info(s).finishing is f for s in torch_steps)] if precision_step is not None else []
         int8_pipeline = Pipeline([precision_step] if precision_step else finishing, use_cache=use_cache)
         final = int8_pipeline.run(fp32, ctx)
-        reduced = precision_step is not None or bool(finishing)  # a second model (smaller precision, or packed) beside the fp32 one
+        reduced = final is not fp32  # a second model (smaller precision, or packed weights) beside the fp32 one
         data_warnings = [d.warning for d in (calibration, evaluation) if d is not None and d.warning]
         names = _stage_artifacts(output, fp32, final if reduced else None)
         post_steps = [OrtFormatConfig()] if any(p.runtime.model_format == "ort" for p in profiles) else []

@@ -449,7 +449,8 @@ def distill_command(**opts: Any) -> None:
 @click.option("--weights", metavar="FILE")
 @click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]")
 @click.option("--method", required=True, metavar="METHOD",
-              help="magnitude, channels, lowrank: any prune:<method> pass of the registry (checked when it runs).")
+              help="magnitude, channels, lowrank, share: any prune:<method> pass of the registry (checked when it runs).")
+@click.option("--clusters", type=int, help="share: shared values per layer (k-means; 16 packs to 4-bit indices, up to 256).")
 @click.option("--ratio", type=float, help="Share of weights (magnitude) or channels (channels) to remove.")
 @click.option("--energy", type=float, default=0.9, show_default=True, help="lowrank: share of the spectrum each factorization keeps.")
 @click.option("--steps", type=int, default=1, show_default=True, help="channels: prune in this many rounds, recovering between them.")
@@ -481,6 +482,7 @@ def prune_command(model: str, **opts: Any) -> None:
             round_to=opts["round_to"], ignore=_split(opts["ignore"]) or (), layers=_split(opts["layers"]), energy=opts["energy"],
             eval_data=opts["eval_data"], trust_pickle=opts["trust_pickle"], seed=opts["seed"], cache_dir=opts["cache_dir"],
             progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"], min_fidelity=opts["min_fidelity"],
+            method_options={"clusters": opts["clusters"]} if opts["clusters"] is not None else None,
         )
         _common_compress_output(result, opts["as_json"], quiet)
         return result.exit_code

@@ -4,6 +4,7 @@ new model with the original: parameters, MACs, ONNX latency and accuracy."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 import warnings
@@ -107,14 +108,20 @@ def prune(
         configs = [ChannelPruneConfig(ratio=round(per_step, 6), round_to=round_to, ignore=tuple(ignore)) for _ in range(steps)]
     if recover is not None and train is None:
         raise UsageError("recovery by distillation needs training data", fix="pass --data DATA, or --recover-epochs 0")
+    # A pass that fine-tunes itself (weight sharing trains its shared values) takes the recovery
+    # epochs: a plain distillation after it would train every weight apart again.
+    self_recovering = recover is not None and all("fine_tune_epochs" in {f.name for f in dataclasses.fields(c)} for c in configs)
+    if self_recovering:
+        configs = [dataclasses.replace(c, fine_tune_epochs=recover.epochs) for c in configs]
     teacher_art = original if teacher is None else load_model(teacher, inputs=original.inputs, weights=teacher_weights, trust_pickle=trust_pickle)
     evaluation = open_data(eval_data, role="evaluation", seed=seed)
 
     def work(ctx: PassContext) -> TorchArtifact:
         current = original
+        ctx.teacher, ctx.training = teacher_art, train
         for config in configs:
             current = run_pass(current, config, ctx)
-            if recover is not None:
+            if recover is not None and not self_recovering:
                 current = distill_pass(current, recover, teacher=teacher_art, data=train, ctx=ctx)
         return current
 

@@ -12,6 +12,7 @@ from edgeport.passes import distill as _distill, export_onnx as _export_onnx, fi
 from edgeport.passes import lowrank as _lowrank, opset_upgrade as _opset_upgrade, optimize as _optimize, ort_format as _ort_format
 from edgeport.passes import prune as _prune, qnn_context as _qnn_context, quantize_dynamic as _quantize_dynamic
 from edgeport.passes import quantize_search as _quantize_search, quantize_static as _quantize_static
+from edgeport.passes import weight_sharing as _weight_sharing
 from edgeport.artifacts import TorchArtifact
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, Progress
@@ -34,6 +35,7 @@ from edgeport.passes.registry import PassInfo
 PASSES: dict[type, PassInfo] = {info.config: info for info in (
     _prune.MAGNITUDE_PASS, _prune.CHANNELS_PASS, _lowrank.PASS, _distill.PASS, _export_onnx.PASS, _opset_upgrade.PASS, _fix_shapes.PASS,
     _optimize.PASS, _quantize_static.PASS, _quantize_search.PASS, _quantize_dynamic.PASS, _fp16.PASS, _ort_format.PASS, _qnn_context.PASS,
+    _weight_sharing.PASS, _weight_sharing.PACK_PASS,
 )}
 
 
@@ -46,9 +48,9 @@ def prune_methods() -> list[str]:
     return [kind.split(":", 1)[1] for kind in step_kinds() if kind.startswith("prune:")]
 
 
-def finishing_steps(torch_steps: Any) -> list[Any]:
-    """The ONNX passes the given torch steps ask export to run on the shipped fp32 model, once each."""
-    found = [pass_info(step).finishing for step in torch_steps if pass_info(step).finishing is not None]
+def finishing_steps() -> list[Any]:
+    """The ONNX passes export runs on every fp32 model it ships, once each."""
+    found = [info.finishing for info in PASSES.values() if info.finishing is not None]
     return list({type(config): config for config in found}.values())
 
 

@@ -19,8 +19,9 @@ class PassInfo:
     precision: str | None = None  # the precision of the model it writes; None: its input's
     # torch passes a recipe or the CLI can ask for: "distill", or "prune:<method>" (edgeport prune --method)
     step: str | None = None
-    # an ONNX pass config that export runs on the shipped fp32 model when this torch pass ran
-    # (weight sharing's packing: only the finished file can hold indices instead of weights)
+    # an ONNX pass config that export runs on every fp32 model it ships, a no-op where it finds
+    # nothing to do (weight sharing's packing: only the finished file can hold indices instead of
+    # weights, and a shared model can arrive as a .pt2 that prune wrote)
     finishing: Any = None
 
     def __post_init__(self) -> None:

@@ -207,6 +207,9 @@ def _cost_graph(graph: onnx.GraphProto, tensors: _TensorFacts, cost: GraphCost, 
         if node.op_type in ("If", "Loop", "Scan"):
             _cost_control_flow(node, tensors, cost, repeats)
             continue
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and node.input and all(i in tensors.weights for i in node.input if i):
+            tensors.weights.update(o for o in node.output if o)  # ORT folds it at load (a packed weight's lookup): a weight, not work
+            continue
         out = tensors.shapes.get(node.output[0]) if node.output else None
         if out is None and node.op_type == "MatMulIntegerToFloat":
             out = _contrib_matmul_shape(node, tensors)  # ONNX's shape inference does not know the contrib op

@@ -42,4 +42,4 @@ def test_step_kinds_and_finishing_passes_come_from_the_registry():
     for info in passes.PASSES.values():
         if info.finishing is not None:  # a torch pass asks for an ONNX pass on the finished file
             assert info.kind == "torch" and passes.pass_info(info.finishing).kind == "onnx"
-            assert passes.finishing_steps([info.config(), info.config()]) == [info.finishing]  # once, however often it ran
+            assert passes.finishing_steps().count(info.finishing) == 1
