@@ -274,7 +274,7 @@ def float_mac_share(fp32: Path, path: Path, feed: dict[str, np.ndarray]) -> floa
     its operands through DequantizeLinear: the same yardstick for every method (they keep node names)."""
     import onnx
 
-    from edgeport.passes.recurrent_scan import is_int8_recurrence
+    from edgeport.passes.recurrent_int8 import is_int8_recurrence
     from edgeport.passes.sensitivity import node_mac_counts
 
     macs = node_mac_counts(onnx.load(str(fp32)), feed)

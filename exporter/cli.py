@@ -2,54 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
-import traceback
-import warnings
 from typing import Any, Callable
 
 import click
 
-from edgeport.errors import EXIT_INTERNAL, EdgeportError, first_line
+from edgeport.cli_common import run_action, with_options
+from edgeport.cli_compress import distill_command, prune_command
 from edgeport.outputs import dumps_strict
 from edgeport.versions import edgeport_version
-
-
-def _split(text: str | None) -> tuple[str, ...] | None:
-    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
-
-
-def _run(action: Callable[[], int]) -> None:
-    """Run a command body, turning edgeport errors into one line and the documented exit code."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # what matters reaches the report and the summary instead
-        try:
-            import onnxruntime
-
-            onnxruntime.set_default_logger_severity(3)
-            code = action()
-        except EdgeportError as exc:
-            click.echo(f"edgeport: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("edgeport: interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:  # a bug of ours: say so, with a way to see more
-            if os.environ.get("EDGEPORT_DEBUG"):
-                traceback.print_exc()
-            first = first_line(exc) if str(exc).strip() else ""
-            click.echo(f"edgeport: internal error: {type(exc).__name__}: {first[:300]} (set EDGEPORT_DEBUG=1 for a traceback, and please report it)", err=True)
-            sys.exit(EXIT_INTERNAL)
-    sys.exit(code)
-
-
-def _with(options):
-    def decorate(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return decorate
 
 
 _run_options = [
@@ -59,7 +19,6 @@ _run_options = [
     click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
     click.option("--quiet", is_flag=True, help="Print nothing but errors."),
 ]
-
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -107,7 +66,7 @@ def cli() -> None:
 @click.option("--recurrent", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
               help="GRU/LSTM cells the int8 search rewrites into int8 steps: auto (steps large enough to gain), always, never.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@_with(_run_options)
+@with_options(_run_options)
 def export_command(model: str, **opts: Any) -> None:
     """Export MODEL to ONNX, optimize it and quantize it to int8.
 
@@ -124,7 +83,7 @@ def export_command(model: str, **opts: Any) -> None:
         return _run_and_report(lambda progress: run_recipe(recipe, cache_dir=opts["cache_dir"], use_cache=not opts["no_cache"],
                                                              force=opts["force"], progress=progress), opts)
 
-    _run(action)
+    run_action(action)
 
 
 def _run_and_report(work: Callable[[Any], Any], opts: dict[str, Any]) -> int:
@@ -159,7 +118,7 @@ def _run_and_report(work: Callable[[Any], Any], opts: dict[str, Any]) -> int:
 @click.argument("recipe", required=False, metavar="[RECIPE]")
 @click.option("-o", "--output", "out_dir", metavar="OUTDIR", help="Write here instead of the recipe's outputs.dir.")
 @click.option("--baseline", metavar="PREVIOUS_OUTDIR", help="Compare with the last release's output folder (regression gate).")
-@_with(_run_options)
+@with_options(_run_options)
 def run_command(recipe: str | None, **opts: Any) -> None:
     """Run a recipe: RECIPE is a TOML file (default ./edgeport.toml) or an earlier run's manifest.json,
     which builds the same artifacts again when its inputs are unchanged."""
@@ -173,7 +132,7 @@ def run_command(recipe: str | None, **opts: Any) -> None:
         return _run_and_report(lambda progress: run_recipe(loaded, out_dir=opts["out_dir"], baseline=opts["baseline"], cache_dir=opts["cache_dir"],
                                                              use_cache=not opts["no_cache"], force=opts["force"], progress=progress), opts)
 
-    _run(action)
+    run_action(action)
 
 
 def _report_problems(file: str, check: Callable[[str], tuple[Any, list[str]]]) -> int:
@@ -198,7 +157,7 @@ def recipe_check(file: str) -> None:
 
     from edgeport.recipe import check_recipe
 
-    _run(lambda: _report_problems(file, check_recipe))
+    run_action(lambda: _report_problems(file, check_recipe))
 
 
 def _remote_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -270,7 +229,7 @@ def validate_command(model: str, profiles: tuple[str, ...], **opts: Any) -> None
                 click.echo("\n".join(regression_lines(result.report["regression"])))
         return result.exit_code
 
-    _run(action)
+    run_action(action)
 
 
 @cli.group("profiles")
@@ -290,7 +249,7 @@ def profiles_list() -> None:
             click.echo(f"{name:<20} {', '.join(profile.runtime.execution_providers):<60} {profile.description}")
         return 0
 
-    _run(action)
+    run_action(action)
 
 
 @profiles_group.command("show")
@@ -305,7 +264,7 @@ def profiles_show(name: str) -> None:
         click.echo(open(profile.path).read(), nl=False)
         return 0
 
-    _run(action)
+    run_action(action)
 
 
 @profiles_group.command("calibrate")
@@ -332,7 +291,7 @@ def profiles_calibrate(out: str, threads: int | None, name: str | None, budgets_
                    + f"; {band_text({'error_band': {'median_abs_error': m.estimate_error_median, 'max_abs_error': m.estimate_error_max, 'models': m.estimate_error_models}})}")
         return 0
 
-    _run(action)
+    run_action(action)
 
 
 @profiles_group.command("check")
@@ -342,152 +301,11 @@ def profiles_check(file: str) -> None:
 
     from edgeport.device_profiles import check_profile
 
-    _run(lambda: _report_problems(file, check_profile))
+    run_action(lambda: _report_problems(file, check_profile))
 
 
-def _common_compress_output(result, as_json: bool, quiet: bool) -> None:
-    if result.out_dir is None:  # a non-zero rank of a distributed run: rank 0 reports
-        return
-    if as_json:
-        click.echo(dumps_strict(result.report))
-    elif not quiet:
-        from edgeport.reports import format_table
-
-        comparison = result.report["comparison"]
-        rows = [("", "params", "MACs", "ONNX p50 1 thread", "accuracy")]
-        for name in ("reference", "result"):
-            c = comparison[name]
-            acc = f"{c['accuracy']:.2%}" if c.get("accuracy") is not None else "-"
-            rows.append((name, f"{c['params']:,}", f"{c['macs']:,}", f"{c['onnx_latency_ms_p50_1thread']:.4f} ms", acc))
-        ratios = result.report["ratios"]
-        rows.append(("ratio", f"{ratios.get('params', 0):.3f}", f"{ratios.get('macs', 0):.3f}", f"{ratios.get('onnx_latency_ms_p50_1thread', 0):.3f}",
-                     f"-{ratios['accuracy_drop']:.2%}" if "accuracy_drop" in ratios else "-"))
-        click.echo(format_table(rows))
-        fidelity = result.report["fidelity_to_reference"]
-        top1 = f", top-1 agreement {fidelity['top1_agreement']:.2%}" if fidelity.get("top1_agreement") is not None else ""
-        click.echo(f"fidelity to the reference on {fidelity['data']}: mean cosine {fidelity['cosine_mean']}, SQNR {fidelity['sqnr_db']} dB{top1}")
-        if not fidelity["met"]:
-            click.echo(f"FAIL: {fidelity['verdict']}", err=True)
-        for step in result.report["steps"]:
-            for note in step["notes"]:
-                click.echo(f"note: {note}", err=True)
-        click.echo(f"wrote {result.out_dir / 'model.pt2'} (give it to 'edgeport export')")
-
-
-_distill_options = [
-    click.option("--temperature", type=float, default=4.0, show_default=True, help="Softens the teacher's and student's outputs."),
-    click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the teacher's soft targets; 1 - alpha goes to the labels."),
-    click.option("--epochs", type=int, default=30, show_default=True),
-    click.option("--batch-size", type=int, default=64, show_default=True),
-    click.option("--lr", type=float, default=3e-3, show_default=True),
-    click.option("--patience", type=int, default=8, show_default=True, help="Stop after this many epochs without validation gain (0: never)."),
-]
-
-
-_compress_common_options = [
-    click.option("--seed", type=int, default=0, show_default=True),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                 help="Where training runs: auto takes cuda:LOCAL_RANK when CUDA is there, else the CPU."),
-    click.option("--trust-pickle", is_flag=True, help="Allow loading fully pickled models (runs code from the file)."),
-    click.option("--cache-dir", metavar="DIR", help="Where offline teacher outputs are stored (default ~/.cache/edgeport)."),
-    click.option("-o", "--output", "out_dir", required=True, metavar="OUTDIR"),
-    click.option("--force", is_flag=True, help="Replace files in OUTDIR that this command did not write there."),
-    click.option("--min-fidelity", type=float, default=0.9, show_default=True,
-                 help="Mean cosine to the reference's outputs below which the result counts as collapsed (exit 1)."),
-    click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout, nothing else."),
-    click.option("--quiet", is_flag=True, help="Print nothing but errors."),
-]
-
-
-@cli.command("distill")
-@click.option("--teacher", required=True, metavar="MODEL", help="The trained model to learn from.")
-@click.option("--teacher-weights", metavar="FILE")
-@click.option("--student", required=True, metavar="MODEL", help="The smaller model to train (same output layout).")
-@click.option("--student-weights", metavar="FILE")
-@click.option("--data", required=True, metavar="DATA", help="Training samples (labels optional).")
-@click.option("--val-data", metavar="DATA", help="Validation samples for early stopping (default: 10% of --data).")
-@click.option("--eval", "eval_data", metavar="DATA", help="Held-out data: fidelity to the reference, and accuracy when it has labels.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]")
-@_with(_distill_options)
-@click.option("--hint", "hints", multiple=True, metavar="T_LAYER:S_LAYER", help="Feature hint from a teacher layer to a student layer.")
-@click.option("--hint-weight", type=float, default=1.0, show_default=True)
-@click.option("--offline", is_flag=True, help="Store the teacher's outputs once and reuse them on later runs.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an interrupted run into the same OUTDIR.")
-@_with(_compress_common_options)
-def distill_command(**opts: Any) -> None:
-    """Distill a teacher into a smaller student; writes OUTDIR/model.pt2 and report.json.
-
-    Run under torchrun to train with DistributedDataParallel: each rank on its own GPU with nccl
-    where CUDA is there, else on the CPU with gloo.
-    """
-
-    def action() -> int:
-        from edgeport.compress import distill
-        from edgeport.passes.distill import DistillConfig
-        from edgeport.progress import TerminalProgress
-
-        config = DistillConfig(
-            temperature=opts["temperature"], alpha=opts["alpha"], epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"],
-            patience=opts["patience"], hints=tuple(opts["hints"]), hint_weight=opts["hint_weight"], offline=opts["offline"],
-            resume=opts["resume"], seed=opts["seed"], device=opts["device"],
-        )
-        quiet = opts["quiet"] or opts["as_json"]
-        result = distill(
-            teacher=opts["teacher"], student=opts["student"], data=opts["data"], out_dir=opts["out_dir"], inputs=opts["inputs"] or None,
-            teacher_weights=opts["teacher_weights"], student_weights=opts["student_weights"], val_data=opts["val_data"],
-            eval_data=opts["eval_data"], config=config, trust_pickle=opts["trust_pickle"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"], min_fidelity=opts["min_fidelity"],
-        )
-        _common_compress_output(result, opts["as_json"], quiet)
-        return result.exit_code
-
-    _run(action)
-
-
-@cli.command("prune")
-@click.argument("model")
-@click.option("--weights", metavar="FILE")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]")
-@click.option("--method", required=True, metavar="METHOD",
-              help="magnitude, channels, lowrank, share: any prune:<method> pass of the registry (checked when it runs).")
-@click.option("--clusters", type=int, help="share: shared values per layer (k-means; 16 packs to 4-bit indices, up to 256).")
-@click.option("--ratio", type=float, help="Share of weights (magnitude) or channels (channels) to remove.")
-@click.option("--energy", type=float, default=0.9, show_default=True, help="lowrank: share of the spectrum each factorization keeps.")
-@click.option("--steps", type=int, default=1, show_default=True, help="channels: prune in this many rounds, recovering between them.")
-@click.option("--round-to", type=int, default=8, show_default=True, help="channels: keep channel counts multiples of this.")
-@click.option("--ignore", metavar="A,B", help="channels: layers to keep whole.")
-@click.option("--layers", metavar="A,B", help="magnitude/lowrank: only these layers.")
-@click.option("--data", metavar="DATA", help="Training data for recovery by distillation.")
-@click.option("--teacher", metavar="MODEL", help="Teacher for recovery (default: the unpruned model).")
-@click.option("--teacher-weights", metavar="FILE")
-@click.option("--recover-epochs", type=int, default=0, show_default=True, help="Distillation epochs after each pruning round (needs --data).")
-@click.option("--eval", "eval_data", metavar="DATA", help="Held-out data: fidelity to the reference, and accuracy when it has labels.")
-@_with(_compress_common_options)
-def prune_command(model: str, **opts: Any) -> None:
-    """Prune MODEL (magnitude, channels) or factorize it (lowrank); writes OUTDIR/model.pt2 and report.json.
-
-    Every result is checked by a forward pass, an ONNX export and an ORT-vs-torch parity check.
-    """
-
-    def action() -> int:
-        from edgeport.compress import prune
-        from edgeport.passes.distill import DistillConfig
-        from edgeport.progress import TerminalProgress
-
-        quiet = opts["quiet"] or opts["as_json"]
-        recover = DistillConfig(epochs=opts["recover_epochs"], seed=opts["seed"], device=opts["device"]) if opts["recover_epochs"] > 0 else None
-        result = prune(
-            model, method=opts["method"], ratio=opts["ratio"], out_dir=opts["out_dir"], inputs=opts["inputs"] or None, weights=opts["weights"],
-            data=opts["data"], teacher=opts["teacher"], teacher_weights=opts["teacher_weights"], steps=opts["steps"], recover=recover,
-            round_to=opts["round_to"], ignore=_split(opts["ignore"]) or (), layers=_split(opts["layers"]), energy=opts["energy"],
-            eval_data=opts["eval_data"], trust_pickle=opts["trust_pickle"], seed=opts["seed"], cache_dir=opts["cache_dir"],
-            progress=TerminalProgress(enabled=False if quiet else None), force=opts["force"], min_fidelity=opts["min_fidelity"],
-            method_options={"clusters": opts["clusters"]} if opts["clusters"] is not None else None,
-        )
-        _common_compress_output(result, opts["as_json"], quiet)
-        return result.exit_code
-
-    _run(action)
+cli.add_command(distill_command)
+cli.add_command(prune_command)
 
 
 def main() -> None:

@@ -52,8 +52,8 @@ class Batch:
 
 
 @dataclass
-class _Item:
-    arrays: dict[str, Any]  # np.ndarray or a lazily read _NpyRows
+class Item:
+    arrays: dict[str, Any]  # np.ndarray or a lazily read NpyRows
     labels: Any = None
     origin: str = ""
 
@@ -65,13 +65,15 @@ class DataSource:
     role = "data"  # "calibration" or "evaluation", used in error messages
     warning: str | None = None  # said in the report, e.g. that synthetic data is not representative
 
-    def items(self) -> Iterator[_Item]:
+    def items(self) -> Iterator[Item]:
         raise NotImplementedError
 
     def batches(
         self, specs: tuple[TensorSpec, ...], batch_size: int = 8, max_samples: int | None = None
     ) -> Iterator[Batch]:
-        return _batch_items(self, specs, batch_size, max_samples)
+        from edgeport.data_batches import batch_items  # batching reads the sources this module defines
+
+        return batch_items(self, specs, batch_size, max_samples)
 
     def scan(self, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> "DataScan":
         """One pass over exactly the batches a consumer will see: it validates them against the
@@ -115,12 +117,12 @@ class NpzSource(DataSource):
         if not self.keys:
             raise DataError(f"{role} data '{path}' holds no arrays", fix="write arrays keyed by input name with numpy.savez")
 
-    def items(self) -> Iterator[_Item]:
+    def items(self) -> Iterator[Item]:
         archive = zipfile.ZipFile(self.path)
         try:
-            arrays = {k: _NpyRows(archive, k, self.path) for k in self.keys if k != LABELS_KEY}
-            labels = _NpyRows(archive, LABELS_KEY, self.path) if LABELS_KEY in self.keys else None
-            yield _Item(arrays, labels, str(self.path))
+            arrays = {k: NpyRows(archive, k, self.path) for k in self.keys if k != LABELS_KEY}
+            labels = NpyRows(archive, LABELS_KEY, self.path) if LABELS_KEY in self.keys else None
+            yield Item(arrays, labels, str(self.path))
         finally:
             archive.close()
 
@@ -133,19 +135,19 @@ class FolderSource(DataSource):
         if not self.files:
             raise DataError(f"{role} data folder '{path}' has no .npy or .npz files", fix="save one sample per file with numpy.save")
 
-    def items(self) -> Iterator[_Item]:
+    def items(self) -> Iterator[Item]:
         for file in self.files:
             try:
                 loaded = np.load(file, allow_pickle=False)
             except Exception as exc:
                 raise DataError(f"{self.role} sample '{file}' cannot be read ({exc})", fix="re-save it with numpy.save") from exc
             if isinstance(loaded, np.ndarray):
-                yield _Item({"": loaded}, None, str(file))
+                yield Item({"": loaded}, None, str(file))
             else:
                 with loaded:
                     arrays = {k: loaded[k] for k in loaded.files if k != LABELS_KEY}
                     labels = loaded[LABELS_KEY] if LABELS_KEY in loaded.files else None
-                yield _Item(arrays, labels, str(file))
+                yield Item(arrays, labels, str(file))
 
 
 class FactorySource(DataSource):
@@ -161,7 +163,7 @@ class FactorySource(DataSource):
         self.obj = import_object(target, what=f"{role} data factory", error=DataError)
         self._one_shot: object | None = None
 
-    def items(self) -> Iterator[_Item]:
+    def items(self) -> Iterator[Item]:
         produced = self.obj() if callable(self.obj) else self.obj
         if not isinstance(produced, Iterable):
             raise DataError(f"{self.role} data factory '{self.target}' returned {type(produced).__name__}, not an iterable", fix="return a list or generator of arrays or dicts")
@@ -181,7 +183,7 @@ class FactorySource(DataSource):
                 arrays = {f"#{i}": _to_numpy(v) for i, v in enumerate(element)}
             else:
                 arrays = {"": _to_numpy(element)}
-            yield _Item(arrays, None if labels is None else _to_numpy(labels), f"{self.target}[{index}]")
+            yield Item(arrays, None if labels is None else _to_numpy(labels), f"{self.target}[{index}]")
 
 
 class RandomSource(DataSource):
@@ -196,11 +198,11 @@ class RandomSource(DataSource):
         self.specs = specs
         return super().batches(specs, batch_size, max_samples)
 
-    def items(self) -> Iterator[_Item]:
+    def items(self) -> Iterator[Item]:
         rng = np.random.default_rng(self.seed)
         whole = takes_complete_feeds(self.specs)  # then every item is a complete feed at batch 1
         for _ in range(self.num_samples):
-            yield _Item({s.name: example_array(s, rng) if whole or not s.rank else example_array(s, rng)[0] for s in self.specs}, None, "random")
+            yield Item({s.name: example_array(s, rng) if whole or not s.rank else example_array(s, rng)[0] for s in self.specs}, None, "random")
 
 
 def open_data(text: str | Path | DataSource | None, *, role: str, seed: int = 0) -> DataSource | None:
@@ -251,7 +253,7 @@ def import_object(target: str, *, what: str, error: type[Exception]) -> Any:
     return obj
 
 
-class _NpyRows:
+class NpyRows:
     """Rows of one .npy member of an .npz, read a few at a time (compressed members stream too)."""
 
     def __init__(self, archive: zipfile.ZipFile, key: str, path: Path):
@@ -308,45 +310,11 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _rows(array: Any) -> Iterator[np.ndarray]:
-    if isinstance(array, _NpyRows):
+def array_rows(array: Any) -> Iterator[np.ndarray]:
+    if isinstance(array, NpyRows):
         yield from array.rows()
     else:
         yield np.asarray(array)
-
-
-def _bind_names(item: _Item, specs: tuple[TensorSpec, ...], source: DataSource) -> dict[str, Any]:
-    """Map an item's arrays onto input names, accepting unnamed arrays for one-input models."""
-    names = [s.name for s in specs]
-    keys = list(item.arrays)
-    if keys in ([""], ["arr_0"]):  # a bare .npy, or numpy.savez(f, array) without a name
-        if len(specs) != 1:
-            raise DataError(f"{source.role} data '{item.origin}' holds one unnamed array but the model takes {len(specs)} inputs {names}", fix="save arrays keyed by input name (numpy.savez(f, name=array, ...))")
-        return {names[0]: item.arrays[keys[0]]}
-    if all(k.startswith("#") for k in keys):
-        if len(keys) != len(specs):
-            raise DataError(f"{source.role} data '{item.origin}' holds {len(keys)} arrays but the model takes {len(specs)} inputs {names}", fix="give one array per input, in input order")
-        return {spec.name: item.arrays[key] for spec, key in zip(specs, keys)}
-    missing = [n for n in names if n not in item.arrays]
-    if missing:
-        raise DataError(f"{source.role} data '{source.description}' has no array for input '{missing[0]}' (it has {keys})", fix=f"key the arrays by the model's input names {names}")
-    extra = [k for k in keys if k not in names]
-    if extra:
-        raise DataError(f"{source.role} data '{source.description}' has array '{extra[0]}' that is not a model input {names}", fix=f"remove it or rename it to one of {names} (labels go under '{LABELS_KEY}')")
-    return {n: item.arrays[n] for n in names}
-
-
-def _cast(array: np.ndarray, spec: TensorSpec, source: DataSource) -> np.ndarray:
-    want = np.dtype(spec.dtype)
-    if array.dtype == want:
-        return array
-    if want.kind == "f" and array.dtype.kind in "fiub":
-        return array.astype(want)
-    if want.kind in "iu" and array.dtype.kind in "iub":
-        return array.astype(want)
-    if want.kind == "b" and array.dtype.kind in "iub":
-        return array.astype(bool)
-    raise DataError(f"{source.role} data for input '{spec.name}' is {array.dtype} but the model takes {spec.dtype}", fix=f"save it as {spec.dtype}")
 
 
 def takes_complete_feeds(specs: tuple[TensorSpec, ...]) -> bool:
@@ -355,154 +323,3 @@ def takes_complete_feeds(specs: tuple[TensorSpec, ...]) -> bool:
     batch_names = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], str)}
     batch = next(iter(batch_names)) if len(batch_names) == 1 else None
     return any(s.rank == 0 or (batch is not None and s.shape[0] != batch and batch in s.shape) for s in specs)
-
-
-def _feeds(source: DataSource, specs: tuple[TensorSpec, ...], max_samples: int | None) -> Iterator[Batch]:
-    """Complete feeds, each as given: never stacked with another, never split."""
-    emitted = 0
-    for item in source.items():
-        arrays = _materialize(_bind_names(item, specs, source))
-        offsets = {s.name: arrays[s.name].ndim - s.rank for s in specs}
-        if set(offsets.values()) - {0, 1} or len(set(offsets.values())) != 1:
-            shapes = ", ".join(f"{n}{tuple(a.shape)}" for n, a in arrays.items())
-            want = ", ".join(f"{s.name}{s.describe()}" for s in specs)
-            raise DataError(f"{source.role} data '{item.origin}' gives {shapes}, but this model takes complete feeds ({want}): "
-                            "an input has no batch axis at 0, so samples cannot be stacked",
-                            fix="save each feed exactly as the model takes it (one .npz per feed), or a list of them along a new first axis")
-        count = len(next(iter(arrays.values()))) if next(iter(offsets.values())) == 1 else None
-        if count is not None and any(len(a) != count for a in arrays.values()):
-            raise DataError(f"{source.role} data '{item.origin}' lists a different number of feeds per input "
-                            f"({', '.join(f'{n}: {len(a)}' for n, a in arrays.items())})", fix="give every input the same number of feeds")
-        labels = None if item.labels is None else np.asarray(item.labels)
-        for i in range(count if count is not None else 1):
-            feed = {s.name: _cast(arrays[s.name][i] if count is not None else arrays[s.name], s, source) for s in specs}
-            label = None if labels is None else (labels[i] if count is not None and labels.ndim else labels)
-            yield _checked(Batch(feed, None if label is None else np.asarray(label)[None], feeds=1), specs, source)
-            emitted += 1
-            if max_samples is not None and emitted >= max_samples:
-                return
-
-
-def batch_size_for(specs: tuple[TensorSpec, ...], batch_size: int) -> int:
-    """The batch size a model takes: its fixed leading dim where it has one (a model compiled for
-    batch 1), else the one asked for."""
-    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
-    return fixed.pop() if len(fixed) == 1 else batch_size
-
-
-def _batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> Iterator[Batch]:
-    if batch_size < 1:
-        raise DataError(f"batch size {batch_size} is below 1", fix="use a batch size of at least 1")
-    if takes_complete_feeds(specs):
-        yield from _feeds(source, specs, max_samples)
-        return
-    target = batch_size_for(specs, batch_size)
-    pending: list[tuple[dict[str, np.ndarray], Any]] = []
-    emitted = 0
-
-    def flush() -> Iterator[Batch]:
-        nonlocal pending
-        if pending:
-            inputs = {s.name: np.stack([p[0][s.name] for p in pending]) for s in specs}
-            labels = None if pending[0][1] is None else np.stack([np.asarray(p[1]) for p in pending])
-            pending = []
-            yield _checked(Batch(inputs, labels), specs, source)
-
-    for item in source.items():
-        arrays = _bind_names(item, specs, source)
-        first = specs[0]
-        offset = _rank_offset(arrays[first.name], first, source)
-        for spec in specs[1:]:
-            if _rank_offset(arrays[spec.name], spec, source) != offset:
-                raise DataError(f"{source.role} data arrays '{first.name}' and '{spec.name}' disagree on what their first axis means", fix="give every input the same layout: samples along axis 0")
-        if offset == 1:  # ready-made batches
-            streams = {n: _rows(a) for n, a in arrays.items()}
-            label_stream = _rows(item.labels) if item.labels is not None else None
-            for blocks in _zip_blocks(streams, label_stream, source):
-                inputs, labels = blocks
-                for i in range(next(iter(inputs.values())).shape[0]):
-                    batch = Batch({s.name: _cast(inputs[s.name][i], s, source) for s in specs}, None if labels is None else labels[i])
-                    yield _checked(batch, specs, source)
-                    emitted += batch.size
-                    if max_samples is not None and emitted >= max_samples:
-                        return
-            continue
-        if offset == -1:  # one sample
-            labels = None if item.labels is None else np.asarray(item.labels)[None]
-            blocks_iter: Iterable = [({n: a[None] for n, a in _materialize(arrays).items()}, labels)]
-        else:
-            streams = {n: _rows(a) for n, a in arrays.items()}
-            label_stream = _rows(item.labels) if item.labels is not None else None
-            blocks_iter = _zip_blocks(streams, label_stream, source)
-        for inputs, labels in blocks_iter:
-            for i in range(next(iter(inputs.values())).shape[0]):
-                sample = {s.name: _cast(inputs[s.name][i], s, source) for s in specs}
-                if pending and any(pending[0][0][n].shape != sample[n].shape for n in sample):
-                    yield from flush()  # shapes changed (e.g. text length): a batch holds one shape
-                pending.append((sample, None if labels is None else labels[i]))
-                emitted += 1
-                if len(pending) == target:
-                    yield from flush()
-                if max_samples is not None and emitted >= max_samples:
-                    yield from flush()
-                    return
-    yield from flush()
-
-
-def _materialize(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
-    out = {}
-    for name, array in arrays.items():
-        blocks = list(_rows(array)) if isinstance(array, _NpyRows) else None
-        out[name] = np.asarray(array) if blocks is None else np.concatenate(blocks) if blocks else np.empty(array.shape, array.dtype)
-    return out
-
-
-def _rank_offset(array: Any, spec: TensorSpec, source: DataSource) -> int:
-    offset = array.ndim - spec.rank
-    if offset not in (-1, 0, 1):
-        shape = tuple(array.shape)
-        raise DataError(f"{source.role} data for input '{spec.name}' has shape {shape} but the model takes {spec.describe()}", fix=f"give samples of rank {spec.rank - 1}, blocks of rank {spec.rank}, or batches of rank {spec.rank + 1}")
-    return offset
-
-
-def _zip_blocks(streams: dict[str, Iterator[np.ndarray]], labels: Iterator[np.ndarray] | None, source: DataSource):
-    """Walk several row streams in step, re-chunking so each yielded block has the same row count."""
-    buffers: dict[str, list[np.ndarray]] = {n: [] for n in streams}
-    label_buffer: list[np.ndarray] = []
-    while True:
-        for name, stream in streams.items():
-            if not buffers[name]:
-                block = next(stream, None)
-                if block is not None:
-                    buffers[name].append(block)
-        if labels is not None and not label_buffer:
-            block = next(labels, None)
-            if block is not None:
-                label_buffer.append(block)
-        empty = [n for n, b in buffers.items() if not b]
-        if empty:
-            if len(empty) != len(buffers):
-                raise DataError(f"{source.role} data arrays have different sample counts ('{empty[0]}' runs out first)", fix="give every input (and labels) the same number of samples")
-            return
-        count = min(b[0].shape[0] for b in buffers.values())
-        if labels is not None:
-            if not label_buffer:
-                raise DataError(f"{source.role} data has fewer labels than samples", fix="give one label per sample")
-            count = min(count, label_buffer[0].shape[0])
-        out = {}
-        for name, buffer in buffers.items():
-            out[name], rest = buffer[0][:count], buffer[0][count:]
-            buffers[name] = [rest] if len(rest) else []
-        out_labels = None
-        if labels is not None:
-            out_labels, rest = label_buffer[0][:count], label_buffer[0][count:]
-            label_buffer = [rest] if len(rest) else []
-        yield out, out_labels
-
-
-def _checked(batch: Batch, specs: tuple[TensorSpec, ...], source: DataSource) -> Batch:
-    for spec in specs:
-        shape = batch.inputs[spec.name].shape
-        if not spec.matches(shape):
-            raise DataError(f"{source.role} data for input '{spec.name}' gives batches of shape {shape} but the model takes {spec.describe()}", fix="reshape the data to the model's input shape")
-    return batch

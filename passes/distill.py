@@ -10,7 +10,6 @@ DistributedDataParallel (gloo on CPU, nccl on GPU: ``distill_world``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -23,6 +22,9 @@ from edgeport.artifacts import StepRecord, TorchArtifact
 from edgeport.data import DataSource
 from edgeport.errors import DataError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.distill_targets import (
+    first_output, make_adapters, resolve_hints, run_teacher, teacher_targets, trainable_with_adapters,
+)
 from edgeport.passes.distill_world import DEVICES, World
 from edgeport.passes.registry import PassInfo
 
@@ -93,7 +95,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     inputs, labels = load_tensors(data, student.inputs)
     n = next(iter(inputs.values())).shape[0]
-    hint_pairs = _resolve_hints(config.hints, teacher_module, model)
+    hint_pairs = resolve_hints(config.hints, teacher_module, model)
 
     generator = torch.Generator().manual_seed(config.seed)
     if val_data is not None:
@@ -107,16 +109,16 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
             val_index = train_index
         val_inputs = {k: v[val_index] for k, v in inputs.items()}
         val_labels = labels[val_index] if labels is not None else None
-    targets, teacher_calls, cache_state = _teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key, device)
+    targets, teacher_calls, cache_state = teacher_targets(teacher_module, inputs, hint_pairs, config, ctx, teacher_key, device)
     _check_outputs_match(targets["logits"], model, inputs, device)
     if val_data is not None:
-        val_targets, val_calls = _run_teacher(teacher_module, val_inputs, hint_pairs, device)
+        val_targets, val_calls = run_teacher(teacher_module, val_inputs, hint_pairs, device)
         teacher_calls += val_calls
     else:
         val_targets = {k: v[val_index] for k, v in targets.items()}
 
-    adapters = _make_adapters(model, teacher_module, hint_pairs, {k: v[:2].to(device) for k, v in inputs.items()}, targets)
-    trainable = _trainable(model, adapters, hint_pairs).to(device)
+    adapters = make_adapters(model, teacher_module, hint_pairs, {k: v[:2].to(device) for k, v in inputs.items()}, targets)
+    trainable = trainable_with_adapters(model, adapters, hint_pairs).to(device)
     wrapped = world.wrap(trainable)
     params = list(trainable.parameters())  # student and adapters
     optimizer = (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw"
@@ -248,151 +250,13 @@ def _check_outputs_match(teacher_logits, student, inputs, device: str = "cpu") -
     import torch
 
     with torch.no_grad():
-        s_out = _first(student(*[v[:2].to(device) for v in inputs.values()]))
+        s_out = first_output(student(*[v[:2].to(device) for v in inputs.values()]))
     t_shape = (2, *teacher_logits.shape[1:])
     if t_shape != tuple(s_out.shape):
         raise UsageError(
             f"the student's output shape {tuple(s_out.shape)} does not match the teacher's {t_shape}",
             fix="give the student the teacher's output layout (e.g. the same number of classes)",
         )
-
-
-def _first(out: Any) -> Any:
-    if isinstance(out, dict):
-        return next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    return out
-
-
-def _resolve_hints(hints: tuple[str, ...], teacher, student) -> list[tuple[str, str]]:
-    import difflib
-
-    pairs = []
-    for pair in hints:
-        t_name, s_name = pair.split(":")
-        for name, module, role in ((t_name, teacher, "teacher"), (s_name, student, "student")):
-            names = dict(module.named_modules())
-            if name not in names:
-                near = difflib.get_close_matches(name, [n for n in names if n], n=1)
-                raise UsageError(f"{role} has no layer '{name}'", fix=f"did you mean '{near[0]}'?" if near else "list layers with print(model)")
-        pairs.append((t_name, s_name))
-    return pairs
-
-
-def _trainable(student, adapters, hint_pairs):
-    """Student plus hint adapters as one module whose forward returns the output and the projected
-    hint features, so DistributedDataParallel sees (and all-reduces) every trained parameter."""
-    from torch import nn
-
-    class Trainable(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.student = student
-            self.adapters = adapters
-
-        def forward(self, *batch):
-            feats: dict[str, Any] = {}
-            modules = dict(self.student.named_modules())
-            hooks = [modules[s].register_forward_hook(lambda m, a, o, n=s: feats.__setitem__(n, o)) for _, s in hint_pairs]
-            try:
-                out = _first(self.student(*batch))
-            finally:
-                for h in hooks:
-                    h.remove()
-            return out, {s: self.adapters[s.replace(".", "_")](feats[s]) for _, s in hint_pairs}
-
-    return Trainable()
-
-
-def _run_teacher(teacher, inputs: dict[str, Any], hint_pairs, device: str = "cpu", batch_size: int = 256) -> tuple[dict[str, Any], int]:
-    """The teacher's outputs (and hint features) on ``inputs``, held on the CPU. The teacher visits
-    ``device`` only while it runs: it need not sit in GPU memory through training."""
-    import torch
-
-    names = [p[0] for p in hint_pairs]
-    modules = dict(teacher.named_modules())
-    outs: dict[str, list[Any]] = {"logits": [], **{f"hint:{n}": [] for n in names}}
-    feats: dict[str, Any] = {}
-    hooks = [modules[n].register_forward_hook(lambda m, a, o, n=n: feats.__setitem__(n, o)) for n in names]
-    calls = 0
-    n = next(iter(inputs.values())).shape[0]
-    home = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    teacher.to(device)
-    try:
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                batch = [v[start : start + batch_size].to(device) for v in inputs.values()]
-                outs["logits"].append(_first(teacher(*batch)).float().cpu())  # targets are held on the CPU, like the data
-                calls += 1
-                for name in names:
-                    outs[f"hint:{name}"].append(feats[name].float().cpu())
-    finally:
-        for h in hooks:
-            h.remove()
-        teacher.to(home)
-    return {k: torch.cat(v) for k, v in outs.items()}, calls
-
-
-def _teacher_targets(teacher_module, inputs, hint_pairs, config: DistillConfig, ctx: PassContext, teacher_key: str | None, device: str = "cpu"):
-    """Online: run the teacher now. Offline: load its stored outputs, or compute and store them."""
-    import torch
-
-    if not config.offline:
-        targets, calls = _run_teacher(teacher_module, inputs, hint_pairs, device)
-        return targets, calls, "computed (online)"
-    key = teacher_key or _teacher_digest(teacher_module)
-    digest = hashlib.sha256()
-    digest.update(key.encode())
-    for name, tensor in inputs.items():
-        digest.update(name.encode())
-        digest.update(tensor.numpy().tobytes())
-    digest.update(repr(sorted(p[0] for p in hint_pairs)).encode())
-    path = ctx.cache_dir / "teacher-outputs" / f"{digest.hexdigest()[:32]}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            return {k: torch.from_numpy(stored[k]) for k in stored.files}, 0, f"loaded from {path}"
-    targets, calls = _run_teacher(teacher_module, inputs, hint_pairs, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(temp, **{k: v.numpy() for k, v in targets.items()})
-    os.replace(temp, path)
-    return targets, calls, f"computed and stored in {path}"
-
-
-def _teacher_digest(module) -> str:
-    digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _make_adapters(student, teacher, hint_pairs, probe_inputs, targets):
-    """A learned 1x1 projection per hint when widths differ; spatial sizes are matched by pooling."""
-    import torch
-    from torch import nn
-
-    adapters = nn.ModuleDict()
-    if not hint_pairs:
-        return adapters
-    feats: dict[str, Any] = {}
-    modules = dict(student.named_modules())
-    hooks = [modules[s].register_forward_hook(lambda m, a, o, n=s: feats.__setitem__(n, o)) for _, s in hint_pairs]
-    with torch.no_grad():
-        student(*probe_inputs.values())
-    for h in hooks:
-        h.remove()
-    for t_name, s_name in hint_pairs:
-        s_feat, t_feat = feats[s_name], targets[f"hint:{t_name}"]
-        key = s_name.replace(".", "_")
-        if s_feat.shape[1] == t_feat.shape[1]:
-            adapters[key] = nn.Identity()
-        elif s_feat.ndim == 4:
-            adapters[key] = nn.Conv2d(s_feat.shape[1], t_feat.shape[1], 1)
-        else:
-            adapters[key] = nn.Linear(s_feat.shape[-1], t_feat.shape[-1])
-    return adapters
 
 
 def choose_loss(teacher_out: Any) -> tuple[str, str]:
@@ -445,7 +309,7 @@ def _evaluate(model, inputs, labels, targets, config, loss_kind, specs, device: 
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            out = _first(model(*[inputs[s.name][start : start + batch_size].to(device) for s in specs]))
+            out = first_output(model(*[inputs[s.name][start : start + batch_size].to(device) for s in specs]))
             teacher_out = targets["logits"][start : start + batch_size].to(device)
             if loss_kind == "kl":  # the training objective itself, so alpha = 0 never consults the teacher
                 t = config.temperature

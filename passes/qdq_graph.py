@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from edgeport.passes.recurrent_scan import is_int8_recurrence
+from edgeport.passes.recurrent_int8 import is_int8_recurrence
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 

@@ -12,7 +12,8 @@ import onnx
 from edgeport.errors import QuantizationError, first_line
 from edgeport.passes.finite_masks import MASK_NOTE, finite_mask_fills
 from edgeport.passes.qdq_graph import sort_topologically
-from edgeport.passes.quantize_static import StaticInt8Config, ort_method, quiet_ort
+from edgeport.passes.calibration import ort_method, quiet_ort
+from edgeport.passes.quantize_static import StaticInt8Config
 
 def prepare_for_qnn(model: onnx.ModelProto, work: Path, notes: list[str]) -> onnx.ModelProto:
     """The float model as QNN's HTP can take it once quantized: ORT's qnn_preprocess_model fuses the

@@ -10,7 +10,8 @@ from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.parity_check import parity_between
-from edgeport.passes.quantize_static import per_tensor_if_needed, quiet_ort, resolve_reduce_range
+from edgeport.passes.calibration import quiet_ort
+from edgeport.passes.quantize_static import per_tensor_if_needed, resolve_reduce_range
 from edgeport.passes.registry import PassInfo
 
 

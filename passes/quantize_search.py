@@ -18,7 +18,6 @@ import onnx
 
 from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
-from edgeport.passes.bias_correction import correct_biases
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.qnn_rules import prepare_for_qnn
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
@@ -31,22 +30,25 @@ from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, n
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
-    StaticInt8Config, calibrate, check_exclusions, default_op_types, op_types_to_quantize,
+    StaticInt8Config, check_exclusions, default_op_types, op_types_to_quantize,
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
-from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX, prepared_recurrences, restore_cells
+from edgeport.passes.recurrent_int8 import restore_cells
+from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX, prepared_recurrences
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
-    SearchBudget, SearchResult, SearchSpace, revert_free_types, search_fallback, weight_bytes,
+    SearchBudget, SearchResult, revert_free_types, search_fallback,
 )
-from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.passes.wide_activations import (
     WideActivationModel, compilable_mix, npu_verdict_session, qnn_installed, start_on_npu, wide_activation_share,
 )
-from edgeport.runtimes.hostcpu import X86_ARCHES
 from edgeport.runtimes.parity import class_score_outputs
+from edgeport.passes.calibration import calibrate
 from edgeport.passes.registry import PassInfo
+from edgeport.passes.search_candidates import (
+    Candidate, bias_corrected, full_range_weights, qdq_model_of, quantize_candidate, search_space, transformed, with_free_types,
+)
 
 CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
 NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
@@ -95,22 +97,6 @@ class AccuracyAwareInt8Config:
         unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
         if unknown or not self.calibration_methods:
             raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
-
-
-@dataclass
-class _Candidate:
-    """One way to make the all-int8 model: calibration method, smoothing, corrected biases."""
-
-    source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
-    float_source: onnx.ModelProto  # the exact float model it derives from (the original or a smoothed one): reverts read it
-    qdq: onnx.ModelProto
-    ranges: Path
-    method: str
-    score: FidelityScore
-    outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
-    correction: Any = None
-    reduce_range: bool = False
-    wide: WideActivationModel | None = None  # QNN: the search's groups take 16-bit activations, not float
 
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
@@ -179,14 +165,14 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
 
     def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source,
-                  seven_bit: bool = reduce_range) -> _Candidate:
+                  seven_bit: bool = reduce_range) -> Candidate:
         pinned = scale_nodes(float_source)
         exclude = (*quant.exclude_nodes, *sorted(pinned))
-        qdq = _quantize(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, exclude)
+        qdq = quantize_candidate(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, exclude)
         budget.spend()
         scored = QdqModel(qdq, float_source, pinned).with_float(set()) if pinned else qdq
         wide = WideActivationModel(qdq, float_source, path, ranges, method, op_types, quant, exclude, work) if on_npu else None
-        return _Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
+        return Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
                           *scorer.evaluate(session_for(scored), search), correction, seven_bit, wide)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
@@ -198,7 +184,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         improvements["smooth_quant"] = "not tried: its scales stay float, which QNN's HTP would leave to the CPU"
     # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
     # (a histogram pass each), each taken only when the target is not yet met with the guard band.
-    corrected = _bias_corrected(best, config, calibration, model, work, candidate)
+    corrected = bias_corrected(best, config, calibration, model, work, candidate)
     if corrected is not None:
         improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.key() > best.score.key(),
                                            "before": best.score.to_dict(), "after": corrected.score.to_dict()}
@@ -215,7 +201,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             notes.append(f"{method} calibration failed ({first_line(exc)}); kept {best.method}")
             continue
         if best.correction is not None:  # compare like with like: correct this one's biases too
-            other = _bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+            other = bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
         improvements["calibration"][method] = other.score.to_dict()
         best = other if other.score.key() > best.score.key() else best
     improvements["calibration_chosen"] = best.method
@@ -224,7 +210,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                    for alpha in config.smooth_alphas]
     free: set[str] | None = None
     free_score: FidelityScore | None = None
-    unsmoothed: _Candidate | None = None
+    unsmoothed: Candidate | None = None
     for name, enabled, transform, smoothing in transforms:
         if not enabled:
             continue
@@ -234,13 +220,13 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         if free is None:
             # Judge each rewrite where it matters: with the op types that cost no MACs in float, as the
             # search will have them (a quantized Softmax can hide what smoothing does for the MatMuls).
-            free, free_score = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
+            free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
         if smoothing and unsmoothed is None:
             unsmoothed = best  # each strength is applied to the model before smoothing, not on top of another
         base = unsmoothed if smoothing else best
-        result = _transformed(base, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
+        result = transformed(base, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
         if result is not None:
-            after = scorer.score(session_for(_qdq_model(result[0]).with_float(free)), search)
+            after = scorer.score(session_for(qdq_model_of(result[0]).with_float(free)), search)
             budget.spend()
             kept = after.key() > free_score.key()
             improvements[name] = {"changed": result[1], "kept": kept, "free_op_types_in_float": len(free),
@@ -249,7 +235,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 best, free_score = result[0], after
     if reduce_range and quant.reduce_range is None and best.score.margin < config.guard_band \
             and (free_score is None or free_score.margin < config.guard_band):
-        best = _full_range_weights(best, free, free_score, quant, search, scorer, budget, config, calibration, model, work,
+        best = full_range_weights(best, free, free_score, quant, search, scorer, budget, config, calibration, model, work,
                                    candidate, improvements)
         if not best.reduce_range:
             reduce_range, range_rule = False, improvements["full_range_weights"]["rule"]
@@ -262,7 +248,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             best.score, best.outputs = scorer.evaluate(best.wide.session(set()), search)
             budget.spend()
             start_score = best.score
-    space = _search_space(best, quant, search)
+    space = search_space(best, quant, search)
     speedup = int8_speedup(ctx.quant_target or host_quant_target())
     space.int8_speedup = speedup.value if not on_npu else None  # the MAC-bound model prices float, not 16-bit activations
     qdq_model, groups = space.qdq, space.groups
@@ -402,99 +388,6 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         notes=notes,
     ))
     return artifact
-
-
-def _with_free_types(candidate: _Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
-                     guard: float) -> tuple[set[str], FidelityScore]:
-    """The MAC-free nodes worth keeping float in ``candidate``, and its score with them in float."""
-    free, score, _ = revert_free_types(_search_space(candidate, quant, search), candidate.score, search, scorer, budget, guard=guard)
-    return free, score
-
-
-def _qdq_model(candidate: _Candidate) -> QdqModel | WideActivationModel:
-    """Reverted nodes read exact float weights and biases; smoothing's scales are always float. On
-    an NPU target "reverting" a group gives it 16-bit activations instead."""
-    if candidate.wide is not None:
-        return candidate.wide
-    return QdqModel(candidate.qdq, candidate.float_source, scale_nodes(candidate.float_source))
-
-
-def _search_space(candidate: _Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
-    qdq_model = _qdq_model(candidate)
-    groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
-    return SearchSpace(qdq_model, groups, node_mac_counts(candidate.float_source, search.feeds[0]),
-                       {n.name: n.op_type for n in candidate.float_source.graph.node},
-                       weight_bytes(candidate.float_source, groups) if candidate.wide is None else {}, candidate.qdq.ByteSize())
-
-
-def _bias_corrected(base: _Candidate, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact, work: Path,
-                    candidate: Any, always: bool = False) -> _Candidate | None:
-    """``base`` with biases corrected for its weight rounding; None when not tried (switched off,
-    the target already met, or no layer to correct)."""
-    if not config.bias_correction or (base.score.margin >= config.guard_band and not always):
-        return None
-    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
-    correction = correct_biases(base.source, base.qdq, feeds)
-    if not correction.original:
-        return None
-    corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
-    onnx.save(correction.model, str(corrected_path))
-    return candidate(corrected_path, base.ranges, base.method, f"{base.method}{'' if base.reduce_range else '.full-range'}.bias-corrected",
-                     correction, base.float_source, seven_bit=base.reduce_range)
-
-
-def _transformed(base: _Candidate, transform: Any, label: str, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact,
-                 op_types: list[str], quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path,
-                 candidate: Any) -> tuple[_Candidate, int] | None:
-    """``base`` rebuilt on a function-preserving rewrite of its float model (equalized or smoothed):
-    fresh ranges, biases corrected again if ``base``'s were. None when the rewrite changed nothing."""
-    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
-    rewritten, changed = transform(base.float_source, feeds)
-    if not changed:
-        return None
-    path = work / f"source.{label}.onnx"
-    onnx.save(rewritten, str(path))
-    ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
-    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, seven_bit=base.reduce_range)
-    if base.correction is not None:
-        result = _bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
-    return result, changed
-
-
-def _full_range_weights(best: _Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
-                        scorer: Scorer, budget: SearchBudget, config: AccuracyAwareInt8Config, calibration: Any, model: OnnxArtifact,
-                        work: Path, candidate: Any, improvements: dict[str, Any]) -> _Candidate:
-    """``best`` with full 8-bit weights where the rule chose 7-bit ones, kept only if it scores better.
-    Only measured where this host runs the very kernels that can saturate (x86 without VNNI): a
-    measurement elsewhere could not see the saturation that reduce_range exists to avoid."""
-    host = host_quant_target()
-    if host.arch not in X86_ARCHES or host.has_vnni:
-        improvements["full_range_weights"] = f"not tried: {host.source} does not run the target's saturating kernels, so it cannot measure them"
-        return best
-    if free is None or free_score is None:
-        free, free_score = _with_free_types(best, quant, search, scorer, budget, config.guard_band)
-    float_path = work / f"source.{best.method}.full-range.onnx"
-    onnx.save(best.float_source, str(float_path))
-    other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
-    if best.correction is not None:  # weight rounding changed, so the corrected biases must be measured again
-        other = _bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
-    after = scorer.score(session_for(_qdq_model(other).with_float(free)), search)
-    budget.spend()
-    kept = after.key() > free_score.key()
-    improvements["full_range_weights"] = {
-        "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),
-        "rule": f"reduce_range off: measured on {host.source}, x86 without VNNI whose u8*s8 kernels can saturate, full 8-bit "
-                "weights scored better than 7-bit ones" if kept else "",
-    }
-    return other if kept else best
-
-
-def _quantize(source_path: Path, out: Path, ranges: Path, method: str, op_types: list[str], quant: StaticInt8Config,
-              reduce_range: bool, exclude: tuple[str, ...]) -> onnx.ModelProto:
-    """Search candidates are QDQ whatever the final format: their float bypasses are built on Q/DQ pairs."""
-    qdq_config = replace(quant, format="qdq")
-    quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
-    return onnx.load(str(out))
 
 
 def _parity_view(score: FidelityScore) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def test_npz_is_streamed_in_row_blocks(tmp_path):
     path = tmp_path / "big.npz"
     np.savez(path, image=np.ones((1000, 1, 8, 8), np.float32))
     items = open_data(path, role="calibration").items()  # keep the generator: it owns the open archive
-    blocks = list(data_module._rows(next(items).arrays["image"]))
+    blocks = list(data_module.array_rows(next(items).arrays["image"]))
     assert max(len(b) for b in blocks) == data_module._ROWS_PER_READ
     assert sum(len(b) for b in blocks) == 1000
 

@@ -19,7 +19,8 @@ from edgeport.passes.int8_eval import session_for
 from edgeport.passes.int8_graph_facts import name_nodes
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config, quantize_accuracy_aware
-from edgeport.passes.recurrent_scan import is_int8_recurrence, quantize_recurrences, restore_cells, unfold_recurrences
+from edgeport.passes.recurrent_int8 import is_int8_recurrence, quantize_recurrences, restore_cells
+from edgeport.passes.recurrent_scan import unfold_recurrences
 from edgeport.passes.sensitivity import node_mac_counts
 from tests.conftest import npz_file
 

@@ -1,0 +1,134 @@
+"""The all-int8 candidates the accuracy-aware search builds and improves before any fallback:
+each is one way to make the int8 model (calibration method, rewrites of the float model,
+corrected biases, 7- or 8-bit weights), and the search space of groups it offers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeport.artifacts import OnnxArtifact
+from edgeport.passes.bias_correction import correct_biases
+from edgeport.passes.context import PassContext
+from edgeport.passes.fallback_search import SearchBudget, SearchSpace, revert_free_types, weight_bytes
+from edgeport.passes.fidelity import FidelityScore
+from edgeport.passes.int8_eval import Scorer, session_for
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.passes.calibration import calibrate
+from edgeport.passes.quantize_static import StaticInt8Config, host_quant_target, quantize_from_ranges
+from edgeport.passes.sensitivity import node_mac_counts
+from edgeport.passes.smooth_quant import scale_nodes
+from edgeport.passes.wide_activations import WideActivationModel
+from edgeport.runtimes.hostcpu import X86_ARCHES
+
+
+@dataclass
+class Candidate:
+    """One way to make the all-int8 model: calibration method, smoothing, corrected biases."""
+
+    source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
+    float_source: onnx.ModelProto  # the exact float model it derives from (the original or a smoothed one): reverts read it
+    qdq: onnx.ModelProto
+    ranges: Path
+    method: str
+    score: FidelityScore
+    outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
+    correction: Any = None
+    reduce_range: bool = False
+    wide: WideActivationModel | None = None  # QNN: the search's groups take 16-bit activations, not float
+
+
+def with_free_types(candidate: Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
+                     guard: float) -> tuple[set[str], FidelityScore]:
+    """The MAC-free nodes worth keeping float in ``candidate``, and its score with them in float."""
+    free, score, _ = revert_free_types(search_space(candidate, quant, search), candidate.score, search, scorer, budget, guard=guard)
+    return free, score
+
+
+def qdq_model_of(candidate: Candidate) -> QdqModel | WideActivationModel:
+    """Reverted nodes read exact float weights and biases; smoothing's scales are always float. On
+    an NPU target "reverting" a group gives it 16-bit activations instead."""
+    if candidate.wide is not None:
+        return candidate.wide
+    return QdqModel(candidate.qdq, candidate.float_source, scale_nodes(candidate.float_source))
+
+
+def search_space(candidate: Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
+    qdq_model = qdq_model_of(candidate)
+    groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
+    return SearchSpace(qdq_model, groups, node_mac_counts(candidate.float_source, search.feeds[0]),
+                       {n.name: n.op_type for n in candidate.float_source.graph.node},
+                       weight_bytes(candidate.float_source, groups) if candidate.wide is None else {}, candidate.qdq.ByteSize())
+
+
+def bias_corrected(base: Candidate, config: Any, calibration: Any, model: OnnxArtifact, work: Path,
+                    candidate: Any, always: bool = False) -> Candidate | None:
+    """``base`` with biases corrected for its weight rounding; None when not tried (switched off,
+    the target already met, or no layer to correct)."""
+    if not config.bias_correction or (base.score.margin >= config.guard_band and not always):
+        return None
+    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
+    correction = correct_biases(base.source, base.qdq, feeds)
+    if not correction.original:
+        return None
+    corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
+    onnx.save(correction.model, str(corrected_path))
+    return candidate(corrected_path, base.ranges, base.method, f"{base.method}{'' if base.reduce_range else '.full-range'}.bias-corrected",
+                     correction, base.float_source, seven_bit=base.reduce_range)
+
+
+def transformed(base: Candidate, transform: Any, label: str, config: Any, calibration: Any, model: OnnxArtifact,
+                 op_types: list[str], quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path,
+                 candidate: Any) -> tuple[Candidate, int] | None:
+    """``base`` rebuilt on a function-preserving rewrite of its float model (equalized or smoothed):
+    fresh ranges, biases corrected again if ``base``'s were. None when the rewrite changed nothing."""
+    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
+    rewritten, changed = transform(base.float_source, feeds)
+    if not changed:
+        return None
+    path = work / f"source.{label}.onnx"
+    onnx.save(rewritten, str(path))
+    ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
+    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, seven_bit=base.reduce_range)
+    if base.correction is not None:
+        result = bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
+    return result, changed
+
+
+def full_range_weights(best: Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
+                        scorer: Scorer, budget: SearchBudget, config: Any, calibration: Any, model: OnnxArtifact,
+                        work: Path, candidate: Any, improvements: dict[str, Any]) -> Candidate:
+    """``best`` with full 8-bit weights where the rule chose 7-bit ones, kept only if it scores better.
+    Only measured where this host runs the very kernels that can saturate (x86 without VNNI): a
+    measurement elsewhere could not see the saturation that reduce_range exists to avoid."""
+    host = host_quant_target()
+    if host.arch not in X86_ARCHES or host.has_vnni:
+        improvements["full_range_weights"] = f"not tried: {host.source} does not run the target's saturating kernels, so it cannot measure them"
+        return best
+    if free is None or free_score is None:
+        free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
+    float_path = work / f"source.{best.method}.full-range.onnx"
+    onnx.save(best.float_source, str(float_path))
+    other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
+    if best.correction is not None:  # weight rounding changed, so the corrected biases must be measured again
+        other = bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+    after = scorer.score(session_for(qdq_model_of(other).with_float(free)), search)
+    budget.spend()
+    kept = after.key() > free_score.key()
+    improvements["full_range_weights"] = {
+        "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),
+        "rule": f"reduce_range off: measured on {host.source}, x86 without VNNI whose u8*s8 kernels can saturate, full 8-bit "
+                "weights scored better than 7-bit ones" if kept else "",
+    }
+    return other if kept else best
+
+
+def quantize_candidate(source_path: Path, out: Path, ranges: Path, method: str, op_types: list[str], quant: StaticInt8Config,
+              reduce_range: bool, exclude: tuple[str, ...]) -> onnx.ModelProto:
+    """Search candidates are QDQ whatever the final format: their float bypasses are built on Q/DQ pairs."""
+    qdq_config = replace(quant, format="qdq")
+    quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
+    return onnx.load(str(out))
