@@ -19,6 +19,7 @@ def quant_target(profile: Profile) -> QuantTarget:
         has_vnni=any(f in profile.hardware.cpu_features for f in VNNI_FLAGS),
         source=f"profile {profile.name}",
         int8_speedup=profile.hardware.peak_gops_int8 / profile.hardware.peak_gops_fp32 if profile.hardware.peak_gops_fp32 else None,
+        provider=profile.preferred_provider,
     )
 
 

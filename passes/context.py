@@ -55,6 +55,7 @@ class QuantTarget:
     has_vnni: bool
     source: str
     int8_speedup: float | None = None  # int8 over fp32 compute throughput (a profile's peak_gops ratio); None: unknown
+    provider: str = "CPUExecutionProvider"  # the execution provider the target runs first
 
 
 @dataclass

@@ -66,7 +66,7 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
     started = time.perf_counter()
     module = copy.deepcopy(model.module)
     targets = select_layers(module, config.layers, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-    before = _compressed_size(module)
+    before = zipped_state_size(module)
     params = [(m, "weight") for _, m in targets]
     if config.scope == "global":
         torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=config.ratio)
@@ -82,7 +82,7 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
     ctx.record(StepRecord(
         name=MAGNITUDE_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
         metrics={"layers": len(params), "sparsity": round(zeros / total, 4), "compressed_bytes_before": before,
-                 "compressed_bytes_after": _compressed_size(module), "parity_onnx_vs_torch": parity},
+                 "compressed_bytes_after": zipped_state_size(module), "parity_onnx_vs_torch": parity},
         notes=["unstructured sparsity shrinks the compressed (zipped) size, not latency or raw size: dense runtimes still multiply the zeros"],
     ))
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "prune_magnitude"))
@@ -247,7 +247,7 @@ def select_layers(module: Any, names: tuple[str, ...] | None, kinds: tuple) -> l
     return chosen
 
 
-def _compressed_size(module: Any) -> int:
+def zipped_state_size(module: Any) -> int:
     import torch
 
     buffer = io.BytesIO()

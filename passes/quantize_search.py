@@ -134,8 +134,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     name_nodes(source)
     folded = source  # a reverted cell goes back to its node from here
     if not on_npu:  # ORT's CPU kernels; QNN takes GRU/LSTM whole or not at all
-        excluded = {"GRU", "LSTM", "MatMul"} & set(quant.exclude_op_types) or (quant.op_types is not None and "MatMul" not in quant.op_types)
-        source, recurrences = prepared_recurrences(source, "never" if excluded else config.recurrent, frozenset(quant.exclude_nodes))
+        provider = ctx.quant_target.provider if ctx.quant_target else "CPUExecutionProvider"
+        source, recurrences = prepared_recurrences(source, config.recurrent, quant, provider)
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
     check_exclusions(source, quant)

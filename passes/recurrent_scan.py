@@ -18,6 +18,8 @@ cell. The int8 step and that revert live in ``recurrent_int8``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -293,14 +295,21 @@ def _body(b: str, nodes: list, inits: list, states: list[str], step_input: str, 
 RECURRENT_CHOICES = ("auto", "always", "never")
 
 
-def prepared_recurrences(source: onnx.ModelProto, mode: str, keep: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, dict[str, object]]:
+def prepared_recurrences(source: onnx.ModelProto, mode: str, quant: Any, provider: str = "CPUExecutionProvider"
+                         ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """The int8 search's float source with its GRU/LSTM cells rewritten as ``mode`` says ("auto":
-    where the step is large enough to gain from int8; "always"; "never"; never the cells in
-    ``keep``), and what the report says of it."""
+    where the step is large enough to gain from int8; "always"; "never"), and what the report says
+    of it. Never for cells the quantization config (``quant``) excludes, nor on a target whose
+    execution provider is not ORT's CPU one: the int8 step is a CPU contrib kernel."""
     cells = [n.name for n in source.graph.node if n.op_type in _GATES]
-    if not cells or mode == "never":
-        return source, ({"rule": "never: GRU/LSTM cells stay float (ONNX Runtime does not quantize them)"} if cells else {})
-    model, scans, skipped = unfold_recurrences(source, MIN_STEP_MACS if mode == "auto" else 0, keep)
+    excluded = {"GRU", "LSTM", "MatMul"} & set(quant.exclude_op_types) or (quant.op_types is not None and "MatMul" not in quant.op_types)
+    if cells and provider != "CPUExecutionProvider":
+        return source, {"rule": f"never: the target runs {provider}, which takes GRU/LSTM whole; the int8 step is a CPU kernel "
+                                "(com.microsoft MatMulIntegerToFloat)"}
+    if not cells or mode == "never" or excluded:
+        return source, ({"rule": f"never: GRU/LSTM cells stay float ({'excluded by the quantization config' if excluded else 'ONNX Runtime does not quantize them'})"}
+                        if cells else {})
+    model, scans, skipped = unfold_recurrences(source, MIN_STEP_MACS if mode == "auto" else 0, frozenset(quant.exclude_nodes))
     return model, {"rule": f"{mode}: a GRU/LSTM becomes an int8 input MatMul and a Scan with an int8 step MatMul"
                            + (f" where its step has at least {MIN_STEP_MACS:,} recurrent MACs" if mode == "auto" else ""),
                    "rewritten": scans, "kept_float": skipped}

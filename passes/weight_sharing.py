@@ -13,7 +13,6 @@ keeps K values per channel.
 from __future__ import annotations
 
 import copy
-import io
 import time
 import zlib
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from onnx import helper, numpy_helper
 from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
-from edgeport.passes.prune import select_layers, verify_pruned
+from edgeport.passes.prune import select_layers, verify_pruned, zipped_state_size
 from edgeport.passes.registry import PassInfo
 
 PACKABLE_READERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -87,7 +86,7 @@ def share_weights(model: TorchArtifact, config: WeightShareConfig, *, ctx: PassC
     if not chosen:
         raise UsageError(f"no Conv/Linear layer has {config.min_weights} or more weights to share",
                          fix="lower min_weights, or name layers that have weights")
-    before = _zipped_state(module)
+    before = zipped_state_size(module)
     originals = {name: layer.weight.detach().cpu().numpy().copy() for name, layer in chosen}
     clusters: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, layer in chosen:
@@ -108,9 +107,9 @@ def share_weights(model: TorchArtifact, config: WeightShareConfig, *, ctx: PassC
         metrics={"layers": len(chosen), "weights_shared": shared, "share_of_parameters": round(shared / max(total, 1), 4),
                  "index_bits": 4 if config.clusters <= 16 else 8,
                  "weight_sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else None,
-                 "zipped_state_bytes_before": before, "zipped_state_bytes_after": _zipped_state(module), "parity_onnx_vs_torch": parity},
-        notes=[f"{len(chosen)} layers share {config.clusters} values each; the fp32 ONNX file stores them as "
-               f"{4 if config.clusters <= 16 else 8}-bit indices plus a codebook per output channel"],
+                 "zipped_state_bytes_before": before, "zipped_state_bytes_after": zipped_state_size(module), "parity_onnx_vs_torch": parity},
+        notes=[f"{len(chosen)} layers share {config.clusters} values each; export's fp32 file stores each as "
+               f"{4 if config.clusters <= 16 else 8}-bit indices plus a codebook per output channel where that halves it"],
     ))
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "share_weights"))
 
@@ -147,14 +146,6 @@ def _fine_tuned(module: Any, clusters: dict[str, tuple[np.ndarray, np.ndarray]],
         if name in clusters:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
     return tuned.eval()
-
-
-def _zipped_state(module: Any) -> int:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(module.state_dict(), buffer)
-    return len(zlib.compress(buffer.getvalue(), 6))
 
 
 def pack_shared_weights(model: OnnxArtifact, config: PackSharedWeightsConfig, *, ctx: PassContext) -> OnnxArtifact:

@@ -211,3 +211,18 @@ def test_the_search_puts_a_recurrent_net_in_int8_and_a_revert_gives_the_float_st
     assert "/gru/GRU" in auto["improvements"]["recurrent_cells"]["kept_float"]
     assert auto["float_mac_share"] > 0.5  # the GRU reads a Q/DQ'd input, yet ORT computes it in float
     assert any("computes only in float" in note for note in auto_record.notes)
+
+
+def test_cells_stay_whole_for_other_execution_providers_and_for_excluded_types():
+    """The int8 step is ORT's CPU contrib kernel: a CUDA or NNAPI target takes the cell whole."""
+    from edgeport.passes import StaticInt8Config
+    from edgeport.passes.recurrent_scan import prepared_recurrences
+
+    source = _torch_rnn("GRU", False, hidden=264)  # 3 x 264 x 264 = 209k MACs per step: over auto's 200k
+    model, info = prepared_recurrences(source, "auto", StaticInt8Config())
+    assert info["rewritten"] == ["/rnn/GRU/recurrence"] and "Scan" in {n.op_type for n in model.graph.node}
+    for quant, provider, reason in ((StaticInt8Config(), "CUDAExecutionProvider", "CUDAExecutionProvider"),
+                                    (StaticInt8Config(exclude_op_types=("GRU",)), "CPUExecutionProvider", "excluded"),
+                                    (StaticInt8Config(op_types=("Conv", "Gemm")), "CPUExecutionProvider", "excluded")):
+        kept, info = prepared_recurrences(source, "always", quant, provider)
+        assert kept is source and reason in info["rule"] and "rewritten" not in info
