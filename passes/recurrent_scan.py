@@ -321,7 +321,8 @@ def is_recurrence(node: onnx.NodeProto) -> bool:
 
 
 def cell_of(node: onnx.NodeProto) -> str | None:
-    body = next((a.g for a in node.attribute if a.name == "body"), None)
+    """The cell a recurrence Scan was made from; None for any other node."""
+    body = next((a.g for a in node.attribute if a.name == "body"), None) if node.op_type == "Scan" else None
     return body.doc_string[len(MARK):] if body is not None and body.doc_string.startswith(MARK) else None
 
 
@@ -329,7 +330,7 @@ def recurrence_weights(node: onnx.NodeProto) -> list[onnx.TensorProto]:
     """The step MatMuls' float weights of a recurrence Scan (empty for any other node)."""
     if not is_recurrence(node):
         return []
-    body = next(a.g for a in node.attribute if a.name == "body")
+    body = body_of(node)
     inits = {t.name: t for t in body.initializer}
     return [inits[n.input[1]] for n in body.node if n.op_type == "MatMul" and n.input[1] in inits]
 
