@@ -28,12 +28,18 @@ class TorchArtifact:
     program: Any = None  # the torch.export ExportedProgram when loaded from a .pt2 file
 
 
-def default_opset(model: onnx.ModelProto | str | Path) -> int:
+def declared_opset(model: onnx.ModelProto | str | Path) -> int | None:
     """The opset of the default ONNX domain a model (or a model file, read without its weights)
-    imports; 1, ONNX's first, when it declares none."""
+    imports; None when it imports none (a model of custom-domain ops only, like an EPContext one)."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def default_opset(model: onnx.ModelProto | str | Path) -> int:
+    """``declared_opset``, or 1 (ONNX's first) when the model declares none: what ONNX assumes."""
+    opset = declared_opset(model)
+    return 1 if opset is None else opset
 
 
 @dataclass(frozen=True)

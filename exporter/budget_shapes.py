@@ -4,7 +4,7 @@ shared by validation (what it measures at) and export (what --precision auto pri
 from __future__ import annotations
 
 from edgeport.data import DataSource
-from edgeport.data_batches import batch_size_for
+from edgeport.specs import batch_size_for
 from edgeport.device_profiles import Profile
 from edgeport.errors import UsageError
 from edgeport.specs import TensorSpec

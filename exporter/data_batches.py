@@ -9,7 +9,7 @@ import numpy as np
 
 from edgeport.data import LABELS_KEY, Batch, DataSource, Item, NpyRows, array_rows, takes_complete_feeds
 from edgeport.errors import DataError
-from edgeport.specs import TensorSpec
+from edgeport.specs import TensorSpec, batch_size_for
 
 
 def bind_names(item: Item, specs: tuple[TensorSpec, ...], source: DataSource) -> dict[str, Any]:
@@ -70,13 +70,6 @@ def complete_feeds(source: DataSource, specs: tuple[TensorSpec, ...], max_sample
             emitted += 1
             if max_samples is not None and emitted >= max_samples:
                 return
-
-
-def batch_size_for(specs: tuple[TensorSpec, ...], batch_size: int) -> int:
-    """The batch size a model takes: its fixed leading dim where it has one (a model compiled for
-    batch 1), else the one asked for."""
-    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
-    return fixed.pop() if len(fixed) == 1 else batch_size
 
 
 def batch_items(source: DataSource, specs: tuple[TensorSpec, ...], batch_size: int, max_samples: int | None) -> Iterator[Batch]:

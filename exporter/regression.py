@@ -26,14 +26,14 @@ from edgeport.data import DataSource, open_data
 from edgeport.device_profiles import Profile
 from edgeport.errors import UsageError
 from edgeport.passes.context import NullProgress, Progress
-from edgeport.passes.parity_check import accumulate_on_data
+from edgeport.runtimes.parity_run import accumulate_on_data
 from edgeport.recipe import RegressionSection
 from edgeport.runtimes import benchmark, ep_plugins
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session
 from edgeport.runtimes.state_carry import StateCarry
 from edgeport.specs import TensorSpec
-from edgeport.verdict import FAIL, PASS, SKIPPED, BudgetResult, overall
+from edgeport.device_profiles.verdict import FAIL, PASS, SKIPPED, BudgetResult, overall
 
 MEMORY_NOISE_MB = 1.0
 BOOTSTRAP_RESAMPLES = 2000

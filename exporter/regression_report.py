@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeport.verdict import FAIL, SKIPPED
+from edgeport.device_profiles.verdict import FAIL, SKIPPED
 
 _SIDES = (  # check name -> (label, where its two figures are in the section, unit)
     ("latency_p50_increase_max", "latency p50", ("latency_ms", "p50"), " ms"),

@@ -93,10 +93,14 @@ def parse_input_specs(inputs) -> tuple[TensorSpec, ...] | None:
 
 
 def example_array(spec: TensorSpec, rng: np.random.Generator, sizes: dict[str, int] | None = None) -> np.ndarray:
-    """A synthetic array for a spec: normal floats; ints and bools are all ones, which is a valid
-    token id, attention mask and segment id for any model (random 0/1 masks can mask whole rows)."""
-    shape = spec.concrete(sizes)
-    kind = np.dtype(spec.dtype).kind
-    if kind == "f":
-        return rng.standard_normal(shape).astype(spec.dtype)
-    return np.ones(shape, dtype=spec.dtype)
+    """A synthetic array for a spec, from the one generator the benchmark worker also feeds (runtimes.synthetic)."""
+    from edgeport.runtimes.synthetic import synthetic_array
+
+    return synthetic_array(spec.concrete(sizes), spec.dtype, rng)
+
+
+def batch_size_for(specs: tuple[TensorSpec, ...], batch_size: int) -> int:
+    """The batch size a model takes: its fixed leading dim where it has one (a model compiled for
+    batch 1), else the one asked for."""
+    fixed = {s.shape[0] for s in specs if s.rank and isinstance(s.shape[0], int)}
+    return fixed.pop() if len(fixed) == 1 else batch_size

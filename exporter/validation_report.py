@@ -8,7 +8,7 @@ from typing import Any
 
 from edgeport.artifacts import file_sha256
 from edgeport.runtimes.estimate import band_text
-from edgeport.verdict import FAIL, PASS, SKIPPED, BudgetResult
+from edgeport.device_profiles.verdict import FAIL, PASS, SKIPPED, BudgetResult
 from edgeport.versions import runtime_versions
 
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from edgeport.data import Batch, DataSource
-from edgeport.data_batches import batch_size_for
+from edgeport.specs import batch_size_for
 from edgeport.errors import DataError
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, MetricFn, Outputs, per_sample_cosine, score
 from edgeport.runtimes.state_carry import StateCarry, carried_outputs

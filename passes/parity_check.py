@@ -7,22 +7,11 @@ from typing import Any
 import numpy as np
 
 from edgeport.artifacts import OnnxArtifact
-from edgeport.data import DataSource
 from edgeport.passes.context import PassContext
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
+from edgeport.runtimes.parity_run import accumulate_on_data
 from edgeport.runtimes.session import create_session, run_session
-from edgeport.runtimes.state_carry import CarriedSession, StateCarry
-from edgeport.specs import TensorSpec, example_array
-
-
-def accumulate_on_data(accumulator: ParityAccumulator, reference, candidate, data: DataSource, specs: tuple[TensorSpec, ...], *,
-                       carry: StateCarry | None, max_samples: int | None, batch_size: int = 8) -> str:
-    """Feed ``data`` to both sessions and accumulate their parity; a carried stream runs feed by
-    feed, each session with its own state. Returns how the data was run, for the report."""
-    ref_run, cand_run = CarriedSession(reference, carry), CarriedSession(candidate, carry)
-    for batch in data.batches(specs, batch_size=1 if carry else batch_size, max_samples=max_samples):
-        accumulator.update(ref_run.run(batch.inputs), cand_run.run(batch.inputs), batch.labels)
-    return f", run in order with the state carried ({carry.describe()})" if carry else ""
+from edgeport.specs import example_array
 
 
 def parity_between(

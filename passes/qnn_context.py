@@ -19,20 +19,15 @@ import onnx
 from edgeport.artifacts import OnnxArtifact, StepRecord
 from edgeport.errors import QuantizationError, first_line
 from edgeport.runtimes.ep_plugins import QNN
+from edgeport.runtimes.target_checks import CONTEXT_NAME, TARGET_KEY
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.runtimes.session import create_session, run_session, session_options
 from edgeport.specs import example_array
 from edgeport.passes.registry import PassInfo
 
-CONTEXT_NAME = "model_ctx.onnx"
-
-
 class QnnRefusal(QuantizationError):
     """No context binary can be compiled here: QNN is not installed, or it would not take the
     whole model (validation then names each refused node)."""
-
-
-TARGET_KEY = "edgeport.qnn_target"  # model_ctx.onnx metadata: the provider options it was compiled with
 
 
 @dataclass(frozen=True)
@@ -77,12 +72,6 @@ def compile_qnn_context(model: OnnxArtifact, config: QnnContextConfig, *, ctx: P
                  "reload_check": check},
     ))
     return artifact
-
-
-def compiled_for(path: Path) -> dict[str, str] | None:
-    """The provider options a model_ctx.onnx was compiled with, as export recorded them."""
-    props = {e.key: e.value for e in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(props[TARGET_KEY]) if TARGET_KEY in props else None
 
 
 def context_files(artifact: OnnxArtifact) -> list[Path]:

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeport.artifacts import declared_opset
 from edgeport.passes.graph_edit import editable_copy
 
 SCAN_SUFFIX = "/recurrence"
@@ -89,7 +90,7 @@ def unfold_recurrences(source: onnx.ModelProto, min_step_macs: int = MIN_STEP_MA
     are (0: none stays), and so do the cells named in ``keep``."""
     model, inits, _ = editable_copy(source)
     graph = model.graph
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = declared_opset(model) or 0
     producers = {o: n for n in graph.node for o in n.output}
     scans: list[str] = []
     skipped: dict[str, str] = {}

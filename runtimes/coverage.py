@@ -1,5 +1,6 @@
-"""Static execution-provider coverage for NNAPI and CoreML, from ONNX Runtime's own mobile
-usability checker, for when the provider is not present on this machine."""
+"""Execution-provider coverage without a session that placed the nodes: static, for NNAPI and
+CoreML, from ONNX Runtime's own mobile usability checker when the provider is not on this machine;
+and from a provider's own refusals when it would not take the model and CPU fallback is forbidden."""
 
 from __future__ import annotations
 
@@ -43,3 +44,13 @@ def static_coverage(model_path: str, provider: str, shapes: dict[str, tuple[int,
         "input_shapes": {i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input},
         "note": f"inputs {dynamic} have dynamic dims: {provider.replace('ExecutionProvider', '')} needs fixed sizes (fix them with onnxruntime.tools.make_dynamic_shape_fixed)" if dynamic else "",
     }
+
+
+def coverage_from_refusal(graph: str | None, measurement: dict[str, Any], provider: str) -> dict[str, Any] | None:
+    """Coverage when a provider refused the model (no CPU fallback): every node but those it named."""
+    refused = measurement.get("refused_nodes")
+    if not refused or graph is None:
+        return None
+    nodes = sum(1 for n in onnx.load(str(graph), load_external_data=False).graph.node if n.op_type != "Constant")
+    return {"source": f"{provider}'s own refusals (ONNX Runtime verbose log; CPU fallback forbidden)", "nodes": nodes,
+            "preferred_share": round(max(nodes - len(refused), 0) / nodes, 4) if nodes else None, "refused_nodes": refused}

@@ -1,5 +1,5 @@
 """What runs on a remote device for `edgeport validate --remote`: standalone (the device has python,
-numpy and onnxruntime, not edgeport), shipped with bench_worker.py and hostcpu.py beside it.
+numpy and onnxruntime, not edgeport), shipped with bench_worker.py, hostcpu.py, ep_plugins.py and synthetic.py beside it.
 
 `SHELL` is the remote command: a POSIX sh that makes a private temporary folder and removes it
 when python ends, however it ends. `BOOTSTRAP` is python's program there: it unpacks the tar the

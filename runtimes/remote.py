@@ -5,7 +5,7 @@ timeouts) that needs no system ssh binary, so Windows and minimal CI images beha
 whose server side lets the tests run a real SSH server on 127.0.0.1 with no root and no sshd.
 
 Each job is one remote process: the client streams a tar (the job's files and device_job.py,
-bench_worker.py, hostcpu.py) to `python -c BOOTSTRAP` on the device, which unpacks it into a
+bench_worker.py, hostcpu.py, ep_plugins.py, synthetic.py) to `python -c BOOTSTRAP` on the device, which unpacks it into a
 private temporary folder, runs it, prints one JSON line and removes the folder, also when the
 connection drops. Nothing is written on this side.
 """
@@ -33,7 +33,7 @@ from edgeport.runtimes import device_job
 from edgeport.runtimes.hostcpu import HostCpu
 
 RUNTIME_DIR = Path(__file__).resolve().parent
-SHIPPED_MODULES = ("device_job.py", "bench_worker.py", "hostcpu.py", "ep_plugins.py")
+SHIPPED_MODULES = ("device_job.py", "bench_worker.py", "hostcpu.py", "ep_plugins.py", "synthetic.py")
 CONNECT_TIMEOUT_S = 15.0
 INSTALL_HINT = "install onnxruntime and numpy for that python on the device (pip install onnxruntime numpy: the no-torch install)"
 

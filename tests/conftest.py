@@ -37,7 +37,7 @@ def fake_host(monkeypatch):
     def use(cpu=None) -> None:
         cpu = cpu or hostcpu.HostCpu(*CI_RUNNER_CPU)
         monkeypatch.setattr(hostcpu, "host_cpu", lambda: cpu)
-        monkeypatch.setattr("edgeport.validation.host_cpu", lambda: cpu)
+        monkeypatch.setattr("edgeport.runtimes.measure.host_cpu", lambda: cpu)
         monkeypatch.setattr("edgeport.passes.quantize_static.host_cpu", lambda: cpu)
         monkeypatch.setattr("edgeport.profile_calibration.host_cpu", lambda: cpu)
     return use

@@ -78,25 +78,62 @@ def test_missing_file():
         load_profile("no/such/profile.toml")
 
 
-def test_every_budget_limit_has_one_declared_direction():
+def test_every_budget_limit_has_one_row_and_a_reading():
     """A Budgets field that holds a limit is judged only through device_profiles.budgets.BUDGETS:
-    adding a budget without its row (direction, unit) fails here, not silently as a floor."""
+    adding a budget without its row (direction, unit, basis rule) fails here, not silently as a
+    floor, and so does a row whose measurement the Measurement does not carry."""
     import dataclasses
 
     from edgeport.device_profiles.budgets import BUDGETS
     from edgeport.device_profiles.schema import Budgets, ParityBudget
+    from edgeport.runtimes.measure import Measurement
 
-    limits = {f.name for f in dataclasses.fields(Budgets) if f.name not in ("batch", "dims", "parity")}
-    limits |= {f"parity.{f.name}" for f in dataclasses.fields(ParityBudget)}
-    assert {spec.field for spec in BUDGETS.values()} == limits
-    assert BUDGETS["latency_p95_ms"].ceiling and not BUDGETS["parity.cosine_min"].ceiling
+    limits = {f"budgets.{f.name}" for f in dataclasses.fields(Budgets) if f.name not in ("batch", "dims", "parity")}
+    limits |= {f"budgets.parity.{f.name}" for f in dataclasses.fields(ParityBudget)}
+    fields = [spec.field for spec in BUDGETS.values()]
+    assert len(fields) == len(set(fields)) and limits <= set(fields)
+    readings = {f.name for f in dataclasses.fields(Measurement)}
+    assert {spec.measures for spec in BUDGETS.values()} <= readings
+    profile = load_profile("raspberry-pi-4")
+    for spec in BUDGETS.values():
+        spec.limit(profile)  # every path resolves on a real profile
 
 
-def test_judging_follows_the_declared_direction():
-    from edgeport.verdict import judge
+def test_judging_follows_the_declared_direction_and_basis_rule():
+    from edgeport.device_profiles.budgets import BUDGETS, ESTIMATE, HOST, TARGET, Reading
+    from edgeport.device_profiles.verdict import judge
 
-    floor = judge("provider_coverage_min", 0.9, 0.95)  # a floor whose name ends in _min
-    ceiling = judge("accuracy_drop_max", 0.02, 0.01)
+    floor = judge(BUDGETS["provider_coverage_min"], 0.95, [Reading(0.9, HOST)])  # a floor whose name ends in _min
+    ceiling = judge(BUDGETS["accuracy_drop_max"], 0.01, [Reading(0.02, HOST)])
     assert floor.status == "fail" and floor.margin == -0.05 and "is below" in floor.describe()
     assert ceiling.status == "fail" and ceiling.margin == -0.01 and "exceeds" in ceiling.describe()
-    assert judge("parity.sqnr_db_min", 30.0, 25.0).describe().startswith("parity.sqnr_db_min: 30 dB >= 25 dB")
+    assert judge(BUDGETS["parity.sqnr_db_min"], 25.0, [Reading(30.0, HOST)]).describe().startswith("parity.sqnr_db_min: 30 dB >= 25 dB")
+    latency = BUDGETS["latency_p95_ms"]
+    # off target, another machine's timing never judges latency: the estimate for the target does
+    off = judge(latency, 10.0, [Reading(5.0, HOST, "this host"), Reading(12.0, ESTIMATE, "estimate")])
+    assert (off.status, off.measured, off.basis) == ("fail", 12.0, "estimate")
+    on = judge(latency, 10.0, [Reading(5.0, TARGET, "target"), Reading(12.0, ESTIMATE, "estimate")])
+    assert (on.status, on.measured, on.basis) == ("pass", 5.0, "target")
+    unpriced = judge(latency, 10.0, [Reading(5.0, HOST), Reading(None, ESTIMATE, missing="no rates for this op")])
+    assert unpriced.status == "skipped" and unpriced.detail == "no rates for this op"
+    assert judge(latency, None, [Reading(5.0, TARGET)]) is None  # the profile sets no such budget
+
+
+def test_device_memory_and_storage_bound_every_profile():
+    """hardware.memory_mb and storage_mb are budgets too: a model that needs more than the device
+    has fails there whatever its own budgets say."""
+    import dataclasses
+
+    from edgeport.device_profiles.budgets import HOST, STATIC, Reading
+    from edgeport.device_profiles.verdict import judge_budgets
+    from edgeport.runtimes.measure import Measurement
+
+    profile = load_profile("raspberry-pi-4")
+    profile = dataclasses.replace(profile, budgets=dataclasses.replace(profile.budgets, peak_memory_mb=None, model_size_mb=None))
+    huge = Measurement(False, peak_memory_mb=(Reading(profile.hardware.memory_mb + 1.0, HOST),),
+                       model_size_mb=(Reading(profile.hardware.storage_mb * 2.0, STATIC),))
+    results = {r.name: r for r in judge_budgets(profile, huge)}
+    assert results["device_memory_mb"].status == "fail" and results["device_storage_mb"].status == "fail"
+    assert "peak_memory_mb" not in results and "model_size_mb" not in results
+    small = Measurement(False, peak_memory_mb=(Reading(50.0, HOST),), model_size_mb=(Reading(1.0, STATIC),))
+    assert {r.name: r.status for r in judge_budgets(profile, small)}["device_memory_mb"] == "pass"

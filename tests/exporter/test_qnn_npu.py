@@ -46,7 +46,7 @@ def digits_npu(tmp_path_factory):
     from tests.conftest import CI_RUNNER_CPU
 
     with pytest.MonkeyPatch.context() as patch:  # an x86 CI runner, where QNN's HTP is the simulator
-        patch.setattr("edgeport.validation.host_cpu", lambda: hostcpu.HostCpu(*CI_RUNNER_CPU))
+        patch.setattr("edgeport.runtimes.measure.host_cpu", lambda: hostcpu.HostCpu(*CI_RUNNER_CPU))
         out = tmp_path_factory.mktemp("digits-htp") / "out"
         result = _export(out, "--profile", PHONE, "--runs", "3", "--json")
     return out, result

@@ -1,12 +1,13 @@
 """Budgets against measurements: each budget passes, fails or is skipped, with the value, the
-limit, the margin and the basis (measured on the target, on this host, estimated, or static)."""
+limit, the margin and the basis (measured on the target, on another host, estimated, or static).
+The generic judge of every row of ``budgets.BUDGETS``."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
-from edgeport.device_profiles.budgets import BUDGETS
+from edgeport.device_profiles.budgets import BUDGETS, BudgetSpec, Reading
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
 
@@ -52,17 +53,26 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def judge(name: str, measured: float | None, limit: float | None, *, basis: str = "", skip_reason: str = "") -> BudgetResult | None:
-    """A profile budget (by its name in device_profiles.budgets.BUDGETS, which gives its direction
-    and unit) against a measurement. None when the profile sets no such budget; skipped when it
-    does but nothing was measured."""
-    spec = BUDGETS[name]
+def judge_budgets(profile: Any, measurement: Any) -> list[BudgetResult]:
+    """Every budget ``profile`` sets (a row of BUDGETS each) against ``measurement``, whose field
+    named by the row's ``measures`` holds its readings."""
+    results = (judge(spec, spec.limit(profile), getattr(measurement, spec.measures)) for spec in BUDGETS.values())
+    return [r for r in results if r is not None]
+
+
+def judge(spec: BudgetSpec, limit: float | None, readings: Sequence[Reading]) -> BudgetResult | None:
+    """One budget: None where the profile sets no limit; judged on the first reading its basis rule
+    accepts; skipped, with the reason a reading gives, where none has a value."""
     if limit is None:
         return None
-    if measured is None:
-        return BudgetResult(name, SKIPPED, None, limit, spec.unit, basis, skip_reason or "not measured", spec.ceiling)
-    ok = measured <= limit if spec.ceiling else measured >= limit
-    return BudgetResult(name, PASS if ok else FAIL, round(float(measured), 6), limit, spec.unit, basis, ceiling=spec.ceiling)
+    usable = [r for kind in spec.judged_on for r in readings if r.kind == kind and r.value is not None]
+    if not usable:
+        why = next((r.missing for r in readings if r.missing), "not measured")
+        return BudgetResult(spec.name, SKIPPED, None, limit, spec.unit, "", why, spec.ceiling)
+    reading = usable[0]
+    ok = reading.value <= limit if spec.ceiling else reading.value >= limit
+    return BudgetResult(spec.name, PASS if ok else FAIL, round(float(reading.value), 6), limit, spec.unit, reading.basis,
+                        reading.detail, spec.ceiling)
 
 
 def overall(results: list[BudgetResult]) -> str:
