@@ -44,7 +44,7 @@ from edgeport.specs import TensorSpec, parse_input_specs
 from edgeport.budget_shapes import concrete_inputs, dims_from_data
 from edgeport.validation import validate
 from edgeport.validation_report import render_junit, render_markdown as render_validation_markdown
-from edgeport.verdict import FAIL
+from edgeport.device_profiles.verdict import FAIL
 from edgeport.versions import runtime_versions
 
 
@@ -258,7 +258,7 @@ def export(
                 report["warnings"].append(f"int8 costs fidelity for no speed on this target ({advice.basis}): --precision auto would ship "
                                           f"{advice.precision} ({advice.reason})")
         exit_code = EXIT_OK
-        search_record = next((r for r in ctx.records if r.name == "quantize_search"), None)
+        search_record = next((r for r in ctx.records if "fidelity" in r.metrics), None)  # the step that judged a fidelity target
         if search_record is not None and not search_record.metrics["fidelity"]["met"]:
             exit_code = EXIT_BUDGET_FAILED  # the best candidate is still written, with the blockers named
         if profiles:

@@ -118,7 +118,7 @@ def prune(
 
     def work(ctx: PassContext) -> TorchArtifact:
         current = original
-        ctx.teacher, ctx.training = teacher_art, train
+        ctx.teacher, ctx.training, ctx.recovery = teacher_art, train, recover
         for config in configs:
             current = run_pass(current, config, ctx)
             if recover is not None and not self_recovering:

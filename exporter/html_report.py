@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeport.errors import first_line
+from edgeport.reports import fidelity_step
 from edgeport.size_breakdown import size_by_op_and_precision
 from edgeport.validation_report import cell
 
@@ -56,7 +57,7 @@ def _page(report: dict[str, Any], model_path: Path | None, charts: bool, note: s
 
 def _verdict(report: dict[str, Any], validation: dict[str, Any] | None) -> str:
     failed = [(validation or {}).get("verdict") == "fail", (report.get("regression") or {}).get("verdict") == "fail"]
-    search = next((s for s in report.get("steps", []) if s.get("name") == "quantize_search"), None)
+    search = fidelity_step(report.get("steps", []))
     failed.append(search is not None and not search["metrics"].get("fidelity", {}).get("met", True))
     return "fail" if any(failed) else "pass"
 
@@ -212,7 +213,7 @@ def _baseline(report, validation, model_path, charts) -> list[str]:
 
 
 def _ranking(report, validation, model_path, charts) -> list[str]:
-    search = next((s for s in report.get("steps", []) if s.get("name") == "quantize_search"), None)
+    search = fidelity_step(report.get("steps", []))
     ranking = (search or {}).get("metrics", {}).get("ranking") or []
     if not ranking:
         return []

@@ -88,10 +88,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def fidelity_step(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The step that judged int8 against a fidelity target (the accuracy-aware search): found by
+    the verdict it records, not by a pass name written out here."""
+    return next((s for s in steps if "fidelity" in s.get("metrics", {})), None)
+
+
 def fidelity_lines(report: dict[str, Any]) -> list[str]:
     """What the int8 search concluded, for the terminal: the target, the verdict on held-out data,
     what stayed float, and what blocked the target when it was not met."""
-    step = next((s for s in report["steps"] if s["name"] == "quantize_search"), None)
+    step = fidelity_step(report["steps"])
     if step is None:
         return []
     m, f = step["metrics"], step["metrics"]["fidelity"]
@@ -154,7 +160,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _search_markdown(report: dict[str, Any]) -> list[str]:
     """The int8 search: verdict, what stayed float, the steps and the sensitivity ranking."""
-    step = next((s for s in report["steps"] if s["name"] == "quantize_search"), None)
+    step = fidelity_step(report["steps"])
     if step is None:
         return []
     m = step["metrics"]

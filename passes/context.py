@@ -73,6 +73,9 @@ class PassContext:
     # Runtime objects for torch passes (never config fields): distillation's teacher and training data.
     teacher: Any = None
     training: DataSource | None = None
+    # How recovery distills (prune's --lr, --device, --batch-size...: a DistillConfig): a pass that
+    # fine-tunes itself trains with these settings for its own number of epochs (None: the defaults).
+    recovery: Any = None
     # Where training checkpoints live: outside the output's staging folder, so a run that was
     # interrupted can be resumed (None: the work folder).
     checkpoint_dir: Path | None = None

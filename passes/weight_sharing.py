@@ -13,6 +13,7 @@ keeps K values per channel.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import zlib
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact
+from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact, declared_opset
 from edgeport.errors import UsageError
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.prune import select_layers, verify_pruned, zipped_state_size
@@ -141,8 +142,8 @@ def _fine_tuned(module: Any, clusters: dict[str, tuple[np.ndarray, np.ndarray]],
     layers = dict(module.named_modules())
     for name, (centroids, assignment) in clusters.items():
         parametrize.register_parametrization(layers[name], "weight", SharedValues(centroids, assignment))
-    tuned = distill(TorchArtifact(module, model.inputs, model.source), DistillConfig(epochs=config.fine_tune_epochs, seed=ctx.seed),
-                    teacher=ctx.teacher, data=ctx.training, ctx=ctx).module
+    settings = dataclasses.replace(ctx.recovery or DistillConfig(seed=ctx.seed), epochs=config.fine_tune_epochs)
+    tuned = distill(TorchArtifact(module, model.inputs, model.source), settings, teacher=ctx.teacher, data=ctx.training, ctx=ctx).module
     for name, layer in tuned.named_modules():
         if name in clusters:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
@@ -154,7 +155,7 @@ def pack_shared_weights(model: OnnxArtifact, config: PackSharedWeightsConfig, *,
     input itself when no weight is shared (export runs this on every fp32 model it ships)."""
     started = time.perf_counter()
     proto = onnx.load(str(model.path))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = declared_opset(proto) or 0
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
         for name in node.input:

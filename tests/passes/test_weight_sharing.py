@@ -169,12 +169,14 @@ def test_fine_tuning_trains_the_shared_values_and_keeps_them_shared(tmp_path):
 
     common = dict(method="share", method_options={"clusters": 4}, inputs=["image:batchx1x8x8"], eval_data="examples/digits/test.npz")
     plain = edgeport.prune(DIGITS, out_dir=tmp_path / "plain", **common)
-    tuned = edgeport.prune(DIGITS, out_dir=tmp_path / "tuned", data="examples/digits/train.npz", recover=DistillConfig(epochs=5), **common)
+    tuned = edgeport.prune(DIGITS, out_dir=tmp_path / "tuned", data="examples/digits/train.npz", recover=DistillConfig(epochs=5, batch_size=48), **common)
     before, after = (r.report["comparison"]["result"]["accuracy"] for r in (plain, tuned))
     assert after > before + 0.005, (before, after)
     shared = [p for n, p in tuned.model.named_parameters() if n.endswith("weight") and p.numel() >= 1024]
     assert shared and all(len(np.unique(p.detach().numpy())) <= 4 for p in shared)
     assert [s["name"] for s in tuned.report["steps"]].count("distill") == 1  # inside the share step, not after it
+    distilled = next(s for s in tuned.report["steps"] if s["name"] == "distill")
+    assert (distilled["config"]["epochs"], distilled["config"]["batch_size"]) == (5, 48)  # prune's recovery settings, not defaults
 
 
 def test_fine_tuning_without_a_teacher_or_data_is_refused(tmp_path):
