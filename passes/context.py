@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 from edgeport.artifacts import StepRecord
 from edgeport.data import DataSource
@@ -83,6 +84,15 @@ class PassContext:
 
     def record(self, step: StepRecord) -> None:
         self.records.append(step)
+
+    def record_pass(self, info: Any, config: Any, started: float, metrics: dict[str, Any], *, source: Any = None, result: Any = None,
+                    notes: Sequence[str] = ()) -> None:
+        """The record of one run of the pass ``info`` (its PassInfo): its config, the seconds since
+        ``started``, the sizes of the ONNX artifact it read and the one it wrote (None for a torch
+        model), and what it measured."""
+        self.record(StepRecord(name=info.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
+                               input_bytes=source.size_bytes if source is not None else None,
+                               output_bytes=result.size_bytes if result is not None else None, metrics=metrics, notes=list(notes)))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from edgeport.artifacts import StepRecord, TorchArtifact
+from edgeport.artifacts import TorchArtifact
 from edgeport.data import DataSource
 from edgeport.errors import DataError, UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.distill_targets import (
     first_output, make_adapters, resolve_hints, run_teacher, teacher_targets, trainable_with_adapters,
 )
@@ -186,10 +186,8 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
     model.load_state_dict(best_state)
     model.eval().cpu()  # export and fidelity checks run on the CPU
     result = TorchArtifact(model, student.inputs, student.source, lineage=(*student.lineage, "distill"))
-    ctx.record(StepRecord(
-        name=PASS.name,
-        config=config_to_dict(config),
-        wall_s=time.perf_counter() - started,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={
             "epochs_run": len(history), "best_epoch": max(range(len(history)), key=lambda i: -_score(history[i])) + 1 if history else 0,
             "loss": loss_kind, "loss_rule": loss_rule, "train_samples": len(train_index), "val_samples": next(iter(val_inputs.values())).shape[0],
@@ -197,7 +195,7 @@ def distill(student: TorchArtifact, config: DistillConfig, *, teacher: TorchArti
             "hints": list(config.hints), "history": history, "resumed_after_epoch": resumed_after,
         },
         notes=notes,
-    ))
+    )
     return result
 
 

@@ -21,9 +21,9 @@ from typing import Any, Iterator
 import numpy as np
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact, default_opset
+from edgeport.artifacts import OnnxArtifact, TorchArtifact, default_opset
 from edgeport.errors import DataError, ExportError, UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.trace_sizes import export_dynamic_shapes, traceable_sizes
 from edgeport.runtimes.parity import ParityAccumulator, model_class_outputs
 from edgeport.runtimes.session import create_session, run_session
@@ -92,15 +92,11 @@ def export_onnx(model: TorchArtifact, config: OnnxExportConfig, *, ctx: PassCont
                 raise ExportError("; then ".join(failures), fix=error.fix) from error
             notes.append(f"{error.problem}; used the {order[order.index(exporter) + 1]} exporter instead")
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "export"))
-    ctx.record(
-        StepRecord(
-            name=PASS.name,
-            config=config_to_dict(config),
-            wall_s=time.perf_counter() - started,
-            output_bytes=artifact.size_bytes,
-            metrics={"exporter": exporter, "opset": default_opset(out_path), "parity_vs_torch": metrics, "parity_feeds": len(feeds)},
-            notes=notes,
-        )
+    ctx.record_pass(
+        PASS, config, started,
+        metrics={"exporter": exporter, "opset": default_opset(out_path), "parity_vs_torch": metrics, "parity_feeds": len(feeds)},
+        result=artifact,
+        notes=notes,
     )
     return artifact
 

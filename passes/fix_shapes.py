@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import UsageError
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.registry import PassInfo
 
 
@@ -61,11 +61,12 @@ def fix_shapes(model: OnnxArtifact, config: FixShapesConfig, *, ctx: PassContext
     external = len(model.files()) > 1
     onnx.save(proto, str(out_path), save_as_external_data=external, location=f"{out_path.name}.data" if external else None)
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fix_shapes"))
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"fixed": changed},
-    ))
+        source=model,
+        result=artifact,
+    )
     return artifact
 
 

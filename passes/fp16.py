@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import QuantizationError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.registry import PassInfo
 
@@ -37,13 +37,14 @@ def convert_fp16(model: OnnxArtifact, config: Fp16Config, *, ctx: PassContext) -
         raise QuantizationError(f"fp16 conversion failed: {first_line(exc)[:300]}", fix="block the failing op type from conversion") from exc
     onnx.save(converted, str(out_path))
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "fp16"))
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
                  "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples)},
+        source=model,
+        result=artifact,
         notes=["fp16 kernels are slow or missing on most CPUs: this artifact is for GPUs and NPUs"],
-    ))
+    )
     return artifact
 
 

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from edgeport.artifacts import StepRecord, TorchArtifact
+from edgeport.artifacts import TorchArtifact
 from edgeport.errors import UsageError
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.prune import select_layers, verify_pruned
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.registry import PassInfo
@@ -63,12 +63,12 @@ def low_rank(model: TorchArtifact, config: LowRankConfig, *, ctx: PassContext) -
         replaced.append({"layer": name, "rank": rank, "full_rank": min(in_features, out_features), "energy_kept": round(float(energy[rank - 1]), 4)})
     parity = verify_pruned(module, model, ctx) if replaced else None
     macs_after = count_macs(module, model.inputs)
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"replaced": replaced, "macs_before": macs_before, "macs_after": macs_after,
                  "params_after": count_params(module), "parity_onnx_vs_torch": parity},
         notes=[] if replaced else ["no layer saves MACs at this energy: the model is unchanged"],
-    ))
+    )
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "low_rank"))
 
 

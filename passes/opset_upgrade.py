@@ -16,9 +16,9 @@ from pathlib import Path
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord, default_opset
+from edgeport.artifacts import OnnxArtifact, default_opset
 from edgeport.errors import first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.registry import PassInfo
 
@@ -81,15 +81,13 @@ def upgrade_opset(model: OnnxArtifact, config: OpsetUpgradeConfig, *, ctx: PassC
     notes = [f"upgraded from opset {before} to {default_opset(result.path)} "
              "with onnx.version_converter; outputs match the original"] if upgraded else \
             [f"opset {before} could not be upgraded ({attempts[-1].get('reason')}); int8 is quantized per tensor"]
-    ctx.record(StepRecord(
-        name=PASS.name,
-        config=config_to_dict(config),
-        wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes,
-        output_bytes=result.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"opset_before": before, "upgraded": upgraded, "attempts": attempts},
+        source=model,
+        result=result,
         notes=notes,
-    ))
+    )
     return result
 
 

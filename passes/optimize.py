@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.parity_check import parity_between
 from edgeport.runtimes.session import create_session
 from edgeport.passes.registry import PassInfo
@@ -52,16 +52,12 @@ def optimize_graph(model: OnnxArtifact, config: GraphOptimizeConfig, *, ctx: Pas
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "optimize"))
     metrics = {"nodes_before": before, "nodes_after": _node_count(artifact)}
     metrics["parity_vs_input"] = parity_between(model, artifact, ctx, samples=8)
-    ctx.record(
-        StepRecord(
-            name=PASS.name,
-            config=config_to_dict(config),
-            wall_s=time.perf_counter() - started,
-            input_bytes=model.size_bytes,
-            output_bytes=artifact.size_bytes,
-            metrics=metrics,
-            notes=notes,
-        )
+    ctx.record_pass(
+        PASS, config, started,
+        metrics=metrics,
+        source=model,
+        result=artifact,
+        notes=notes,
     )
     return artifact
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import UsageError
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.parity_check import parity_between
 from edgeport.runtimes.session import session_options
 from edgeport.passes.registry import PassInfo
@@ -33,11 +33,12 @@ def to_ort_format(model: OnnxArtifact, config: OrtFormatConfig, *, ctx: PassCont
     options.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
     artifact = OnnxArtifact(out_path, model.inputs, model.outputs, lineage=(*model.lineage, "ort_format"))
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"parity_vs_onnx": parity_between(model, artifact, ctx, samples=8)},
-    ))
+        source=model,
+        result=artifact,
+    )
     return artifact
 
 

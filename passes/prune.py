@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edgeport.artifacts import StepRecord, TorchArtifact
+from edgeport.artifacts import TorchArtifact
 from edgeport.errors import ExportError, InternalError, UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.torch_stats import count_macs, count_params
 from edgeport.passes.trace_sizes import traceable_sizes
 from edgeport.specs import example_array
@@ -79,12 +79,12 @@ def magnitude_prune(model: TorchArtifact, config: MagnitudePruneConfig, *, ctx: 
     total = sum(m.weight.numel() for m, _ in params)
     module.eval()
     parity = verify_pruned(module, model, ctx)
-    ctx.record(StepRecord(
-        name=MAGNITUDE_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
+    ctx.record_pass(
+        MAGNITUDE_PASS, config, started,
         metrics={"layers": len(params), "sparsity": round(zeros / total, 4), "compressed_bytes_before": before,
                  "compressed_bytes_after": zipped_state_size(module), "parity_onnx_vs_torch": parity},
         notes=["unstructured sparsity shrinks the compressed (zipped) size, not latency or raw size: dense runtimes still multiply the zeros"],
-    ))
+    )
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "prune_magnitude"))
 
 
@@ -114,11 +114,11 @@ def channel_prune(model: TorchArtifact, config: ChannelPruneConfig, *, ctx: Pass
         raise UsageError(f"the pruned model failed its consistency check ({exc.problem[:160]}): the model's code fixes the width of '{culprit}'",
                          fix=f"keep that layer whole with --ignore {','.join((*(config.ignore or ()), culprit))}") from exc
     macs_after, params_after = count_macs(module, model.inputs), count_params(module)
-    ctx.record(StepRecord(
-        name=CHANNELS_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
+    ctx.record_pass(
+        CHANNELS_PASS, config, started,
         metrics={"params_before": params_before, "params_after": params_after, "macs_before": macs_before, "macs_after": macs_after,
                  "macs_ratio": round(macs_after / macs_before, 4) if macs_before else None, "parity_onnx_vs_torch": parity},
-    ))
+    )
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "prune_channels"))
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import QuantizationError, UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.calibration import quiet_ort
 from edgeport.passes.quantize_static import per_tensor_if_needed, resolve_reduce_range
@@ -51,17 +51,18 @@ def quantize_dynamic_int8(model: OnnxArtifact, config: DynamicInt8Config, *, ctx
             raise QuantizationError(f"ONNX Runtime dynamic quantization failed: {first_line(exc)[:300]}",
                                     fix="exclude the failing node (--exclude-nodes) or use static int8") from exc
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "quantize_dynamic"))
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={
             "reduce_range": reduce_range,
             "decisions": {"reduce_range": range_rule},
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
             "parity_vs_fp32": parity_between(model, artifact, ctx, samples=config.eval_samples),
         },
+        source=model,
+        result=artifact,
         notes=notes,
-    ))
+    )
     return artifact
 
 

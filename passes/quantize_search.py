@@ -16,9 +16,9 @@ from typing import Any
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.qnn_rules import prepare_for_qnn
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
@@ -335,12 +335,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         notes.append(f"the int8 model is larger than fp32 ({artifact.size_bytes / model.size_bytes:.0%}): constants shared by several nodes (e.g. biases) are quantized once per node")
     family = model_family(source)
     family_rule = choose_op_types(source).rule
-    ctx.record(StepRecord(
-        name=PASS.name,
-        config=config_to_dict(config),
-        wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes,
-        output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={
             "fidelity": {
                 "target": config.target.describe(),
@@ -385,8 +381,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
             "parity_vs_fp32": {**_parity_view(held_out_score), "data": "held-out evaluation split"},
         },
+        source=model,
+        result=artifact,
         notes=notes,
-    ))
+    )
     return artifact
 
 

@@ -18,9 +18,9 @@ from typing import Any, Iterator
 
 import onnx
 
-from edgeport.artifacts import OnnxArtifact, StepRecord
+from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
-from edgeport.passes.context import PassContext, QuantTarget, config_to_dict
+from edgeport.passes.context import PassContext, QuantTarget
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
@@ -140,25 +140,21 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
         "op_types": op_choice.rule if op_choice else "given in the config" if config.op_types is not None else QNN_OP_RULE,
         "reduce_range": range_rule,
     }
-    ctx.record(
-        StepRecord(
-            name=PASS.name,
-            config=config_to_dict(config),
-            wall_s=time.perf_counter() - started,
-            input_bytes=model.size_bytes,
-            output_bytes=artifact.size_bytes,
-            metrics={
-                "calibration_method": method,
-                "calibration_batches": batches,
-                "calibration_cache": "hit" if cache_hit else ("stored" if config.use_cache else "off"),
-                "op_types_quantized": sorted(op_types),
-                "reduce_range": reduce_range,
-                "decisions": decisions,
-                "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
-                "parity_vs_fp32": parity,
-            },
-            notes=notes,
-        )
+    ctx.record_pass(
+        PASS, config, started,
+        metrics={
+            "calibration_method": method,
+            "calibration_batches": batches,
+            "calibration_cache": "hit" if cache_hit else ("stored" if config.use_cache else "off"),
+            "op_types_quantized": sorted(op_types),
+            "reduce_range": reduce_range,
+            "decisions": decisions,
+            "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
+            "parity_vs_fp32": parity,
+        },
+        source=model,
+        result=artifact,
+        notes=notes,
     )
     return artifact
 

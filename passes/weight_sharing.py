@@ -24,9 +24,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeport.artifacts import OnnxArtifact, StepRecord, TorchArtifact, declared_opset
+from edgeport.artifacts import OnnxArtifact, TorchArtifact, declared_opset
 from edgeport.errors import UsageError
-from edgeport.passes.context import PassContext, config_to_dict
+from edgeport.passes.context import PassContext
 from edgeport.passes.prune import select_layers, verify_pruned, zipped_state_size
 from edgeport.passes.registry import PassInfo
 
@@ -104,15 +104,15 @@ def share_weights(model: TorchArtifact, config: WeightShareConfig, *, ctx: PassC
     signal = sum(float(np.square(w.astype(np.float64)).sum()) for w in originals.values())
     noise = sum(float(np.square((w - final[n].weight.detach().cpu().numpy()).astype(np.float64)).sum()) for n, w in originals.items())
     parity = verify_pruned(module, model, ctx)
-    ctx.record(StepRecord(
-        name=PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
+    ctx.record_pass(
+        PASS, config, started,
         metrics={"layers": len(chosen), "weights_shared": shared, "share_of_parameters": round(shared / max(total, 1), 4),
                  "index_bits": 4 if config.clusters <= 16 else 8,
                  "weight_sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else None,
                  "zipped_state_bytes_before": before, "zipped_state_bytes_after": zipped_state_size(module), "parity_onnx_vs_torch": parity},
         notes=[f"{len(chosen)} layers share {config.clusters} values each; export's fp32 file stores each as "
                f"{4 if config.clusters <= 16 else 8}-bit indices plus a codebook per output channel where that halves it"],
-    ))
+    )
     return TorchArtifact(module, model.inputs, model.source, lineage=(*model.lineage, "share_weights"))
 
 
@@ -167,9 +167,13 @@ def pack_shared_weights(model: OnnxArtifact, config: PackSharedWeightsConfig, *,
     elif plans and model.size_bytes > MAX_INLINE_BYTES:
         skipped = "shared weights left unpacked: the model is over 1.5 GB, beyond what one ONNX file holds without a side file"
     if skipped or not plans:
-        ctx.record(StepRecord(name=PACK_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-                              input_bytes=model.size_bytes, output_bytes=model.size_bytes, metrics={"weights_packed": 0},
-                              notes=[skipped] if skipped else []))
+        ctx.record_pass(
+            PACK_PASS, config, started,
+            metrics={"weights_packed": 0},
+            source=model,
+            result=model,
+            notes=[skipped] if skipped else [],
+        )
         return model
     kept: list[onnx.TensorProto] = []
     nodes: list[onnx.NodeProto] = []
@@ -192,16 +196,17 @@ def pack_shared_weights(model: OnnxArtifact, config: PackSharedWeightsConfig, *,
     out_path = ctx.work_dir / "model.shared.onnx"
     onnx.save(proto, str(out_path))
     artifact = OnnxArtifact.from_file(out_path, lineage=(*model.lineage, "pack_shared_weights"))
-    ctx.record(StepRecord(
-        name=PACK_PASS.name, config=config_to_dict(config), wall_s=time.perf_counter() - started,
-        input_bytes=model.size_bytes, output_bytes=artifact.size_bytes,
+    ctx.record_pass(
+        PACK_PASS, config, started,
         metrics={"weights_packed": len(plans), "index_bits": sorted({plan[2] for plan in plans.values()}),
                  "bytes_before": model.size_bytes, "bytes_after": artifact.size_bytes,
                  "zipped_bytes_before": zipped_file_size(model.path), "zipped_bytes_after": zipped_file_size(out_path),
                  "runtime_weight_bytes_after_folding": folded_bytes},
+        source=model,
+        result=artifact,
         notes=[f"{len(plans)} shared weights stored as indices plus codebooks; ONNX Runtime rebuilds them at load, so memory at "
                f"run time is the fp32 model's ({folded_bytes:,} bytes of weights)"],
-    ))
+    )
     return artifact
 
 
