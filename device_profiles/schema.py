@@ -157,7 +157,7 @@ def _check_values(p: Profile, problems: Problems) -> None:
             problems.add(f"hardware.{name}", f"must be positive, not {value}")
         if value is not None and not str(p.sources.get(name, "")).strip():
             problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")
-    for name in SOURCED_FIELDS:
+    for name in SOURCED_FIELDS + (("storage_mb",) if hw.storage_mb is not None else ()):  # storage is a budget where given
         if name not in p.sources or not str(p.sources[name]).strip():
             problems.add(f"sources.{name}", f"hardware.{name} needs a source (a spec sheet, a datasheet, or how it was derived)")
     if not rt.execution_providers:

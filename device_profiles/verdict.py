@@ -67,8 +67,8 @@ def judge(spec: BudgetSpec, limit: float | None, readings: Sequence[Reading]) ->
         return None
     usable = [r for kind in spec.judged_on for r in readings if r.kind == kind and r.value is not None]
     if not usable:
-        why = next((r.missing for r in readings if r.missing), "not measured")
-        return BudgetResult(spec.name, SKIPPED, None, limit, spec.unit, "", why, spec.ceiling)
+        why, basis = next(((r.missing, r.basis) for r in readings if r.missing), ("not measured", ""))
+        return BudgetResult(spec.name, SKIPPED, None, limit, spec.unit, basis, why, spec.ceiling)
     reading = usable[0]
     ok = reading.value <= limit if spec.ceiling else reading.value >= limit
     return BudgetResult(spec.name, PASS if ok else FAIL, round(float(reading.value), 6), limit, spec.unit, reading.basis,

@@ -35,7 +35,10 @@ def calibrate_profile(out: str | Path, threads: int | None = None, name: str | N
     budgets = load_profile(budgets_from).budgets if budgets_from else Budgets()
     where = f" (remote host {remote.describe()})" if remote else ""
     stamp = f"measured by edgeport profiles calibrate on {cpu.model_name}{where}, {_dt.date.today().isoformat()}"
-    memory = (device.facts.get("memory_mb") if device else memory_mb()) or 1024  # unknown: a size the estimator never reads
+    memory = device.facts.get("memory_mb") if device else memory_mb()
+    if not memory:  # the profile's memory_mb is a budget (peak memory must fit): never a made-up size
+        raise UsageError("the OS there does not report its physical memory, which the profile's hardware.memory_mb must hold",
+                         fix="calibrate on Linux, macOS or Windows, or write the profile by hand (edgeport profiles check FILE)")
     placeholder = Hardware(cpu.arch, cpu.cores, memory, 1.0, 1.0, 1.0)  # the estimator's check needs only the measured rates
     measured = calibrate_host(threads, placeholder, stamp, progress=progress.note, timer=device.timer if device else local_timer)
     fp32 = max(measured.gops[f"{k}_fp32"] for k in ("conv", "matmul"))

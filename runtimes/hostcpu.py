@@ -67,13 +67,28 @@ def host_cpu() -> HostCpu:
 
 
 def memory_mb() -> int | None:
-    """Physical memory in MiB, where the OS tells (POSIX sysconf); None elsewhere (Windows)."""
+    """Physical memory in MiB, as the OS tells: POSIX sysconf, or Windows' GlobalMemoryStatusEx;
+    None where neither answers."""
     import os
 
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError, AttributeError):
-        return None
+        pass
+    try:
+        import ctypes
+
+        class MemoryStatus(ctypes.Structure):
+            _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total_phys", ctypes.c_ulonglong),
+                        ("avail_phys", ctypes.c_ulonglong), ("total_page", ctypes.c_ulonglong), ("avail_page", ctypes.c_ulonglong),
+                        ("total_virtual", ctypes.c_ulonglong), ("avail_virtual", ctypes.c_ulonglong), ("avail_extended", ctypes.c_ulonglong)]
+
+        status = MemoryStatus(length=ctypes.sizeof(MemoryStatus))
+        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
+            return status.total_phys // 2**20
+    except (AttributeError, OSError):  # not Windows
+        pass
+    return None
 
 
 def parse_cpuinfo(text: str) -> tuple[set[str], str | None]:

@@ -211,7 +211,7 @@ def _session_readings(artifact, prof: Profile, place: Placement, timing, target_
     if timing and not place.simulator:
         memory = Reading(timing["memory"]["peak_above_baseline_mb"], measured, place.where)
     else:
-        memory = Reading(None, measured, missing="the simulator's host memory is not the device's (compile memory is in the report)"
+        memory = Reading(None, measured, place.where, missing="the simulator's host memory is not the device's (compile memory is in the report)"
                          if place.simulator else "no session could run on this host")
     return {"latency_p95_ms": tuple(latency), "peak_memory_mb": (memory,),
             "model_size_mb": (Reading(artifact.size_bytes / 2**20, STATIC, "file size (external data included)"),),

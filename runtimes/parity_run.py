@@ -1,5 +1,7 @@
 """Parity measured by running both models: the candidate (here or on a remote device) against the
-reference here, on the same feeds. Validation and the passes' step records both run it here."""
+reference here, on the same feeds. Validation measures with ``measure_parity``; the passes' step
+records and the regression gate run their data through ``accumulate_on_data``, and every metric is
+``runtimes.parity.ParityAccumulator``'s."""
 
 from __future__ import annotations
 

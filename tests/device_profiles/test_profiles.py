@@ -116,6 +116,8 @@ def test_judging_follows_the_declared_direction_and_basis_rule():
     assert (on.status, on.measured, on.basis) == ("pass", 5.0, "target")
     unpriced = judge(latency, 10.0, [Reading(5.0, HOST), Reading(None, ESTIMATE, missing="no rates for this op")])
     assert unpriced.status == "skipped" and unpriced.detail == "no rates for this op"
+    no_session = judge(BUDGETS["peak_memory_mb"], 512.0, [Reading(None, HOST, "this host", missing="no session could run")])
+    assert (no_session.status, no_session.basis, no_session.detail) == ("skipped", "this host", "no session could run")
     assert judge(latency, None, [Reading(5.0, TARGET)]) is None  # the profile sets no such budget
 
 
