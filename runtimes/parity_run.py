@@ -42,15 +42,15 @@ def measure_parity(artifact: OnnxArtifact, ref: OnnxArtifact, source: DataSource
     if source is not None:
         kind = f"{source.role} data: {source.description}"
         kind_suffix = OPTIMISTIC if source.role == "calibration" else ""  # export --profile with only --calib
+        feeds, labels = None, None
     else:
         kind, kind_suffix = "synthetic inputs", ""
+        rng = np.random.default_rng(seed)
+        feeds, labels = [{s.name: example_array(s, rng) for s in shapes} for _ in range(SYNTHETIC_FEEDS)], [None] * SYNTHETIC_FEEDS
     if device is not None:  # the candidate runs on the device, the reference here: same feeds, in order
         if source is not None:
             batches = list(source.batches(artifact.inputs, batch_size=8, max_samples=max_samples))
             feeds, labels = [b.inputs for b in batches], [b.labels for b in batches]
-        else:
-            rng = np.random.default_rng(seed)
-            feeds, labels = [{s.name: example_array(s, rng) for s in shapes} for _ in range(SYNTHETIC_FEEDS)], [None] * SYNTHETIC_FEEDS
         for feed, label, outputs in zip(feeds, labels, device.outputs(artifact.device_files(), feeds, providers, threads, options, cpu_fallback)):
             acc.update(run_session(reference, feed), outputs, label)
         return {**acc.result(), "data": kind + kind_suffix}
@@ -59,8 +59,6 @@ def measure_parity(artifact: OnnxArtifact, ref: OnnxArtifact, source: DataSource
         # Each model carries its own state: the candidate's rounding feeds back as it will on the device.
         kind += accumulate_on_data(acc, reference, cand, source, artifact.inputs, carry=carry, max_samples=max_samples)
     else:
-        rng = np.random.default_rng(seed)
-        for _ in range(SYNTHETIC_FEEDS):
-            feed = {s.name: example_array(s, rng) for s in shapes}
+        for feed in feeds:
             acc.update(run_session(reference, feed), run_session(cand, feed))
     return {**acc.result(), "data": kind + kind_suffix}
