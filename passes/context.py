@@ -82,6 +82,11 @@ class PassContext:
     checkpoint_dir: Path | None = None
     records: list[StepRecord] = field(default_factory=list)
 
+    @property
+    def target_provider(self) -> str:
+        """The execution provider the target runs first: ORT's CPU one when no profile says."""
+        return self.quant_target.provider if self.quant_target else "CPUExecutionProvider"
+
     def record(self, step: StepRecord) -> None:
         self.records.append(step)
 

@@ -34,6 +34,7 @@ from edgeport.passes.quantize_static import (
     host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
+from edgeport.passes.pre_quant_fusion import fuse_for_quantization
 from edgeport.passes.recurrent_int8 import restore_cells
 from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX, prepared_recurrences
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
@@ -129,16 +130,18 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
 
     source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
     source = onnx.load(str(source_path))
+    check_exclusions(source, quant)
+    if quant.preprocess:
+        source, fusions = fuse_for_quantization(source, ctx.target_provider, frozenset(quant.exclude_nodes))
+        notes.extend([fusions.note()] if fusions.note() else [])
     if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
         source = prepare_for_qnn(source, work, notes)
     name_nodes(source)
     folded = source  # a reverted cell goes back to its node from here
     if not on_npu:  # ORT's CPU kernels; QNN takes GRU/LSTM whole or not at all
-        provider = ctx.quant_target.provider if ctx.quant_target else "CPUExecutionProvider"
-        source, recurrences = prepared_recurrences(source, config.recurrent, quant, provider)
+        source, recurrences = prepared_recurrences(source, config.recurrent, quant, ctx.target_provider)
     onnx.save(source, str(work / "source.onnx"))
     source_path = work / "source.onnx"
-    check_exclusions(source, quant)
     op_types = op_types_to_quantize(quant, default_op_types(quant, source))
     reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx, quant.rules)
 

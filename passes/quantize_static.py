@@ -22,6 +22,7 @@ from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, QuantTarget
 from edgeport.passes.parity_check import parity_between
+from edgeport.passes.pre_quant_fusion import fused_for_quantization
 from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
 from edgeport.passes.recurrent_int8 import quantize_recurrences
@@ -108,11 +109,14 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
 
         source_path = prepared_for_qnn(source_path, work, notes)
     proto = onnx.load(str(source_path), load_external_data=False)
+    check_exclusions(proto, config)
+    if config.preprocess:
+        source_path = fused_for_quantization(source_path, work, ctx.target_provider, config.exclude_nodes, notes)
+        proto = onnx.load(str(source_path), load_external_data=False)
 
     op_choice = choose_op_types(proto) if config.op_types is None and config.rules != "qnn" else None
     op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else default_op_types(config, proto))
     reduce_range, range_rule = resolve_reduce_range(config.reduce_range, ctx, config.rules)
-    check_exclusions(proto, config)
 
     # One pass over the data: validates it against the model, fingerprints it, and sees if shapes vary.
     specs = model.inputs
