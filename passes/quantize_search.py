@@ -45,13 +45,12 @@ from edgeport.passes.wide_activations import (
     WideActivationModel, compilable_mix, npu_verdict_session, qnn_installed, start_on_npu, wide_activation_share,
 )
 from edgeport.runtimes.parity import class_score_outputs
-from edgeport.passes.calibration import calibrate
+from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate
 from edgeport.passes.registry import PassInfo
 from edgeport.passes.search_candidates import (
     Candidate, bias_corrected, full_range_weights, qdq_model_of, quantize_candidate, search_space, transformed, with_free_types,
 )
 
-CALIBRATION_CHOICES = ("minmax", "percentile", "entropy")
 NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
 NPU_TRIAL_S = 3.0  # search trials run on the simulator when one takes at most this long, else on ORT's CPU kernels
 
@@ -74,7 +73,9 @@ class AccuracyAwareInt8Config:
     ranking_samples: int = 16
     eval_samples: int = 256
     bias_correction: bool = True
-    calibration_methods: tuple[str, ...] = ("minmax", "percentile")
+    # minmax starts; each further method is tried while the target is missed. mse: per-tensor ranges
+    # that least err in the mean square (a histogram pass); percentile clips every tensor alike
+    calibration_methods: tuple[str, ...] = ("minmax", "mse", "percentile")
     equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
     recurrent: str = "auto"  # GRU/LSTM into int8 Scans: auto (large steps only), always, never
@@ -95,9 +96,9 @@ class AccuracyAwareInt8Config:
                 raise UsageError(f"smooth alpha {alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")
         if self.recurrent not in RECURRENT_CHOICES:
             raise UsageError(f"recurrent '{self.recurrent}' is unknown", fix=f"use one of {', '.join(RECURRENT_CHOICES)}")
-        unknown = [m for m in self.calibration_methods if m not in CALIBRATION_CHOICES]
+        unknown = [m for m in self.calibration_methods if m not in METHODS]
         if unknown or not self.calibration_methods:
-            raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(CALIBRATION_CHOICES)}")
+            raise UsageError(f"calibration method '{(unknown or [''])[0]}' is unknown", fix=f"use some of {', '.join(METHODS)}")
 
 
 def quantize_accuracy_aware(model: OnnxArtifact, config: AccuracyAwareInt8Config, *, ctx: PassContext) -> OnnxArtifact:
@@ -156,7 +157,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if scan.batches == 0:
         raise DataError(f"calibration data '{calibration.description}' yields no samples", fix="give at least one sample")
     calib_ctx = PassContext(work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir)
-    methods = [m for m in config.calibration_methods if m == "minmax" or len(scan.shapes) == 1]
+    methods = [m for m in config.calibration_methods if m not in ONE_SHAPE_METHODS or len(scan.shapes) == 1]
     if len(methods) < len(config.calibration_methods):
         notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
     # minmax first; each further technique only while the target is not met with the guard band

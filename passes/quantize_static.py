@@ -27,11 +27,10 @@ from edgeport.passes.qdq_graph import sort_topologically
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range
 from edgeport.passes.recurrent_int8 import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
-from edgeport.passes.calibration import calibrate, ort_method, quiet_ort
+from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate, ort_method, quiet_ort
 from edgeport.passes.registry import PassInfo
 
 FORMATS = ("qdq", "qoperator")
-METHODS = ("minmax", "entropy", "percentile")
 TYPES = ("uint8", "int8")
 ACTIVATION_TYPES = (*TYPES, "uint16")  # uint16: QNN HTP's 16-bit activations
 # how the QDQ graph is laid out: ONNX Runtime's CPU kernels' way, or QNN's (get_qnn_qdq_config:
@@ -126,7 +125,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
         raise DataError(f"calibration data '{ctx.calibration.description}' yields no samples", fix="give at least one sample")
 
     method = config.calibration_method
-    if method != "minmax" and len(shapes) > 1:
+    if method in ONE_SHAPE_METHODS and len(shapes) > 1:
         notes.append(f"{method} calibration needs one input shape but the data has {len(shapes)}; used minmax instead (pad samples to one shape to use {method})")
         method = "minmax"
     ranges_path, cache_hit = calibrate(source_path, specs, op_types, method, config, ctx, scan, work)

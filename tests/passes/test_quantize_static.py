@@ -189,3 +189,41 @@ def test_int8_activations_are_symmetric_only_for_tensorrt(tmp_path):
 
     assert any(zp != 0 for zp in activation_zero_points(xnnpack))  # ReLU outputs use the whole int8 range
     assert all(zp == 0 for zp in activation_zero_points(tensorrt))
+
+
+def test_mse_ranges_keep_the_bulk_fine_where_an_outlier_stretches_minmax(tmp_path):
+    from tests.conftest import make_linear_onnx, npz_file
+
+    # a wide input: mean-square-optimal clipping gives up a value only where it is one in ~a million
+    model = make_linear_onnx(tmp_path / "linear.onnx", in_features=16384, out_features=8)
+    rng = np.random.default_rng(1)
+    calib = rng.standard_normal((64, 16384)).astype(np.float32)
+    calib[5, 3] = 400.0  # one glitched reading: minmax spends the whole uint8 grid on it
+    calib_path = npz_file(tmp_path, "calib.npz", x=calib)
+    eval_path = npz_file(tmp_path, "eval.npz", x=rng.standard_normal((64, 16384)).astype(np.float32))
+
+    def quantized(method):
+        ctx = PassContext(work_dir=tmp_path / method, calibration=open_data(calib_path, role="calibration"),
+                          evaluation=open_data(eval_path, role="evaluation"))
+        artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(calibration_method=method), ctx=ctx)
+        graph = onnx.load(str(artifact.path)).graph
+        scale_name = next(n.input[1] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+        scale = next(float(onnx.numpy_helper.to_array(t)) for t in graph.initializer if t.name == scale_name)
+        return ctx.records[-1].metrics["parity_vs_fp32"]["cosine_min"], scale
+
+    (mse_cosine, mse_scale), (minmax_cosine, minmax_scale) = quantized("mse"), quantized("minmax")
+    assert mse_scale < 0.5 * minmax_scale
+    assert mse_cosine > minmax_cosine + 0.2
+
+
+def test_least_square_error_range_clips_a_long_tail_but_not_a_uniform_spread():
+    from edgeport.passes.calibration import least_square_error_range
+
+    centers = np.linspace(-10, 100, 2048)
+    bulk = np.exp(-0.5 * centers ** 2)  # N(0, 1), with a single far value at 100
+    bulk[-1] = 1e-6 * bulk.sum()
+    low, high = least_square_error_range(bulk / bulk.sum(), -10.0, 100.0, grid=101)
+    assert high < 50 and low < -2  # most of the tail goes, the bulk's negative half stays
+    flat = np.ones(2048)
+    low, high = least_square_error_range(flat / flat.sum(), -10.0, 100.0, grid=101)
+    assert high == 100.0 and low < -9.5  # values everywhere: clipping any costs more than it saves
