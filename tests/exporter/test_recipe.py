@@ -51,6 +51,14 @@ def test_every_export_flag_is_a_recipe_key_or_a_run_flag():
         assert _has_key(key), f"--{param} maps to {key}, which the recipe schema lacks"
 
 
+def test_the_flag_the_recipe_and_the_passes_offer_the_same_calibration_methods():
+    from edgeport.passes.calibration import METHODS
+    from edgeport.recipe import CHOICES
+
+    flag = next(p for p in export_command.params if p.name == "calib_method")
+    assert tuple(flag.type.choices) == CHOICES["quantization.calibration_method"] == METHODS
+
+
 def test_recipe_check_names_the_file_the_key_and_the_nearest_one(tmp_path):
     bad = tmp_path / "edgeport.toml"
     bad.write_text('schema_version = 1\n[model]\nsource = "m:f"\n[quantization]\ncalibration_methd = "minmax"\nprecision = "int4"\n'
