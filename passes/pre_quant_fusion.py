@@ -64,12 +64,12 @@ def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionP
 
 def fused_for_quantization(path: Path, work: Path, provider: str, keep: Sequence[str], notes: list[str]) -> Path:
     """``path``, or a fused copy of it in ``work`` when a rewrite applied (the note says which)."""
-    model = onnx.load(str(path))
-    fused, counts = fuse_for_quantization(model, provider, frozenset(keep))
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+    fused, counts = fuse_for_quantization(onnx.load(str(path)), provider, frozenset(keep))
     if not counts.note():
         return path
     out = work / "fused.onnx"
-    onnx.save(fused, str(out))
+    onnx.save(fused, str(out), save_as_external_data=external, location=f"{out.name}.data")  # a model over 2 GB stays one
     notes.append(counts.note())
     return out
 
@@ -316,7 +316,12 @@ def _forget_shape(graph: onnx.GraphProto, name: str) -> None:
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     read = {name for node in graph.node for name in reads(node)} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in read]
-    if len(kept) != len(graph.initializer):
+    unused = {t.name for t in graph.initializer} - read
+    if unused:
+        kept = [t for t in graph.initializer if t.name not in unused]
         del graph.initializer[:]
         graph.initializer.extend(kept)
+        # a model from before IR 4 also lists its initializers as inputs: without the value, one would become a required input
+        inputs = [i for i in graph.input if i.name not in unused]
+        del graph.input[:]
+        graph.input.extend(inputs)

@@ -132,3 +132,11 @@ def test_static_int8_rounds_fewer_tensors_after_fusion(tmp_path):
     plain_count, _ = quantized(False)
     assert fused_count < plain_count
     assert any("fused 1 HardSwish" in note and "folded 4" in note for note in notes)
+
+
+def test_a_folded_constant_listed_as_an_input_does_not_become_a_required_one():
+    source = paddle_like_stem()  # as IR 3 writers do: every initializer is also a graph input
+    source.graph.input.extend(helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in source.graph.initializer)
+    fused, _ = fuse_for_quantization(source)
+    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs() if i.name not in {t.name for t in fused.graph.initializer}] == ["x"]
