@@ -28,7 +28,8 @@ def calibrate(source_path: Path, specs, op_types: list[str], method: str, config
 
     key_material = json.dumps(
         {"v": _CACHE_VERSION, "model": file_sha256(source_path), "data": scan.fingerprint, "method": method,
-         "percentile": config.percentile, "op_types": sorted(op_types)},
+         "percentile": config.percentile, "op_types": sorted(op_types),
+         **({"mse": [RangeHistograms.BINS, RangeHistograms.GRID, MSE_FLOOR, *_mse_grid(config)]} if method == "mse" else {})},
         sort_keys=True,
     )
     cache_path = ctx.cache_dir / "calibration" / f"{hashlib.sha256(key_material.encode()).hexdigest()[:32]}.json"
@@ -71,7 +72,7 @@ def ort_method(method: str):
 
 def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str], config: Any, ctx: PassContext, scan, work: Path):
     """Per tensor, the clipping range whose 8-bit rounding and clipping error is least in the mean
-    square over the calibration data (OpenVINO's MSE range estimator, AIMET's TF-enhanced ranges):
+    square over the calibration data (as OpenVINO's MSE range estimator picks them):
     a histogram of each tensor over its minmax range, then the best of 101 x 101 shrunken ranges.
     A tensor whose range a few outliers (one value in a million or so) stretch keeps its bulk on a
     finer grid; mean-square error keeps any heavier tail."""
@@ -81,7 +82,7 @@ def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str],
     calibrator = create_calibrator(Path(source_path), op_types, augmented_model_path=str(work / "augmented.mse.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"])
     bounds = {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in minmax[name].range_value) for name in minmax}
-    histograms = RangeHistograms(bounds)
+    histograms = RangeHistograms(bounds, *_mse_grid(config))
     calibrator.collector = histograms  # ORT's calibrator runs the model and hands each chunk's tensors over
     ctx.progress.start("calibrating (mse)", total=scan.samples)
     stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
@@ -94,6 +95,15 @@ def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str],
     return TensorsData(CalibrationMethod.MinMax, ranges)
 
 
+def _mse_grid(config: Any) -> tuple[int, bool]:
+    """The activation grid the ranges are fitted to: its number of steps, and whether it is
+    symmetric (ORT then spans max(|lo|, |hi|) on both sides)."""
+    return (65535 if config.activation_type == "uint16" else 255), bool(config.activation_symmetric)
+
+
+MSE_FLOOR = 0.2  # a range side never shrinks below this share of its calibrated extent (see least_square_error_range)
+
+
 class RangeHistograms:
     """Histograms of each tensor over a fixed range (its minmax one), summed over chunks; arrays of
     any shape, so samples of different lengths calibrate as well."""
@@ -101,8 +111,9 @@ class RangeHistograms:
     BINS = 2048
     GRID = 101
 
-    def __init__(self, ranges: dict[str, tuple[float, float]]):
+    def __init__(self, ranges: dict[str, tuple[float, float]], levels: int = 255, symmetric: bool = False):
         self.ranges = {name: (min(low, 0.0), max(high, 0.0)) for name, (low, high) in ranges.items()}
+        self.levels, self.symmetric = levels, symmetric
         self.counts: dict[str, np.ndarray] = {}
 
     def collect(self, arrays: dict[str, list[np.ndarray]]) -> None:
@@ -119,25 +130,32 @@ class RangeHistograms:
         counts = self.counts.get(name)
         if counts is None or counts.sum() == 0:
             return low, high
-        return least_square_error_range(counts / counts.sum(), low, high, self.GRID)
+        return least_square_error_range(counts / counts.sum(), low, high, self.GRID, self.levels, self.symmetric)
 
 
-def least_square_error_range(weights: np.ndarray, low: float, high: float, grid: int, levels: int = 255) -> tuple[float, float]:
-    """The (lo, hi) among ``low`` and ``high`` each shrunk toward 0 in ``grid`` steps, to a fifth of
-    it at most, that least errs in the mean square: clipped values err by their distance to the
-    range, kept ones by rounding (step^2 / 12). The fifth is a guard: the error of the tensor itself
-    does not see what the next op makes of clipped values (a HardSwish reads -3..0 as a curve; on
-    PP-OCRv4's detector unbounded shrinking gave min cosine 0.924 where this gives 0.949). Prefix
-    sums over the histogram price each candidate in O(1)."""
+def least_square_error_range(weights: np.ndarray, low: float, high: float, grid: int, levels: int = 255,
+                             symmetric: bool = False) -> tuple[float, float]:
+    """The (lo, hi) among ``low`` and ``high`` each shrunk toward 0 in ``grid`` steps, to MSE_FLOOR
+    of it at most, that least errs in the mean square over the histogram ``weights`` of [low, high]:
+    clipped values err by their distance to the range, kept ones by rounding (step^2 / 12, with
+    ``levels`` steps). ``symmetric``: one t for both sides, [-t, t]. The floor is a guard: the error
+    of the tensor itself does not see what the next op makes of clipped values (a HardSwish reads
+    -3..0 as a curve; on PP-OCRv4's detector unbounded shrinking gave min cosine 0.924 where this
+    gives 0.949). Prefix sums over the histogram price each candidate in O(1)."""
     width = (high - low) / len(weights)
     centers = low + (np.arange(len(weights)) + 0.5) * width
     mass, first, second = (np.concatenate([[0.0], np.cumsum(weights * centers ** p)]) for p in (0, 1, 2))
-    shrink = np.linspace(0.2, 1.0, grid)
-    lows, highs = low * shrink, high * shrink
+    shrink = np.linspace(MSE_FLOOR, 1.0, grid)
+    reach = max(-low, high)
+    lows, highs = (-reach * shrink, reach * shrink) if symmetric else (low * shrink, high * shrink)
     below = np.searchsorted(centers, lows)  # bins clipped up to lo
     above = np.searchsorted(centers, highs, side="right")  # bins from here on clipped down to hi
     low_error = second[below] - 2 * lows * first[below] + lows ** 2 * mass[below]
     high_error = (second[-1] - second[above]) - 2 * highs * (first[-1] - first[above]) + highs ** 2 * (mass[-1] - mass[above])
+    if symmetric:  # the pairs (lows[i], highs[i]) only
+        error = low_error + high_error + (mass[above] - mass[below]) * ((highs - lows) / levels) ** 2 / 12
+        at = int(np.argmin(error))
+        return float(lows[at]), float(highs[at])
     inside = mass[above][None, :] - mass[below][:, None]
     step = (highs[None, :] - lows[:, None]) / levels
     error = low_error[:, None] + high_error[None, :] + inside * step ** 2 / 12

@@ -50,13 +50,16 @@ def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionP
                           keep: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, FusionCounts]:
     """A copy of ``model`` with Conv scale/shift folded and HardSwish fused; nodes named in ``keep``
     (a user's exclusions) are left as they are."""
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    try:  # a rewrite needs its tensors' ranks and types: infer what the file does not say
+        result = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model over 2 GB, or ops inference does not know: rewrite what is known
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
     graph = result.graph
     opset = declared_opset(result) or 0
     # HardSwish first: its Div by 6 would otherwise fold into the Conv that reads it
-    fused = _fuse_hardswish(graph, keep) if opset >= HARDSWISH_OPSET and provider not in NO_HARDSWISH_PROVIDERS else 0
-    folded = _fold_conv_affine(graph, keep)
+    fused = _fuse_hardswish(result, keep) if opset >= HARDSWISH_OPSET and provider not in NO_HARDSWISH_PROVIDERS else 0
+    folded = _fold_conv_affine(result, keep)
     if folded or fused:
         _drop_unused_initializers(graph)
     return result, FusionCounts(folded, fused)
@@ -75,16 +78,34 @@ def fused_for_quantization(path: Path, work: Path, provider: str, keep: Sequence
 
 
 class _Graph:
-    """Producers, readers and constants of a graph, rebuilt after each rewrite."""
+    """Producers, readers, constants and known tensor types of a model's graph, rebuilt after each rewrite."""
 
-    def __init__(self, graph: onnx.GraphProto):
+    def __init__(self, model: onnx.ModelProto):
+        graph = model.graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for node in graph.node:  # a subgraph's reads count: an If branch may read the tensor too
             for name in [*node.input, *(reads(node) - set(node.input))]:
                 self.readers.setdefault(name, []).append(node)
-        self.constants = {t.name: t for t in graph.initializer}
+        # from IR 4 on, an initializer that is also an input is a default the caller may override
+        overridable = {i.name for i in graph.input} if model.ir_version >= 4 else set()
+        self.constants = {t.name: t for t in graph.initializer if t.name not in overridable}
         self.outputs = {o.name for o in graph.output}
+        self.types = {v.name: v.type.tensor_type for v in (*graph.input, *graph.value_info, *graph.output) if v.type.HasField("tensor_type")}
+        self.names = {name for node in graph.node for name in (*node.input, *node.output)} | {t.name for t in graph.initializer}
+
+    def rank(self, name: str) -> int | None:
+        known = self.types.get(name)
+        return len(known.shape.dim) if known is not None and known.HasField("shape") else None
+
+    def channels(self, name: str) -> int | None:
+        known = self.types.get(name)
+        dims = known.shape.dim if known is not None and known.HasField("shape") else []
+        return dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+
+    def is_float32(self, name: str) -> bool:
+        known = self.types.get(name)
+        return known is not None and known.elem_type == onnx.TensorProto.FLOAT
 
     def value(self, name: str) -> np.ndarray | None:
         tensor = self.constants.get(name)
@@ -99,20 +120,21 @@ class _Graph:
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 and value.dtype.kind == "f" else None
 
 
-def _fold_conv_affine(graph: onnx.GraphProto, keep: frozenset[str]) -> int:
+def _fold_conv_affine(model: onnx.ModelProto, keep: frozenset[str]) -> int:
+    graph = model.graph
     count = 0
     while True:
-        view = _Graph(graph)
+        view = _Graph(model)
         for conv in graph.node:
             if not _foldable_conv(conv, view, keep):
                 continue
             after = _affine_after(conv, view, keep)
             if after is not None:
-                _fold_after(graph, conv, *after, view, count)
+                _fold_after(graph, conv, *after, view)
                 break
             before = _affine_before(conv, view, keep)
             if before is not None:
-                _fold_before(graph, conv, *before, view, count)
+                _fold_before(graph, conv, *before, view)
                 break
         else:
             return count
@@ -144,7 +166,9 @@ def _affine_before(conv: onnx.NodeProto, view: _Graph, keep: frozenset[str]):
     weight = view.value(conv.input[1])
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
     x = next((name for name in node.input if name not in view.constants), None)
-    found = _affine_of(node, x, view, keep, rank=weight.ndim, channels=weight.shape[1] * group) if x else None
+    if x is None or view.rank(x) != weight.ndim or view.channels(x) != weight.shape[1] * group:
+        return None  # x of unknown shape, or one the constant broadcasts up to the Conv's input
+    found = _affine_of(node, x, view, keep, rank=weight.ndim, channels=weight.shape[1] * group)
     return None if found is None else (node, x, *found)
 
 
@@ -189,21 +213,21 @@ def _conv_parameters(conv: onnx.NodeProto, view: _Graph) -> tuple[np.ndarray, np
 
 
 def _fold_after(graph: onnx.GraphProto, conv: onnx.NodeProto, node: onnx.NodeProto, kind: str, per_channel: np.ndarray,
-                view: _Graph, index: int) -> None:
+                view: _Graph) -> None:
     weight, bias = _conv_parameters(conv, view)
     if kind == "scale":
         weight = weight * per_channel.reshape(-1, *([1] * (weight.ndim - 1)))
         bias = bias * per_channel
     else:
         bias = bias + per_channel
-    _set_parameters(graph, conv, weight, bias, index)
+    _set_parameters(graph, conv, weight, bias, view)
     _forget_shape(graph, conv.output[0])
     conv.output[0] = node.output[0]  # the Conv sits before every reader of the node: order holds
     graph.node.remove(node)
 
 
 def _fold_before(graph: onnx.GraphProto, conv: onnx.NodeProto, node: onnx.NodeProto, x: str, kind: str,
-                 per_channel: np.ndarray, view: _Graph, index: int) -> None:
+                 per_channel: np.ndarray, view: _Graph) -> None:
     weight, bias = _conv_parameters(conv, view)
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
     per_group_in, per_group_out = weight.shape[1], weight.shape[0] // group
@@ -214,27 +238,30 @@ def _fold_before(graph: onnx.GraphProto, conv: onnx.NodeProto, node: onnx.NodePr
         weight = weight * values
     else:  # unpadded: every window reads shifted inputs only
         bias = bias + (weight * values).reshape(weight.shape[0], -1).sum(axis=1)
-    _set_parameters(graph, conv, weight, bias, index)
+    _set_parameters(graph, conv, weight, bias, view)
     _forget_shape(graph, node.output[0])
     conv.input[0] = x
     graph.node.remove(node)  # it came before the Conv, and the Conv was its only reader
 
 
-def _set_parameters(graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray, index: int) -> None:
-    stem = f"{conv.name or conv.output[0]}_folded{index}"
-    graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), f"{stem}_W"),
-                              numpy_helper.from_array(bias.astype(np.float32), f"{stem}_B")])
+def _set_parameters(graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray, view: _Graph) -> None:
+    stem = f"{conv.name or conv.output[0]}_folded"
+    index = next(i for i in range(len(view.names) + 1) if not {f"{stem}{i}_W", f"{stem}{i}_B"} & view.names)
+    names = (f"{stem}{index}_W", f"{stem}{index}_B")
+    graph.initializer.extend([numpy_helper.from_array(weight.astype(np.float32), names[0]),
+                              numpy_helper.from_array(bias.astype(np.float32), names[1])])
     del conv.input[1:]
-    conv.input.extend([f"{stem}_W", f"{stem}_B"])
+    conv.input.extend(names)
 
 
-def _fuse_hardswish(graph: onnx.GraphProto, keep: frozenset[str]) -> int:
+def _fuse_hardswish(model: onnx.ModelProto, keep: frozenset[str]) -> int:
+    graph = model.graph
     count = 0
     while True:
-        view = _Graph(graph)
+        view = _Graph(model)
         for last in graph.node:
             match = _hardswish_ending_at(last, view)
-            if match is not None and not any(n.name in keep for n in match[1]):
+            if match is not None and not any(n.name in keep for n in match[1]) and _keeps_shape_and_type(*match, view):
                 x, chain = match
                 fused = onnx.helper.make_node("HardSwish", [x], [last.output[0]], name=f"{last.name or last.output[0]}_hardswish")
                 position = list(graph.node).index(last)
@@ -272,6 +299,14 @@ def _hardswish_ending_at(last: onnx.NodeProto, view: _Graph) -> tuple[str, list[
             if relu6 is not None and view.only_reader(scaled) is node:
                 return x, [*relu6, node, last]
     return None
+
+
+def _keeps_shape_and_type(x: str, chain: list[onnx.NodeProto], view: _Graph) -> bool:
+    """HardSwish(x) has x's shape and ORT's CPU kernel takes float32: no constant of the chain may
+    broadcast x to a higher rank, and x's type must be known."""
+    rank = view.rank(x)
+    constants = [view.value(name) for node in chain for name in node.input if name in view.constants]
+    return view.is_float32(x) and rank is not None and all(c.ndim <= rank for c in constants)
 
 
 def _scaled_by_sixth(node: onnx.NodeProto, view: _Graph) -> str | None:

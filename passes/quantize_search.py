@@ -19,24 +19,23 @@ import onnx
 from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext
-from edgeport.passes.qnn_rules import prepare_for_qnn
 from edgeport.passes.fidelity import FidelityScore, FidelityTarget, load_metric
 from edgeport.passes.int8_eval import (
     Scorer, add_reference, calibration_and_evaluation, load_splits, session_for, worst_samples,
 )
 from edgeport.passes.int8_noise_floor import input_rounding_floor, rounds_inputs
+from edgeport.passes.search_source import search_source
 from edgeport.passes.search_verdict import search_verdict
-from edgeport.passes.int8_graph_facts import compute_in_subgraphs, name_nodes, nodes_reading_unbounded_tensors, nothing_quantized
+from edgeport.passes.int8_graph_facts import compute_in_subgraphs, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
 from edgeport.passes.quantize_static import (
-    StaticInt8Config, check_exclusions, default_op_types, op_types_to_quantize,
-    host_quant_target, per_tensor_if_needed, preprocess_for_quantization, quantize_from_ranges, resolve_reduce_range,
+    StaticInt8Config, default_op_types, op_types_to_quantize,
+    host_quant_target, per_tensor_if_needed, quantize_from_ranges, resolve_reduce_range,
 )
 from edgeport.passes.equalization import equalize_pairs
-from edgeport.passes.pre_quant_fusion import fuse_for_quantization
 from edgeport.passes.recurrent_int8 import restore_cells
-from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX, prepared_recurrences
+from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
 from edgeport.passes.fallback_search import (
     SearchBudget, SearchResult, revert_free_types, search_fallback,
@@ -129,20 +128,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if data_note:
         notes.append(data_note)
 
-    source_path = preprocess_for_quantization(model.path, work, notes) if quant.preprocess else model.path
-    source = onnx.load(str(source_path))
-    check_exclusions(source, quant)
-    if quant.preprocess:
-        source, fusions = fuse_for_quantization(source, ctx.target_provider, frozenset(quant.exclude_nodes))
-        notes.extend([fusions.note()] if fusions.note() else [])
-    if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
-        source = prepare_for_qnn(source, work, notes)
-    name_nodes(source)
-    folded = source  # a reverted cell goes back to its node from here
-    if not on_npu:  # ORT's CPU kernels; QNN takes GRU/LSTM whole or not at all
-        source, recurrences = prepared_recurrences(source, config.recurrent, quant, ctx.target_provider)
-    onnx.save(source, str(work / "source.onnx"))
-    source_path = work / "source.onnx"
+    prepared = search_source(model.path, quant, config.recurrent, on_npu, ctx, work, notes)
+    source_path, source, folded, recurrences = prepared.path, prepared.model, prepared.folded, prepared.recurrences
     op_types = op_types_to_quantize(quant, default_op_types(quant, source))
     reduce_range, range_rule = resolve_reduce_range(quant.reduce_range, ctx, quant.rules)
 
@@ -159,7 +146,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     calib_ctx = PassContext(work_dir=work, seed=ctx.seed, calibration=calibration, progress=ctx.progress, cache_dir=ctx.cache_dir)
     methods = [m for m in config.calibration_methods if m not in ONE_SHAPE_METHODS or len(scan.shapes) == 1]
     if len(methods) < len(config.calibration_methods):
-        notes.append("calibration samples differ in shape, so only minmax ranges were tried (pad samples to one shape to compare histogram methods)")
+        notes.append(f"calibration samples differ in shape, so {', '.join(sorted(set(config.calibration_methods) - set(methods)))} "
+                     "ranges were not tried (pad samples to one shape to compare them)")
+    if on_npu and "mse" in methods[1:]:  # its ranges fit one bit width; W8A16 mixes two
+        methods.remove("mse")
     # minmax first; each further technique only while the target is not met with the guard band
     ranges, _ = calibrate(source_path, model.inputs, op_types, methods[0], quant, calib_ctx, scan, work)
     unbounded = nodes_reading_unbounded_tensors(source, ranges)
@@ -182,7 +172,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     best = candidate(source_path, ranges, methods[0], methods[0])
     plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves
     improvements: dict[str, Any] = {"calibration": {methods[0]: best.score.to_dict()}}
-    if not on_npu and recurrences:
+    if recurrences:
         improvements["recurrent_cells"] = recurrences
     if npu_smoothing:
         improvements["smooth_quant"] = "not tried: its scales stay float, which QNN's HTP would leave to the CPU"
@@ -195,8 +185,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         best = corrected if improvements["bias_correction"]["kept"] else best
     elif config.bias_correction:
         improvements["bias_correction"] = "not tried: the target is met without it"
+    free: set[str] | None = None
+    free_score: FidelityScore | None = None
     for method in methods[1:]:
-        if best.score.margin >= config.guard_band:
+        if best.score.margin >= config.guard_band or (free_score is not None and free_score.margin >= config.guard_band):
             improvements["calibration"][method] = "not tried: the target is met without it"
             continue
         try:
@@ -206,14 +198,21 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             continue
         if best.correction is not None:  # compare like with like: correct this one's biases too
             other = bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
-        improvements["calibration"][method] = other.score.to_dict()
-        best = other if other.score.key() > best.score.key() else best
+        if on_npu:  # no op type is free there: every one widened costs the NPU's time
+            improvements["calibration"][method] = other.score.to_dict()
+            best = other if other.score.key() > best.score.key() else best
+            continue
+        if free is None:  # judged with MAC-free op types float, as the search has them (MiniLM: all-int8 favoured mse, then 5% float)
+            free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
+        other_free = scorer.score(session_for(qdq_model_of(other).with_float(free)), search)
+        budget.spend()
+        improvements["calibration"][method] = {"all_int8": other.score.to_dict(), "free_op_types_in_float": other_free.to_dict(), "compared_with": {best.method: free_score.to_dict()}}
+        if other_free.key() > free_score.key():
+            best, free_score = other, other_free
     improvements["calibration_chosen"] = best.method
     transforms = [("cross_layer_equalization", config.equalization, lambda m, feeds: equalize_pairs(m), False)]
     transforms += [(f"smooth_quant_alpha_{alpha:g}", config.smooth_quant, lambda m, feeds, a=alpha: smooth_activations(m, feeds, a), True)
                    for alpha in config.smooth_alphas]
-    free: set[str] | None = None
-    free_score: FidelityScore | None = None
     unsmoothed: Candidate | None = None
     for name, enabled, transform, smoothing in transforms:
         if not enabled:

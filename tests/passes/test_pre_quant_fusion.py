@@ -134,9 +134,32 @@ def test_static_int8_rounds_fewer_tensors_after_fusion(tmp_path):
     assert any("fused 1 HardSwish" in note and "folded 4" in note for note in notes)
 
 
-def test_a_folded_constant_listed_as_an_input_does_not_become_a_required_one():
-    source = paddle_like_stem()  # as IR 3 writers do: every initializer is also a graph input
+def test_constants_listed_as_inputs_fold_only_where_the_ir_makes_them_constant():
+    source = paddle_like_stem()  # every initializer also a graph input, as exporters of IR 3 wrote them
     source.graph.input.extend(helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims)) for t in source.graph.initializer)
-    fused, _ = fuse_for_quantization(source)
-    session = ort.InferenceSession(fused.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs() if i.name not in {t.name for t in fused.graph.initializer}] == ["x"]
+    _, counts = fuse_for_quantization(source)
+    assert counts.folded_into_conv == 0  # from IR 4 on they are defaults a caller may override
+    source.ir_version = 3
+    fused, counts = fuse_for_quantization(source)
+    assert counts.folded_into_conv == 4
+    # what was folded away leaves the inputs too, or it would become an input the caller must feed
+    assert not {"scale", "shift", "in_scale"} & {i.name for i in fused.graph.input}
+    assert "x" in {i.name for i in fused.graph.input}
+
+
+def test_constants_that_broadcast_x_up_are_left_alone():
+    # a per-channel Sub turns a 1-channel x into 3 channels: the Conv after it needs them
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["x", "mean"], ["s"], name="mean"), helper.make_node("Conv", ["s", "w"], ["y"], name="conv")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [_const("mean", RNG.normal(size=(1, 3, 1, 1))), _const("w", RNG.normal(size=(2, 3, 1, 1)))])
+    widening = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert fuse_for_quantization(widening)[1].folded_into_conv == 0
+    # a six of shape (1, 1, 1) makes x * relu6(x + 3) / 6 of a rank-2 x rank 3; HardSwish would not
+    nodes = [helper.make_node("Add", ["x", "three"], ["p"]), helper.make_node("Clip", ["p", "zero", "six"], ["g"]),
+             helper.make_node("Mul", ["x", "g"], ["m"]), helper.make_node("Div", ["m", "six3"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5])],
+                              [_const("three", 3.0), _const("zero", 0.0), _const("six", 6.0), _const("six3", np.full((1, 1, 1), 6.0))])
+    assert fuse_for_quantization(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))[1].hardswish == 0

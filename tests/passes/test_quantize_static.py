@@ -216,14 +216,30 @@ def test_mse_ranges_keep_the_bulk_fine_where_an_outlier_stretches_minmax(tmp_pat
     assert mse_cosine > minmax_cosine + 0.2
 
 
-def test_least_square_error_range_clips_a_long_tail_but_not_a_uniform_spread():
+def test_least_square_error_range_cuts_a_long_tail_and_barely_touches_a_uniform_spread():
     from edgeport.passes.calibration import least_square_error_range
 
-    centers = np.linspace(-10, 100, 2048)
-    bulk = np.exp(-0.5 * centers ** 2)  # N(0, 1), with a single far value at 100
+    bins, low, high = 2048, -10.0, 100.0
+    centers = low + (np.arange(bins) + 0.5) * (high - low) / bins  # as the function reads the histogram
+    bulk = np.exp(-0.5 * centers ** 2)  # N(0, 1), with one value in a million far out at 100
     bulk[-1] = 1e-6 * bulk.sum()
-    low, high = least_square_error_range(bulk / bulk.sum(), -10.0, 100.0, grid=101)
-    assert high < 50 and low < -2  # most of the tail goes, the bulk's negative half stays
-    flat = np.ones(2048)
-    low, high = least_square_error_range(flat / flat.sum(), -10.0, 100.0, grid=101)
-    assert high == 100.0 and low < -9.5  # values everywhere: clipping any costs more than it saves
+    cut_low, cut_high = least_square_error_range(bulk / bulk.sum(), low, high, grid=101)
+    assert cut_high < 50 and cut_low < -2  # most of the tail goes, the bulk's negative half stays
+    flat = np.ones(bins)
+    flat_low, flat_high = least_square_error_range(flat / flat.sum(), low, high, grid=101)
+    assert flat_high == high and flat_low <= 0.95 * low  # values everywhere: clipping saves next to nothing
+    # 16-bit steps are fine enough to keep the tail; a symmetric grid spans one reach both ways
+    assert least_square_error_range(bulk / bulk.sum(), low, high, grid=101, levels=65535)[1] == high
+    sym_low, sym_high = least_square_error_range(bulk / bulk.sum(), low, high, grid=101, symmetric=True)
+    assert sym_low == -sym_high and sym_high < 50
+
+
+def test_range_histograms_take_samples_of_any_shape_and_keep_unbounded_ranges():
+    from edgeport.passes.calibration import RangeHistograms
+
+    histograms = RangeHistograms({"a": (0.5, 3.0), "mask": (-np.inf, 0.0)})
+    histograms.collect({"a": [np.ones((1, 7)), np.full((2, 3, 5), 2.0), np.array([np.nan, 3.0])], "mask": [np.zeros(4)], "other": [np.ones(2)]})
+    assert histograms.counts["a"].sum() == 7 + 30 + 1  # every sample, whatever its length; NaN not counted
+    assert histograms.ranges["a"][0] == 0.0  # a range always holds 0, as the int8 grid does
+    assert histograms.best_range("mask") == (-np.inf, 0.0)  # left to minmax: the search keeps such readers float
+    assert "other" not in histograms.counts
