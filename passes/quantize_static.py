@@ -103,15 +103,14 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
 
     config = per_tensor_if_needed(config, model.path, notes)
     source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
+    check_exclusions(onnx.load(str(source_path), load_external_data=False), config)  # the user's names, before any rewrite
+    if config.preprocess:
+        source_path = fused_for_quantization(source_path, work, ctx.target_provider, config.exclude_nodes, notes)
     if config.rules == "qnn":
         from edgeport.passes.qnn_rules import prepared_for_qnn
 
         source_path = prepared_for_qnn(source_path, work, notes)
     proto = onnx.load(str(source_path), load_external_data=False)
-    check_exclusions(proto, config)
-    if config.preprocess:
-        source_path = fused_for_quantization(source_path, work, ctx.target_provider, config.exclude_nodes, notes)
-        proto = onnx.load(str(source_path), load_external_data=False)
 
     op_choice = choose_op_types(proto) if config.op_types is None and config.rules != "qnn" else None
     op_types = op_types_to_quantize(config, list(op_choice.value) if op_choice and op_choice.value else default_op_types(config, proto))
