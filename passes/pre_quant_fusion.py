@@ -107,6 +107,10 @@ class _Graph:
         known = self.types.get(name)
         return known is not None and known.elem_type == onnx.TensorProto.FLOAT
 
+    def dims(self, name: str) -> tuple[int, ...]:
+        """A constant's shape, read without converting its data (the loop asks for every Conv's)."""
+        return tuple(self.constants[name].dims)
+
     def value(self, name: str) -> np.ndarray | None:
         tensor = self.constants.get(name)
         return None if tensor is None else numpy_helper.to_array(tensor)
@@ -145,14 +149,14 @@ def _foldable_conv(conv: onnx.NodeProto, view: _Graph, keep: frozenset[str]) -> 
     if conv.op_type != "Conv" or conv.name in keep or len(conv.input) < 2 or conv.input[1] not in view.constants:
         return False
     has_bias = len(conv.input) > 2 and conv.input[2]
-    return (not has_bias or conv.input[2] in view.constants) and view.value(conv.input[1]).dtype == np.float32
+    return (not has_bias or conv.input[2] in view.constants) and view.constants[conv.input[1]].data_type == onnx.TensorProto.FLOAT
 
 
 def _affine_after(conv: onnx.NodeProto, view: _Graph, keep: frozenset[str]):
     """(the node, kind, per-output-channel constant) when the Conv's only reader scales or shifts it."""
     node = view.only_reader(conv.output[0])
-    weight = view.value(conv.input[1])
-    found = _affine_of(node, conv.output[0], view, keep, rank=weight.ndim, channels=weight.shape[0])
+    weight = view.dims(conv.input[1])
+    found = _affine_of(node, conv.output[0], view, keep, rank=len(weight), channels=weight[0])
     return None if found is None else (node, *found)
 
 
@@ -163,12 +167,12 @@ def _affine_before(conv: onnx.NodeProto, view: _Graph, keep: frozenset[str]):
     node = view.producer.get(conv.input[0])
     if node is None or view.only_reader(conv.input[0]) is not conv or len(node.input) != 2 or _pads(conv):
         return None
-    weight = view.value(conv.input[1])
+    weight = view.dims(conv.input[1])
     group = next((a.i for a in conv.attribute if a.name == "group"), 1)
     x = next((name for name in node.input if name not in view.constants), None)
-    if x is None or view.rank(x) != weight.ndim or view.channels(x) != weight.shape[1] * group:
+    if x is None or view.rank(x) != len(weight) or view.channels(x) != weight[1] * group:
         return None  # x of unknown shape, or one the constant broadcasts up to the Conv's input
-    found = _affine_of(node, x, view, keep, rank=weight.ndim, channels=weight.shape[1] * group)
+    found = _affine_of(node, x, view, keep, rank=len(weight), channels=weight[1] * group)
     return None if found is None else (node, x, *found)
 
 
@@ -186,9 +190,10 @@ def _affine_of(node: onnx.NodeProto | None, x: str, view: _Graph, keep: frozense
         return None
     if node.op_type in ("Sub", "Div") and node.input[0] != x:
         return None  # k - x and k / x are not a scale and shift of x
-    constant = view.value(node.input[1] if node.input[0] == x else node.input[0])
-    if constant is None or constant.dtype != np.float32:
+    other = node.input[1] if node.input[0] == x else node.input[0]
+    if other not in view.constants or view.constants[other].data_type != onnx.TensorProto.FLOAT:
         return None
+    constant = view.value(other)
     per_channel = _per_channel(constant, rank, channels)
     if per_channel is None or (node.op_type == "Div" and np.any(per_channel == 0)):
         return None
