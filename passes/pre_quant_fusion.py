@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -58,8 +58,9 @@ def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionP
     graph = result.graph
     opset = declared_opset(result) or 0
     # HardSwish first: its Div by 6 would otherwise fold into the Conv that reads it
-    fused = _fuse_hardswish(result, keep) if opset >= HARDSWISH_OPSET and provider not in NO_HARDSWISH_PROVIDERS else 0
-    folded = _fold_conv_affine(result, keep)
+    hardswish_runs = opset >= HARDSWISH_OPSET and provider not in NO_HARDSWISH_PROVIDERS
+    fused = _until_none_left(result, lambda m, view: _fuse_one_hardswish(m, view, keep)) if hardswish_runs else 0
+    folded = _until_none_left(result, lambda m, view: _fold_one(m, view, keep))
     if folded or fused:
         _drop_unused_initializers(graph)
     return result, FusionCounts(folded, fused)
@@ -124,25 +125,28 @@ class _Graph:
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 and value.dtype.kind == "f" else None
 
 
-def _fold_conv_affine(model: onnx.ModelProto, keep: frozenset[str]) -> int:
-    graph = model.graph
+def _until_none_left(model: onnx.ModelProto, rewrite_one: Callable[[onnx.ModelProto, _Graph], bool]) -> int:
+    """Apply ``rewrite_one`` (which rewrites the first match it finds, if any) with a fresh view of
+    the graph each time, until it finds none; how many it rewrote."""
     count = 0
-    while True:
-        view = _Graph(model)
-        for conv in graph.node:
-            if not _foldable_conv(conv, view, keep):
-                continue
-            after = _affine_after(conv, view, keep)
-            if after is not None:
-                _fold_after(graph, conv, *after, view)
-                break
-            before = _affine_before(conv, view, keep)
-            if before is not None:
-                _fold_before(graph, conv, *before, view)
-                break
-        else:
-            return count
+    while rewrite_one(model, _Graph(model)):
         count += 1
+    return count
+
+
+def _fold_one(model: onnx.ModelProto, view: _Graph, keep: frozenset[str]) -> bool:
+    for conv in model.graph.node:
+        if not _foldable_conv(conv, view, keep):
+            continue
+        after = _affine_after(conv, view, keep)
+        if after is not None:
+            _fold_after(model.graph, conv, *after, view)
+            return True
+        before = _affine_before(conv, view, keep)
+        if before is not None:
+            _fold_before(model.graph, conv, *before, view)
+            return True
+    return False
 
 
 def _foldable_conv(conv: onnx.NodeProto, view: _Graph, keep: frozenset[str]) -> bool:
@@ -259,26 +263,20 @@ def _set_parameters(graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np.nda
     conv.input.extend(names)
 
 
-def _fuse_hardswish(model: onnx.ModelProto, keep: frozenset[str]) -> int:
+def _fuse_one_hardswish(model: onnx.ModelProto, view: _Graph, keep: frozenset[str]) -> bool:
     graph = model.graph
-    count = 0
-    while True:
-        view = _Graph(model)
-        for last in graph.node:
-            match = _hardswish_ending_at(last, view)
-            if match is not None and not any(n.name in keep for n in match[1]) and _keeps_shape_and_type(*match, view):
-                x, chain = match
-                fused = onnx.helper.make_node("HardSwish", [x], [last.output[0]], name=f"{last.name or last.output[0]}_hardswish")
-                position = list(graph.node).index(last)
-                graph.node.insert(position, fused)  # where the chain ended: after x, before every reader
-                for node in chain:
-                    if node is not last:
-                        _forget_shape(graph, node.output[0])
-                    graph.node.remove(node)
-                count += 1
-                break
-        else:
-            return count
+    for last in graph.node:
+        match = _hardswish_ending_at(last, view)
+        if match is not None and not any(n.name in keep for n in match[1]) and _keeps_shape_and_type(*match, view):
+            x, chain = match
+            fused = onnx.helper.make_node("HardSwish", [x], [last.output[0]], name=f"{last.name or last.output[0]}_hardswish")
+            graph.node.insert(list(graph.node).index(last), fused)  # where the chain ended: after x, before every reader
+            for node in chain:
+                if node is not last:
+                    _forget_shape(graph, node.output[0])
+                graph.node.remove(node)
+            return True
+    return False
 
 
 def _hardswish_ending_at(last: onnx.NodeProto, view: _Graph) -> tuple[str, list[onnx.NodeProto]] | None:
