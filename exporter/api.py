@@ -171,7 +171,7 @@ def export(
             evaluation=evaluation,
             progress=progress or NullProgress(),
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(),
-            quant_target=quant_target(profiles[0]) if profiles else None,
+            quant_target=quant_target(profiles[0], profiles[1:]) if profiles else None,
         )
         if carry is not None and isinstance(artifact, OnnxArtifact):
             carry.check([s.name for s in artifact.inputs], [s.name for s in artifact.outputs], str(model))

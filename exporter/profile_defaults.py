@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 from edgeport.device_profiles import Profile
 from edgeport.passes.context import QuantTarget
@@ -13,13 +13,15 @@ from edgeport.runtimes.ep_plugins import QNN
 from edgeport.runtimes.hostcpu import VNNI_FLAGS
 
 
-def quant_target(profile: Profile) -> QuantTarget:
+def quant_target(profile: Profile, others: Sequence[Profile] = ()) -> QuantTarget:
+    """The int8 target ``profile`` describes; ``others``: the export's other profiles, which the same file serves."""
     return QuantTarget(
         arch=profile.hardware.arch,
         has_vnni=any(f in profile.hardware.cpu_features for f in VNNI_FLAGS),
         source=f"profile {profile.name}",
         int8_speedup=profile.hardware.peak_gops_int8 / profile.hardware.peak_gops_fp32 if profile.hardware.peak_gops_fp32 else None,
         provider=profile.preferred_provider,
+        other_providers=tuple(p.preferred_provider for p in others),
     )
 
 

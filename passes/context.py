@@ -57,6 +57,9 @@ class QuantTarget:
     source: str
     int8_speedup: float | None = None  # int8 over fp32 compute throughput (a profile's peak_gops ratio); None: unknown
     provider: str = "CPUExecutionProvider"  # the execution provider the target runs first
+    # the first providers of the export's other profiles: one int8 file serves them all, so a
+    # rewrite one of them cannot run (HardSwish on NNAPI) is not made
+    other_providers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,6 +89,11 @@ class PassContext:
     def target_provider(self) -> str:
         """The execution provider the target runs first: ORT's CPU one when no profile says."""
         return self.quant_target.provider if self.quant_target else "CPUExecutionProvider"
+
+    @property
+    def target_providers(self) -> tuple[str, ...]:
+        """The first provider of every target the int8 file must run on."""
+        return (self.target_provider, *(self.quant_target.other_providers if self.quant_target else ()))
 
     def record(self, step: StepRecord) -> None:
         self.records.append(step)

@@ -46,10 +46,11 @@ class FusionCounts:
         return ("; ".join(parts) + ": fewer tensors rounded to int8 (function-preserving)") if parts else ""
 
 
-def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionProvider",
+def fuse_for_quantization(model: onnx.ModelProto, providers: Sequence[str] = ("CPUExecutionProvider",),
                           keep: frozenset[str] = frozenset()) -> tuple[onnx.ModelProto, FusionCounts]:
-    """A copy of ``model`` with Conv scale/shift folded and HardSwish fused; nodes named in ``keep``
-    (a user's exclusions) are left as they are."""
+    """A copy of ``model`` with Conv scale/shift folded, and HardSwish fused unless one of the
+    ``providers`` the file will run on lacks it; nodes named in ``keep`` (a user's exclusions) are
+    left as they are."""
     try:  # a rewrite needs its tensors' ranks and types: infer what the file does not say
         result = onnx.shape_inference.infer_shapes(model)
     except Exception:  # a model over 2 GB, or ops inference does not know: rewrite what is known
@@ -58,7 +59,7 @@ def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionP
     graph = result.graph
     opset = declared_opset(result) or 0
     # HardSwish first: its Div by 6 would otherwise fold into the Conv that reads it
-    hardswish_runs = opset >= HARDSWISH_OPSET and provider not in NO_HARDSWISH_PROVIDERS
+    hardswish_runs = opset >= HARDSWISH_OPSET and not set(providers) & set(NO_HARDSWISH_PROVIDERS)
     fused = _until_none_left(result, lambda m, view: _fuse_one_hardswish(m, view, keep)) if hardswish_runs else 0
     folded = _until_none_left(result, lambda m, view: _fold_one(m, view, keep))
     if folded or fused:
@@ -66,10 +67,10 @@ def fuse_for_quantization(model: onnx.ModelProto, provider: str = "CPUExecutionP
     return result, FusionCounts(folded, fused)
 
 
-def fused_for_quantization(path: Path, work: Path, provider: str, keep: Sequence[str], notes: list[str]) -> Path:
+def fused_for_quantization(path: Path, work: Path, providers: Sequence[str], keep: Sequence[str], notes: list[str]) -> Path:
     """``path``, or a fused copy of it in ``work`` when a rewrite applied (the note says which)."""
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.load(str(path), load_external_data=False).graph.initializer)
-    fused, counts = fuse_for_quantization(onnx.load(str(path)), provider, frozenset(keep))
+    fused, counts = fuse_for_quantization(onnx.load(str(path)), providers, frozenset(keep))
     if not counts.note():
         return path
     out = work / "fused.onnx"

@@ -105,7 +105,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     source_path = preprocess_for_quantization(model.path, work, notes) if config.preprocess else model.path
     check_exclusions(onnx.load(str(source_path), load_external_data=False), config)  # the user's names, before any rewrite
     if config.preprocess:
-        source_path = fused_for_quantization(source_path, work, ctx.target_provider, config.exclude_nodes, notes)
+        source_path = fused_for_quantization(source_path, work, ctx.target_providers, config.exclude_nodes, notes)
     if config.rules == "qnn":
         from edgeport.passes.qnn_rules import prepared_for_qnn
 

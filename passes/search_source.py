@@ -31,7 +31,7 @@ def search_source(path: Path, quant: StaticInt8Config, recurrent: str, on_npu: b
     source = onnx.load(str(source_path))
     name_nodes(source)  # before fusing, so the names the search reports stay the names exclusions use
     if quant.preprocess:
-        source, fusions = fuse_for_quantization(source, ctx.target_provider, frozenset(quant.exclude_nodes))
+        source, fusions = fuse_for_quantization(source, ctx.target_providers, frozenset(quant.exclude_nodes))
         notes.extend([fusions.note()] if fusions.note() else [])
     if on_npu:  # before calibration: the ranges must see the fused ops and the finite fills
         source = prepare_for_qnn(source, work, notes)
