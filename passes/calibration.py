@@ -50,12 +50,7 @@ def calibrate(source_path: Path, specs, op_types: list[str], method: str, config
         providers=["CPUExecutionProvider"],
         extra_options={"percentile": config.percentile} if method == "percentile" else {},
     )
-    ctx.progress.start(f"calibrating ({method})", total=scan.samples)
-    stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
-    with quiet_ort():
-        for chunk in _chunks(stream, ctx):
-            calibrator.collect_data(_ListReader(chunk))
-    ctx.progress.finish()
+    _feed(calibrator, method, specs, config, ctx, scan)
     with quiet_ort():
         ranges = calibrator.compute_data()
     _save_ranges(ranges, ranges_path)
@@ -71,9 +66,9 @@ def ort_method(method: str):
 
 
 def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str], config: Any, ctx: PassContext, scan, work: Path):
-    """Per tensor, the clipping range whose 8-bit rounding and clipping error is least in the mean
-    square over the calibration data (as OpenVINO's MSE range estimator picks them):
-    a histogram of each tensor over its minmax range, then the best of 101 x 101 shrunken ranges.
+    """Per tensor, the clipping range whose rounding and clipping error on the activation grid in use
+    is least in the mean square over the calibration data (as OpenVINO's MSE range estimator picks
+    them): a histogram of each tensor over its minmax range, then the best of the shrunken ranges.
     A tensor whose range a few outliers (one value in a million or so) stretch keeps its bulk on a
     finer grid; mean-square error keeps any heavier tail."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator, load_tensors_data
@@ -84,15 +79,20 @@ def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str],
     bounds = {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in minmax[name].range_value) for name in minmax}
     histograms = RangeHistograms(bounds, *_mse_grid(config))
     calibrator.collector = histograms  # ORT's calibrator runs the model and hands each chunk's tensors over
-    ctx.progress.start("calibrating (mse)", total=scan.samples)
+    _feed(calibrator, "mse", specs, config, ctx, scan)
+    shape = {name: np.asarray(minmax[name].range_value[0]).shape for name in minmax}  # ORT's own layout: (1,)
+    ranges = {name: tuple(np.full(shape[name], v, dtype=np.float32) for v in histograms.best_range(name)) for name in minmax}
+    return TensorsData(CalibrationMethod.MinMax, ranges)
+
+
+def _feed(calibrator: Any, method: str, specs, config: Any, ctx: PassContext, scan) -> None:
+    """Run the calibration data through ``calibrator`` a few batches at a time, with progress."""
+    ctx.progress.start(f"calibrating ({method})", total=scan.samples)
     stream = ctx.calibration.batches(specs, config.calibration_batch_size, config.calibration_samples)
     with quiet_ort():
         for chunk in _chunks(stream, ctx):
             calibrator.collect_data(_ListReader(chunk))
     ctx.progress.finish()
-    shape = {name: np.asarray(minmax[name].range_value[0]).shape for name in minmax}  # ORT's own layout: (1,)
-    ranges = {name: tuple(np.full(shape[name], v, dtype=np.float32) for v in histograms.best_range(name)) for name in minmax}
-    return TensorsData(CalibrationMethod.MinMax, ranges)
 
 
 def _mse_grid(config: Any) -> tuple[int, bool]:
