@@ -206,6 +206,17 @@ def _deviation(reference: Outputs, candidate: Outputs) -> tuple[float, float]:
 def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]],
                  carry: StateCarry | None = None) -> dict[str, list[np.ndarray]]:
     """Run ``model`` with extra graph outputs; names whose type is unknown or not a tensor are skipped."""
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for run_values in exposed_runs(model, names, feeds, carry):
+        for name, value in run_values.items():
+            values[name].append(value)
+    return {k: v for k, v in values.items() if v}
+
+
+def exposed_runs(model: onnx.ModelProto, names: list[str], feeds: list[dict[str, np.ndarray]],
+                 carry: StateCarry | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``run_exposing`` one feed at a time: a caller that reduces each run keeps one run's
+    intermediate tensors in memory, not every feed's."""
     existing = {o.name for o in model.graph.output}
     produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.input}
     types = _tensor_types(model)
@@ -216,13 +227,10 @@ def run_exposing(model: onnx.ModelProto, names: list[str], feeds: list[dict[str,
         exposed.graph.output.append(helper.make_tensor_value_info(name, types[name], None))
     session = session_for(exposed)
     out_names = [o.name for o in session.get_outputs()]
-    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    wanted = set(names)
     runs = carried_outputs(session, feeds, carry) if carry is not None else (run(session, feed) for feed in feeds)
     for outputs in runs:
-        for name, value in zip(out_names, outputs):
-            if name in values:
-                values[name].append(np.asarray(value))
-    return {k: v for k, v in values.items() if v}
+        yield {name: np.asarray(value) for name, value in zip(out_names, outputs) if name in wanted}
 
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
