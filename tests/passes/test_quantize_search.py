@@ -158,6 +158,23 @@ def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
     assert budget.trials_left == 17
 
 
+def test_a_block_short_of_the_target_must_pay_for_the_budget_it_spends():
+    """A block that misses the target is kept only if it closes the gap in proportion to the MACs it
+    puts in float (a MobileNetV2: a 24% block that bought 1% of the gap left no budget for the
+    single reverts that closed half of it)."""
+    from edgeport.passes.fallback_search import pays_its_way
+    from edgeport.passes.fidelity import FidelityScore
+
+    def scored(margin):
+        return FidelityScore({}, {"cosine_min": margin}, samples=8)
+
+    current = scored(-2.7)  # the gap to the guard band of 0.3 is 3.0
+    assert not pays_its_way(scored(-2.67), current, share=0.237, budget_left=0.25, guard=0.3)
+    assert pays_its_way(scored(-1.0), current, share=0.12, budget_left=0.25, guard=0.3)  # 57% of the gap for 48% of the budget
+    assert not pays_its_way(scored(-2.0), current, share=0.12, budget_left=0.25, guard=0.3)  # 23% for 48%
+    assert not pays_its_way(scored(0.5), current, share=0.1, budget_left=0.0, guard=0.3)  # no budget left
+
+
 def test_when_no_block_meets_the_target_the_smallest_as_good_as_the_best_is_kept():
     """The best-scoring prefix was kept: usually everything the MAC budget allows, for a gain the
     smaller prefix already had, which left no budget for the single reverts after it."""
