@@ -1,5 +1,6 @@
 """Accuracy-aware int8 side by side, in one run: edgeport's search, plain ORT `quantize_static`,
-NNCF `quantize` (defaults) and NNCF `quantize_with_accuracy_control`, all at one target (cosine
+NNCF `quantize` (defaults) and NNCF `quantize_with_accuracy_control` (and edgeport with its opt-in GPTQ
+weight rounding, `edgeport_gptq`), all at one target (cosine
 >= 0.99 to fp32 for every sample), on six models. Each method gets the same calibration set and
 the same validation set; the figures are measured on a test set none of them saw.
 
@@ -211,15 +212,19 @@ def run_plain(fp32: Path, calib: dict, out: Path, **_) -> Path:
     return out
 
 
-def run_edgeport(fp32: Path, calib: dict, out: Path, validation: dict, work: Path, timings: dict, recurrent: str = "auto", **_) -> Path:
+def run_edgeport(fp32: Path, calib: dict, out: Path, validation: dict, work: Path, timings: dict, recurrent: str = "auto",
+                 weight_rounding: bool = False, **_) -> Path:
     import edgeport
     from edgeport.passes.fidelity import FidelityTarget
+    from edgeport.passes.quantize_search import AccuracyAwareInt8Config
 
     np.savez(work / "calib.npz", **calib)
     np.savez(work / "val.npz", **validation)
+    target = FidelityTarget(min_cosine=TARGET_COSINE, source="bench")
+    # the search export() runs by default, with GPTQ rounding switched on where asked
+    search = AccuracyAwareInt8Config(target=target, recurrent=recurrent, weight_rounding=True) if weight_rounding else None
     result = edgeport.export(str(fp32), calib=work / "calib.npz", eval=work / "val.npz", out_dir=work / "edgeport", force=True,
-                             fidelity=FidelityTarget(min_cosine=TARGET_COSINE, source="bench"), use_cache=False, cache_dir=work / "cache",
-                             recurrent=recurrent)
+                             fidelity=target, use_cache=False, cache_dir=work / "cache", recurrent=recurrent, quant_config=search)
     out.write_bytes((work / "edgeport" / "model.onnx").read_bytes())
     step = next(s for s in result.report["steps"] if s["name"] == "quantize_search")
     timings["search_s"] = round(step["wall_s"], 1)  # the int8 search alone, without export's other steps
@@ -265,8 +270,13 @@ def run_edgeport_recurrent_always(fp32: Path, **kwargs: Any) -> Path:
     return run_edgeport(fp32, recurrent="always", **kwargs)
 
 
-METHODS = {"plain": run_plain, "edgeport": run_edgeport, "edgeport_rnn_int8": run_edgeport_recurrent_always, "nncf": run_nncf,
-           "nncf_ac": run_nncf_ac}
+def run_edgeport_gptq(fp32: Path, **kwargs: Any) -> Path:
+    """edgeport with GPTQ weight rounding tried (opt-in: AccuracyAwareInt8Config(weight_rounding=True))."""
+    return run_edgeport(fp32, weight_rounding=True, **kwargs)
+
+
+METHODS = {"plain": run_plain, "edgeport": run_edgeport, "edgeport_rnn_int8": run_edgeport_recurrent_always,
+           "edgeport_gptq": run_edgeport_gptq, "nncf": run_nncf, "nncf_ac": run_nncf_ac}
 
 
 def float_mac_share(fp32: Path, path: Path, feed: dict[str, np.ndarray]) -> float:

@@ -24,21 +24,6 @@ class BiasCorrection:
     model: onnx.ModelProto  # the float source with corrected biases
     original: dict[str, tuple[str, np.ndarray | None]] = field(default_factory=dict)  # node -> (bias name, bias before)
 
-    def restored(self, nodes: set[str]) -> onnx.ModelProto:
-        """The corrected model with the original bias back on ``nodes`` (kept in float: their
-        weights are not rounded, so their shift is zero)."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self.model)
-        inits = {t.name: t for t in model.graph.initializer}
-        for node in nodes:
-            if node in self.original:
-                name, before = self.original[node]
-                if before is None:
-                    inits[name].CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(inits[name])), name))
-                else:
-                    inits[name].CopyFrom(numpy_helper.from_array(before, name))
-        return model
-
 
 def correct_biases(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> BiasCorrection:
     quantized = _quantized_weights(qdq)

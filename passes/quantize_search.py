@@ -47,7 +47,8 @@ from edgeport.runtimes.parity import class_score_outputs
 from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate
 from edgeport.passes.registry import PassInfo
 from edgeport.passes.search_candidates import (
-    Candidate, bias_corrected, full_range_weights, qdq_model_of, quantize_candidate, search_space, transformed, with_free_types,
+    Candidate, corrected_if_better, full_range_weights, qdq_model_of, quantize_candidate, refined_like, rounded_if_better, search_space, source_for_revert,
+    transformed, with_free_types,
 )
 
 NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
@@ -72,6 +73,9 @@ class AccuracyAwareInt8Config:
     ranking_samples: int = 16
     eval_samples: int = 256
     bias_correction: bool = True
+    # GPTQ: weights rounded to cut each layer's output error, not each weight's; opt-in: it raised
+    # all-int8 fidelity on a MobileNetV2, but the fallback then gained less per MAC (bench/README.md)
+    weight_rounding: bool = False
     # minmax starts; each further method is tried while the target is missed. mse: per-tensor ranges
     # that least err in the mean square (a histogram pass); percentile clips every tensor alike
     calibration_methods: tuple[str, ...] = ("minmax", "mse", "percentile")
@@ -159,15 +163,16 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
 
     def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source,
-                  seven_bit: bool = reduce_range) -> Candidate:
+                  seven_bit: bool = reduce_range, rounding: Any = None) -> Candidate:
         pinned = scale_nodes(float_source)
         exclude = (*quant.exclude_nodes, *sorted(pinned))
         qdq = quantize_candidate(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, exclude)
         budget.spend()
         scored = QdqModel(qdq, float_source, pinned).with_float(set()) if pinned else qdq
         wide = WideActivationModel(qdq, float_source, path, ranges, method, op_types, quant, exclude, work) if on_npu else None
-        return Candidate(correction.model if correction else float_source, float_source, qdq, ranges, method,
-                          *scorer.evaluate(session_for(scored), search), correction, seven_bit, wide)
+        edited = correction or rounding  # the float model with corrected biases or rounded weights, if any
+        return Candidate(edited.model if edited else float_source, float_source, qdq, ranges, method,
+                         *scorer.evaluate(session_for(scored), search), correction, seven_bit, wide, rounding, label)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
     plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves
@@ -177,14 +182,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if npu_smoothing:
         improvements["smooth_quant"] = "not tried: its scales stay float, which QNN's HTP would leave to the CPU"
     # Cheapest first: bias correction (one pass over 32 samples), then other calibration methods
-    # (a histogram pass each), each taken only when the target is not yet met with the guard band.
-    corrected = bias_corrected(best, config, calibration, model, work, candidate)
-    if corrected is not None:
-        improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.key() > best.score.key(),
-                                           "before": best.score.to_dict(), "after": corrected.score.to_dict()}
-        best = corrected if improvements["bias_correction"]["kept"] else best
-    elif config.bias_correction:
-        improvements["bias_correction"] = "not tried: the target is met without it"
+    # (a histogram pass each), then GPTQ rounding, each only while the target is missed.
+    best = corrected_if_better(best, config, calibration, model, work, candidate, improvements)
     free: set[str] | None = None
     free_score: FidelityScore | None = None
     for method in methods[1:]:
@@ -196,8 +195,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         except Exception as exc:  # histograms fail on tensors with inf (attention masks) or NaN
             notes.append(f"{method} calibration failed ({first_line(exc)}); kept {best.method}")
             continue
-        if best.correction is not None:  # compare like with like: correct this one's biases too
-            other = bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+        other = refined_like(other, best, config, calibration, model, work, candidate)  # compare like with like
         if on_npu:  # no op type is free there: every one widened costs the NPU's time
             improvements["calibration"][method] = other.score.to_dict()
             best = other if other.score.key() > best.score.key() else best
@@ -210,6 +208,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         if other_free.key() > free_score.key():
             best, free_score = other, other_free
     improvements["calibration_chosen"] = best.method
+    best, free, free_score = rounded_if_better(best, free, free_score, quant, search, scorer, budget, config, calibration, model, work,
+                                               candidate, improvements)
     transforms = [("cross_layer_equalization", config.equalization, lambda m, feeds: equalize_pairs(m), False)]
     transforms += [(f"smooth_quant_alpha_{alpha:g}", config.smooth_quant, lambda m, feeds, a=alpha: smooth_activations(m, feeds, a), True)
                    for alpha in config.smooth_alphas]
@@ -294,7 +294,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             notes.append("embedding tables stay int8 at run time: each Gather reads the int8 table and dequantizes only the rows it takes")
         onnx.save(final_model, str(out_path))
     else:
-        final_source = best.correction.restored(reverted) if best.correction is not None else best.float_source
+        final_source = source_for_revert(best, reverted)
         final_source, unfolded = restore_cells(final_source, folded, reverted)
         final_source_path = work / "final-source.onnx"
         onnx.save(final_source, str(final_source_path))

@@ -1,6 +1,7 @@
 """The all-int8 candidates the accuracy-aware search builds and improves before any fallback:
 each is one way to make the int8 model (calibration method, rewrites of the float model,
-corrected biases, 7- or 8-bit weights), and the search space of groups it offers."""
+weights rounded by GPTQ, corrected biases, 7- or 8-bit weights), and the search space of groups
+it offers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgeport.artifacts import OnnxArtifact
 from edgeport.passes.bias_correction import correct_biases
@@ -21,24 +24,27 @@ from edgeport.passes.calibration import calibrate
 from edgeport.passes.quantize_static import StaticInt8Config, host_quant_target, quantize_from_ranges
 from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.passes.smooth_quant import scale_nodes
+from edgeport.passes.weight_rounding import round_weights
 from edgeport.passes.wide_activations import WideActivationModel
 from edgeport.runtimes.hostcpu import X86_ARCHES
 
 
 @dataclass
 class Candidate:
-    """One way to make the all-int8 model: calibration method, smoothing, corrected biases."""
+    """One way to make the all-int8 model: calibration method, smoothing, rounded weights, corrected biases."""
 
-    source: onnx.ModelProto  # the float model ORT quantizes (biases corrected or not)
+    source: onnx.ModelProto  # the float model ORT quantizes (weights rounded and biases corrected, or not)
     float_source: onnx.ModelProto  # the exact float model it derives from (the original or a smoothed one): reverts read it
     qdq: onnx.ModelProto
     ranges: Path
     method: str
     score: FidelityScore
     outputs: list[Any]  # its outputs on the search split, so the worst samples need no second run
-    correction: Any = None
+    correction: Any = None  # a BiasCorrection
     reduce_range: bool = False
     wide: WideActivationModel | None = None  # QNN: the search's groups take 16-bit activations, not float
+    rounding: Any = None  # a WeightRounding: weights rounded by GPTQ (instead of corrected biases)
+    label: str = ""  # unique among the search's candidates: names the files made from it
 
 
 def with_free_types(candidate: Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
@@ -70,21 +76,113 @@ def bias_corrected(base: Candidate, config: Any, calibration: Any, model: OnnxAr
     the target already met, or no layer to correct)."""
     if not config.bias_correction or (base.score.margin >= config.guard_band and not always):
         return None
-    feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
-    correction = correct_biases(base.source, base.qdq, feeds)
-    if not correction.original:
+    return _edited(base, "bias-corrected", "correction", lambda feeds: correct_biases(base.source, base.qdq, feeds),
+                   lambda correction: bool(correction.original), calibration, model, work, candidate)
+
+
+def weight_rounded(base: Candidate, config: Any, calibration: Any, model: OnnxArtifact, work: Path,
+                    candidate: Any, always: bool = False) -> Candidate | None:
+    """``base``'s float weights rounded by GPTQ on the levels ``base``'s int8 model gives them; None
+    when not tried or no layer qualifies. An alternative to bias correction, not an addition: GPTQ's
+    objective, the layer's output error on calibration data, already holds its mean shift."""
+    if not config.weight_rounding or (base.score.margin >= config.guard_band and not always):
         return None
-    corrected_path = work / f"source.{base.method}.bias-corrected.onnx"
-    onnx.save(correction.model, str(corrected_path))
-    return candidate(corrected_path, base.ranges, base.method, f"{base.method}{'' if base.reduce_range else '.full-range'}.bias-corrected",
-                     correction, base.float_source, seven_bit=base.reduce_range)
+    return _edited(base, "rounded", "rounding", lambda feeds: round_weights(base.float_source, base.qdq, feeds),
+                   lambda rounding: bool(rounding.layers), calibration, model, work, candidate)
+
+
+def _edited(base: Candidate, suffix: str, kind: str, edit: Any, changed: Any, calibration: Any, model: OnnxArtifact, work: Path,
+            candidate: Any) -> Candidate | None:
+    """``base`` quantized again, with the same ranges, from its float model as ``edit`` changed it
+    (given up to 32 calibration samples); None when ``edit`` changed nothing."""
+    edit_result = edit([b.inputs for b in calibration.batches(model.inputs, 1, 32)])
+    if not changed(edit_result):
+        return None
+    path = work / f"source.{base.label}.{suffix}.onnx"
+    onnx.save(edit_result.model, str(path))
+    return candidate(path, base.ranges, base.method, f"{base.label}.{suffix}", float_source=base.float_source,
+                     seven_bit=base.reduce_range, **{kind: edit_result})
+
+
+def corrected_if_better(best: Candidate, config: Any, calibration: Any, model: OnnxArtifact, work: Path, candidate: Any,
+                        improvements: dict[str, Any]) -> Candidate:
+    """``best`` with corrected biases where that scores better, the try recorded in ``improvements``."""
+    corrected = bias_corrected(best, config, calibration, model, work, candidate)
+    if corrected is not None:
+        improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.key() > best.score.key(),
+                                           "before": best.score.to_dict(), "after": corrected.score.to_dict()}
+        return corrected if improvements["bias_correction"]["kept"] else best
+    if config.bias_correction:
+        improvements["bias_correction"] = "not tried: the target is met without it"
+    return best
+
+
+def rounded_if_better(best: Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
+                      scorer: Scorer, budget: SearchBudget, config: Any, calibration: Any, model: OnnxArtifact, work: Path,
+                      candidate: Any, improvements: dict[str, Any]) -> tuple[Candidate, set[str] | None, FidelityScore | None]:
+    """``best`` with GPTQ-rounded weights instead of corrected biases where that scores better,
+    judged with the MAC-free op types in float as the search will have them; the try recorded."""
+    if best.score.margin >= config.guard_band or (free_score is not None and free_score.margin >= config.guard_band):
+        if config.weight_rounding:
+            improvements["weight_rounding"] = "not tried: the target is met without it"
+        return best, free, free_score
+    if not config.weight_rounding:
+        improvements["weight_rounding"] = "off: AccuracyAwareInt8Config(weight_rounding=True) tries GPTQ rounding"
+        return best, free, free_score
+    rounded = weight_rounded(best, config, calibration, model, work, candidate, always=True)
+    if rounded is None:
+        improvements["weight_rounding"] = ("not tried: no layer qualifies (symmetric int8 weights, scaled per output channel or per "
+                                           "tensor, read by one Conv/Gemm/MatMul, a Conv 1-D or 2-D without SAME padding)")
+        return best, free, free_score
+    if free is None or free_score is None:
+        free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
+    after = scorer.score(session_for(qdq_model_of(rounded).with_float(free)), search)
+    budget.spend()
+    kept = after.key() > free_score.key()
+    improvements["weight_rounding"] = {"method": "GPTQ on the int8 levels ORT chose, from up to 32 calibration samples",
+                                       "layers": len(rounded.rounding.layers), "kept": kept, "free_op_types_in_float": len(free),
+                                       "before": free_score.to_dict(), "after": after.to_dict(),
+                                       **({"replaces": "the corrected biases (GPTQ's weights are not bias-corrected)"}
+                                          if kept and best.correction is not None else {})}
+    return (rounded, free, after) if kept else (best, free, free_score)
+
+
+def refined_like(other: Candidate, best: Candidate, config: Any, calibration: Any, model: OnnxArtifact, work: Path,
+                 candidate: Any) -> Candidate:
+    """``other`` refined as ``best`` was (weights rounded, or biases corrected): a new calibration
+    method or rewrite is compared with ``best`` like with like."""
+    if best.rounding is not None:
+        return weight_rounded(other, config, calibration, model, work, candidate, always=True) or other
+    if best.correction is not None:
+        return bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+    return other
+
+
+def source_for_revert(candidate: Candidate, reverted: set[str]) -> onnx.ModelProto:
+    """``candidate.source`` with the reverted nodes' weights and biases as in the float model: a
+    node kept float is not rounded, so neither GPTQ's weights nor a corrected bias belongs to it (a
+    bias a correction added, absent in the float model, becomes zero)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(candidate.source)
+    original = {t.name: t for t in candidate.float_source.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in reverted:
+            continue
+        for name in node.input:
+            if name in inits and name in original:
+                inits[name].CopyFrom(original[name])
+            elif name in inits:
+                inits[name].CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(inits[name])), name))
+    return model
 
 
 def transformed(base: Candidate, transform: Any, label: str, config: Any, calibration: Any, model: OnnxArtifact,
                  op_types: list[str], quant: StaticInt8Config, calib_ctx: PassContext, scan: Any, work: Path,
                  candidate: Any) -> tuple[Candidate, int] | None:
     """``base`` rebuilt on a function-preserving rewrite of its float model (equalized or smoothed):
-    fresh ranges, biases corrected again if ``base``'s were. None when the rewrite changed nothing."""
+    fresh ranges, then weights rounded or biases corrected again as ``base``'s were. None when the
+    rewrite changed nothing."""
     feeds = [b.inputs for b in calibration.batches(model.inputs, 1, 32)]
     rewritten, changed = transform(base.float_source, feeds)
     if not changed:
@@ -93,9 +191,7 @@ def transformed(base: Candidate, transform: Any, label: str, config: Any, calibr
     onnx.save(rewritten, str(path))
     ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
     result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, seven_bit=base.reduce_range)
-    if base.correction is not None:
-        result = bias_corrected(result, config, calibration, model, work, candidate, always=True) or result
-    return result, changed
+    return refined_like(result, base, config, calibration, model, work, candidate), changed
 
 
 def full_range_weights(best: Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
@@ -113,8 +209,8 @@ def full_range_weights(best: Candidate, free: set[str] | None, free_score: Fidel
     float_path = work / f"source.{best.method}.full-range.onnx"
     onnx.save(best.float_source, str(float_path))
     other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
-    if best.correction is not None:  # weight rounding changed, so the corrected biases must be measured again
-        other = bias_corrected(other, config, calibration, model, work, candidate, always=True) or other
+    # the levels changed, so rounded weights and corrected biases must be made again
+    other = refined_like(other, best, config, calibration, model, work, candidate)
     after = scorer.score(session_for(qdq_model_of(other).with_float(free)), search)
     budget.spend()
     kept = after.key() > free_score.key()
