@@ -134,13 +134,17 @@ def rounded_if_better(best: Candidate, free: set[str] | None, free_score: Fideli
         improvements["weight_rounding"] = ("not tried: no layer qualifies (symmetric int8 weights, scaled per output channel or per "
                                            "tensor, read by one Conv/Gemm/MatMul, a Conv 1-D or 2-D without SAME padding)")
         return best, free, free_score
+    record = {"method": "GPTQ on the int8 levels ORT chose, from up to 32 calibration samples", "layers": len(rounded.rounding.layers)}
+    if best.wide is not None:  # an NPU: no op type is free there, so all-int8 scores decide (as for the ranges)
+        kept = rounded.score.key() > best.score.key()
+        improvements["weight_rounding"] = {**record, "kept": kept, "before": best.score.to_dict(), "after": rounded.score.to_dict()}
+        return (rounded if kept else best), free, free_score
     if free is None or free_score is None:
         free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
     after = scorer.score(session_for(qdq_model_of(rounded).with_float(free)), search)
     budget.spend()
     kept = after.key() > free_score.key()
-    improvements["weight_rounding"] = {"method": "GPTQ on the int8 levels ORT chose, from up to 32 calibration samples",
-                                       "layers": len(rounded.rounding.layers), "kept": kept, "free_op_types_in_float": len(free),
+    improvements["weight_rounding"] = {**record, "kept": kept, "free_op_types_in_float": len(free),
                                        "before": free_score.to_dict(), "after": after.to_dict(),
                                        **({"replaces": "the corrected biases (GPTQ's weights are not bias-corrected)"}
                                           if kept and best.correction is not None else {})}
