@@ -47,8 +47,8 @@ from edgeport.runtimes.parity import class_score_outputs
 from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate
 from edgeport.passes.registry import PassInfo
 from edgeport.passes.search_candidates import (
-    Candidate, corrected_if_better, full_range_weights, qdq_model_of, quantize_candidate, refined_like, rounded_if_better, search_space, source_for_revert,
-    transformed, with_free_types,
+    Candidate, corrected_if_better, full_range_weights, quantize_candidate, refined_like, rounded_if_better, scored_with_free, search_space,
+    source_for_revert, transformed, with_free_types,
 )
 
 NPU_VERDICT_SAMPLES = 32  # per split, judged on QNN's HTP simulator (seconds per inference on a real model)
@@ -202,8 +202,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             continue
         if free is None:  # judged with MAC-free op types float, as the search has them (MiniLM: all-int8 favoured mse, then 5% float)
             free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
-        other_free = scorer.score(session_for(qdq_model_of(other).with_float(free)), search)
-        budget.spend()
+        other_free = scored_with_free(other, free, search, scorer, budget)
         improvements["calibration"][method] = {"all_int8": other.score.to_dict(), "free_op_types_in_float": other_free.to_dict(), "compared_with": {best.method: free_score.to_dict()}}
         if other_free.key() > free_score.key():
             best, free_score = other, other_free
@@ -229,8 +228,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         base = unsmoothed if smoothing else best
         result = transformed(base, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
         if result is not None:
-            after = scorer.score(session_for(qdq_model_of(result[0]).with_float(free)), search)
-            budget.spend()
+            after = scored_with_free(result[0], free, search, scorer, budget)
             kept = after.key() > free_score.key()
             improvements[name] = {"changed": result[1], "kept": kept, "free_op_types_in_float": len(free),
                                   "before": free_score.to_dict(), "after": after.to_dict()}

@@ -54,6 +54,14 @@ def with_free_types(candidate: Candidate, quant: StaticInt8Config, search: Any, 
     return free, score
 
 
+def scored_with_free(candidate: Candidate, free: set[str], search: Any, scorer: Scorer, budget: SearchBudget) -> FidelityScore:
+    """``candidate``'s score with the MAC-free op types ``free`` in float, as the search will have
+    them: how every refinement of the all-int8 model is judged (one trial)."""
+    score = scorer.score(session_for(qdq_model_of(candidate).with_float(free)), search)
+    budget.spend()
+    return score
+
+
 def qdq_model_of(candidate: Candidate) -> QdqModel | WideActivationModel:
     """Reverted nodes read exact float weights and biases; smoothing's scales are always float. On
     an NPU target "reverting" a group gives it 16-bit activations instead."""
@@ -141,8 +149,7 @@ def rounded_if_better(best: Candidate, free: set[str] | None, free_score: Fideli
         return (rounded if kept else best), free, free_score
     if free is None or free_score is None:
         free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
-    after = scorer.score(session_for(qdq_model_of(rounded).with_float(free)), search)
-    budget.spend()
+    after = scored_with_free(rounded, free, search, scorer, budget)
     kept = after.key() > free_score.key()
     improvements["weight_rounding"] = {**record, "kept": kept, "free_op_types_in_float": len(free),
                                        "before": free_score.to_dict(), "after": after.to_dict(),
@@ -215,8 +222,7 @@ def full_range_weights(best: Candidate, free: set[str] | None, free_score: Fidel
     other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
     # the levels changed, so rounded weights and corrected biases must be made again
     other = refined_like(other, best, config, calibration, model, work, candidate)
-    after = scorer.score(session_for(qdq_model_of(other).with_float(free)), search)
-    budget.spend()
+    after = scored_with_free(other, free, search, scorer, budget)
     kept = after.key() > free_score.key()
     improvements["full_range_weights"] = {
         "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),

@@ -52,11 +52,11 @@ def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
     for node in source.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    layers = [n for n in source.graph.node
-              if n.op_type in ROUNDED_OPS and n.name and len(n.input) > 1 and n.input[1] in grids and n.input[1] in inits
-              and readers[n.input[1]] == 1 and _rows_view(n, numpy_helper.to_array(inits[n.input[1]])) is not None
-              and (not grids[n.input[1]].per_channel or grids[n.input[1]].axis == _output_axis(n))]
-    weights = {n.input[1]: numpy_helper.to_array(inits[n.input[1]]) for n in layers}
+    candidates = [n for n in source.graph.node
+                  if n.op_type in ROUNDED_OPS and n.name and len(n.input) > 1 and n.input[1] in grids and n.input[1] in inits
+                  and readers[n.input[1]] == 1 and (not grids[n.input[1]].per_channel or grids[n.input[1]].axis == _output_axis(n))]
+    weights = {n.input[1]: numpy_helper.to_array(inits[n.input[1]]) for n in candidates}  # each read once
+    layers = [n for n in candidates if _rows_view(n, weights[n.input[1]]) is not None]
     model = onnx.ModelProto()
     model.CopyFrom(source)
     new_inits = {t.name: t for t in model.graph.initializer}
@@ -113,7 +113,7 @@ def _rows_view(layer: onnx.NodeProto, weight: np.ndarray):
     if layer.op_type == "Gemm":
         if "transA" in attrs and attrs["transA"].i:
             return None
-        if "transB" in attrs and attrs["transB"].i:  # (N, K): rows already
+        if _trans_b(layer):  # (N, K): rows already
             return weight[None], lambda r: r
     return weight.T[None], lambda r: r.T  # MatMul / Gemm: (K, N) -> rows are the N outputs
 
@@ -137,9 +137,12 @@ def _passes(layers: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> lis
 
 def _output_axis(layer: onnx.NodeProto) -> int:
     """The weight axis of the layer's outputs: per-channel scales must run along it to be per row."""
-    if layer.op_type == "Conv" or (layer.op_type == "Gemm" and any(a.name == "transB" and a.i for a in layer.attribute)):
-        return 0
-    return 1
+    return 0 if layer.op_type == "Conv" or _trans_b(layer) else 1
+
+
+def _trans_b(layer: onnx.NodeProto) -> bool:
+    """A Gemm that reads its weight as (N, K)."""
+    return layer.op_type == "Gemm" and any(a.name == "transB" and a.i for a in layer.attribute)
 
 
 def _input_second_moments(source: onnx.ModelProto, layers: list[onnx.NodeProto], weights: dict[str, np.ndarray],
@@ -165,7 +168,7 @@ def _input_second_moments(source: onnx.ModelProto, layers: list[onnx.NodeProto],
 def _columns(layer: onnx.NodeProto, x: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
     """What the weight's columns multiply, (groups, K, M): im2col for a Conv, rows for a MatMul."""
     if layer.op_type != "Conv":
-        k = weight.shape[1] if layer.op_type == "Gemm" and any(a.name == "transB" and a.i for a in layer.attribute) else weight.shape[0]
+        k = weight.shape[1] if _trans_b(layer) else weight.shape[0]
         return x.reshape(-1, k).T[None] if x.shape[-1] == k else None
     attrs = {a.name: a for a in layer.attribute}
     spatial = weight.ndim - 2
