@@ -220,7 +220,7 @@ def _parse_budgets(raw: Any, problems: Problems) -> dict[str, dict[str, Any]]:
 
 PRECISIONS = ("int8", "dynamic-int8", "fp16", "fp32", "auto")
 CHOICES = {"quantization.precision": PRECISIONS, "quantization.format": ("qdq", "qoperator"),
-           "quantization.calibration_method": ("minmax", "mse", "entropy", "percentile"), "model.exporter": ("auto", "torchscript", "dynamo")}
+           "quantization.calibration_method": ("minmax", "mse", "mean_minmax", "entropy", "percentile"), "model.exporter": ("auto", "torchscript", "dynamo")}
 
 
 def _check_values(r: Recipe, problems: Problems) -> None:

@@ -77,8 +77,9 @@ class AccuracyAwareInt8Config:
     # all-int8 fidelity on a MobileNetV2, but the fallback then gained less per MAC (bench/README.md)
     weight_rounding: bool = False
     # minmax starts; each further method is tried while the target is missed. mse: per-tensor ranges
-    # that least err in the mean square (a histogram pass); percentile clips every tensor alike
-    calibration_methods: tuple[str, ...] = ("minmax", "mse", "percentile")
+    # that least err in the mean square (a histogram pass); mean_minmax: the mean of each sample's
+    # extremes (NNCF's default); percentile clips every tensor alike
+    calibration_methods: tuple[str, ...] = ("minmax", "mse", "mean_minmax", "percentile")
     equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
     recurrent: str = "auto"  # GRU/LSTM into int8 Scans: auto (large steps only), always, never

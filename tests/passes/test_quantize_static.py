@@ -216,6 +216,29 @@ def test_mse_ranges_keep_the_bulk_fine_where_an_outlier_stretches_minmax(tmp_pat
     assert mse_cosine > minmax_cosine + 0.2
 
 
+def test_mean_minmax_ranges_average_each_samples_extremes(tmp_path):
+    from tests.conftest import make_linear_onnx, npz_file
+
+    model = make_linear_onnx(tmp_path / "linear.onnx", in_features=64, out_features=8)
+    rng = np.random.default_rng(2)
+    calib = rng.standard_normal((8, 64)).astype(np.float32)
+    calib[np.arange(8), np.arange(8)] = 10.0 * np.arange(1, 9)  # sample i peaks at 10 (i + 1): minmax takes 80, the mean 45
+    calib_path = npz_file(tmp_path, "calib.npz", x=calib)
+    eval_path = npz_file(tmp_path, "eval.npz", x=rng.standard_normal((8, 64)).astype(np.float32))
+
+    def input_scale(method):
+        ctx = PassContext(work_dir=tmp_path / method, calibration=open_data(calib_path, role="calibration"),
+                          evaluation=open_data(eval_path, role="evaluation"))
+        artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(calibration_method=method, use_cache=False), ctx=ctx)
+        graph = onnx.load(str(artifact.path)).graph
+        scale_name = next(n.input[1] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+        return next(float(onnx.numpy_helper.to_array(t)) for t in graph.initializer if t.name == scale_name)
+
+    # the calibration batch holds 8 samples; the extremes are still taken one sample at a time
+    assert input_scale("mean_minmax") == pytest.approx((calib.max(axis=1).mean() - calib.min(axis=1).mean()) / 255, rel=1e-5)
+    assert input_scale("minmax") == pytest.approx((calib.max() - calib.min()) / 255, rel=1e-5)
+
+
 def test_least_square_error_range_cuts_a_long_tail_and_barely_touches_a_uniform_spread():
     from edgeport.passes.calibration import least_square_error_range
 
