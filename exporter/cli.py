@@ -48,7 +48,7 @@ def cli() -> None:
 @click.option("--exporter", type=click.Choice(["auto", "torchscript", "dynamo"]), default="auto", show_default=True)
 @click.option("--quant-format", type=click.Choice(["qdq", "qoperator"]), default=None, help="Default: qdq, or the profile's.")
 @click.option("--calib-method", type=click.Choice(["minmax", "mse", "mean_minmax", "entropy", "percentile"]), default="minmax", show_default=True,
-              help="Ranges of the single pass (--no-search); the search tries minmax, mse, mean_minmax and percentile.")
+              help="Ranges of the single pass (--no-search); the search tries minmax, mse and percentile.")
 @click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples used at most.")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default) or per tensor.")
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights; default: chosen from the target CPU.")
