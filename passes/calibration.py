@@ -89,8 +89,9 @@ def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str],
 
 
 def mean_minmax_ranges(source_path: Path, specs, op_types: list[str], config: Any, ctx: PassContext, scan, work: Path):
-    """Per tensor, the mean over calibration samples of each sample's lowest and highest value
-    (NNCF's default for activations, POT's before it): a value that only a few samples reach is
+    """Per tensor, the mean over calibration runs of each run's lowest and highest value, one sample
+    a run where the data allow (a model with a fixed batch, or ready-made batches, runs several):
+    NNCF's default for activations, POT's before it. A value that only a few samples reach is
     clipped, the range most samples span keeps a fine grid. On a real MobileNetV2 the minmax
     ranges of its last blocks were 4-8x wider, stretched by a few images."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator
@@ -105,7 +106,8 @@ def mean_minmax_ranges(source_path: Path, specs, op_types: list[str], config: An
 
 
 class SampleExtremes:
-    """Sums of each tensor's lowest and highest value per run, to average over the runs."""
+    """Sums of each tensor's lowest and highest value per run, to average over the runs. (No
+    __len__: ORT's calibrator replaces a collector that reads as empty.)"""
 
     def __init__(self) -> None:
         self.low: dict[str, float] = {}
@@ -116,10 +118,12 @@ class SampleExtremes:
         for name, values in arrays.items():
             for value in values:
                 value = np.asarray(value)
-                if value.size == 0 or value.dtype.kind != "f":
+                if value.size == 0 or value.dtype.kind != "f" or np.isnan(value).all():
                     continue
-                self.low[name] = self.low.get(name, 0.0) + float(value.min())
-                self.high[name] = self.high.get(name, 0.0) + float(value.max())
+                # NaN skipped as ORT's minmax skips it; -inf (an attention mask) stays, so the
+                # search still finds the tensor unbounded
+                self.low[name] = self.low.get(name, 0.0) + float(np.nanmin(value))
+                self.high[name] = self.high.get(name, 0.0) + float(np.nanmax(value))
                 self.count[name] = self.count.get(name, 0) + 1
 
     def mean_range(self, name: str) -> tuple[float, float]:

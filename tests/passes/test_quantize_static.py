@@ -239,6 +239,16 @@ def test_mean_minmax_ranges_average_each_samples_extremes(tmp_path):
     assert input_scale("minmax") == pytest.approx((calib.max() - calib.min()) / 255, rel=1e-5)
 
 
+def test_sample_extremes_skip_nan_as_minmax_does_and_keep_an_unbounded_mask():
+    from edgeport.passes.calibration import SampleExtremes
+
+    extremes = SampleExtremes()
+    extremes.collect({"a": [np.array([1.0, np.nan, 3.0], np.float32), np.array([-1.0, 5.0], np.float32), np.full(2, np.nan, np.float32)],
+                      "mask": [np.array([-np.inf, 0.0], np.float32)]})
+    assert extremes.mean_range("a") == (0.0, 4.0)  # the all-NaN run is no sample; one NaN does not poison the range
+    assert extremes.mean_range("mask") == (-np.inf, 0.0)  # the search must still see it unbounded
+
+
 def test_least_square_error_range_cuts_a_long_tail_and_barely_touches_a_uniform_spread():
     from edgeport.passes.calibration import least_square_error_range
 
