@@ -78,10 +78,8 @@ class AccuracyAwareInt8Config:
     weight_rounding: bool = False
     # minmax starts; each further method is tried while the target is missed. mse: per-tensor ranges
     # that least err in the mean square (a histogram pass); percentile clips every tensor alike.
-    # mean_minmax (the mean of each sample's extremes, NNCF's default) is not tried unless listed:
-    # chosen on an all-int8 score that one broken layer dominates, its clipping then capped the mix
-    # after that layer went float (test_quantize_search's planted-outlier MLP: 0.95 where minmax
-    # reached 0.996), and on bench/accuracy.py's models it was chosen on none
+    # mean_minmax only when listed: won on a planted-outlier MLP's all-int8 score, then capped its mix
+    # at 0.95 once the broken layer went float (minmax 0.996); on the bench, chosen on no model
     calibration_methods: tuple[str, ...] = ("minmax", "mse", "percentile")
     equalization: bool = True  # cross-layer equalization of Conv pairs
     smooth_quant: bool = True  # for MatMuls that read activations with outlier channels
