@@ -74,15 +74,12 @@ def mse_ranges(source_path: Path, minmax_path: Path, specs, op_types: list[str],
     them): a histogram of each tensor over its minmax range, then the best of the shrunken ranges.
     A tensor whose range a few outliers (one value in a million or so) stretch keeps its bulk on a
     finer grid; mean-square error keeps any heavier tail."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator, load_tensors_data
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, load_tensors_data
 
     minmax = load_tensors_data(minmax_path)
-    calibrator = create_calibrator(Path(source_path), op_types, augmented_model_path=str(work / "augmented.mse.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"])
     bounds = {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in minmax[name].range_value) for name in minmax}
     histograms = RangeHistograms(bounds, *_mse_grid(config))
-    calibrator.collector = histograms  # ORT's calibrator runs the model and hands each chunk's tensors over
-    _feed(calibrator, "mse", specs, config, ctx, scan)
+    _collect(histograms, "mse", source_path, specs, op_types, config, ctx, scan, work)
     shape = {name: np.asarray(minmax[name].range_value[0]).shape for name in minmax}  # ORT's own layout: (1,)
     ranges = {name: tuple(np.full(shape[name], v, dtype=np.float32) for v in histograms.best_range(name)) for name in minmax}
     return TensorsData(CalibrationMethod.MinMax, ranges)
@@ -94,20 +91,29 @@ def mean_minmax_ranges(source_path: Path, specs, op_types: list[str], config: An
     NNCF's default for activations, POT's before it. A value that only a few samples reach is
     clipped, the range most samples span keeps a fine grid. On a real MobileNetV2 the minmax
     ranges of its last blocks were 4-8x wider, stretched by a few images."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
-    calibrator = create_calibrator(Path(source_path), op_types, augmented_model_path=str(work / "augmented.mean_minmax.onnx"),
-                                   calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"])
     extremes = SampleExtremes()
-    calibrator.collector = extremes  # ORT's calibrator runs the model and hands each run's tensors over
-    _feed(calibrator, "mean_minmax", specs, config, ctx, scan, batch_size=1)  # one sample a run: per-sample extremes
+    _collect(extremes, "mean_minmax", source_path, specs, op_types, config, ctx, scan, work, batch_size=1)  # per-sample extremes
     return TensorsData(CalibrationMethod.MinMax, {name: tuple(np.full((1,), v, dtype=np.float32) for v in extremes.mean_range(name))
                                                   for name in extremes.count})
 
 
+def _collect(collector: Any, method: str, source_path: Path, specs, op_types: list[str], config: Any, ctx: PassContext, scan,
+             work: Path, batch_size: int | None = None) -> None:
+    """Run the calibration data through ORT's calibrator with ``collector`` in place of its own:
+    ORT runs the model and hands each run's tensors to ``collector.collect``. (A collector must
+    not read as empty, e.g. through __len__: ORT then replaces it with its own.)"""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calibrator = create_calibrator(Path(source_path), op_types, augmented_model_path=str(work / f"augmented.{method}.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"])
+    calibrator.collector = collector
+    _feed(calibrator, method, specs, config, ctx, scan, batch_size)
+
+
 class SampleExtremes:
-    """Sums of each tensor's lowest and highest value per run, to average over the runs. (No
-    __len__: ORT's calibrator replaces a collector that reads as empty.)"""
+    """Sums of each tensor's lowest and highest value per run, to average over the runs."""
 
     def __init__(self) -> None:
         self.low: dict[str, float] = {}
