@@ -276,3 +276,53 @@ def test_range_histograms_take_samples_of_any_shape_and_keep_unbounded_ranges():
     assert histograms.ranges["a"][0] == 0.0  # a range always holds 0, as the int8 grid does
     assert histograms.best_range("mask") == (-np.inf, 0.0)  # left to minmax: the search keeps such readers float
     assert "other" not in histograms.counts
+
+
+def _depthwise_then_pointwise(path, channels=16):
+    """x -> depthwise 3x3 Conv -> pointwise 1x1 Conv, with weights and inputs that fill the int8 grids:
+    every pair of u8*s8 products is near 2 * 255 * 127, which a GEMM without VNNI saturates."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    depthwise = np.ones((channels, 1, 3, 3), np.float32) * rng.uniform(0.5, 1.0, (channels, 1, 1, 1)).astype(np.float32)
+    pointwise = np.ones((channels, channels, 1, 1), np.float32) * rng.uniform(0.5, 1.0, (channels, 1, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "dw"], ["h"], name="depthwise", group=channels, pads=[1, 1, 1, 1]),
+         helper.make_node("Conv", ["h", "pw"], ["y"], name="pointwise")],
+        "dw_pw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels, 8, 8])],
+        [numpy_helper.from_array(depthwise, "dw"), numpy_helper.from_array(pointwise, "pw")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _weight_levels(graph) -> dict[str, int]:
+    """The largest |int8 level| of each quantized weight, by the float weight's name."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {n.input[0].removesuffix("_quantized"): int(np.abs(inits[n.input[0]].astype(np.int32)).max())
+            for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4}
+
+
+def test_depthwise_weights_keep_eight_bits_under_reduce_range_and_do_not_saturate(tmp_path):
+    import onnxruntime as ort
+
+    from tests.conftest import npz_file
+
+    model = _depthwise_then_pointwise(tmp_path / "dwpw.onnx")
+    rng = np.random.default_rng(1)
+    calib = npz_file(tmp_path, "calib.npz", x=rng.uniform(0.9, 1.0, (16, 16, 8, 8)).astype(np.float32))
+    ctx = PassContext(work_dir=tmp_path / "q", calibration=open_data(calib, role="calibration"))
+    artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(reduce_range=True), ctx=ctx)
+    levels = _weight_levels(onnx.load(str(artifact.path)).graph)
+    assert levels["dw"] == 127  # ORT's depthwise kernel widens to 16 bits: the eighth bit is kept
+    assert levels["pw"] <= 64  # a GEMM's u8*s8 pairs could saturate: 7 bits
+
+    # ORT's fused int8 kernels compute what the Q/DQ graph says, run unfused in float (no saturation)
+    x = rng.uniform(0.9, 1.0, (4, 16, 8, 8)).astype(np.float32)
+    unfused = ort.SessionOptions()
+    unfused.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    fused_out = ort.InferenceSession(str(artifact.path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    emulated = ort.InferenceSession(str(artifact.path), unfused, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(fused_out - emulated).max() <= 0.02 * np.abs(emulated).max()
