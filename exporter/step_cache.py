@@ -16,7 +16,7 @@ from edgeport.passes import pass_info
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.passes.context import PassContext, config_to_dict
 from edgeport.passes.quantize_search import AccuracyAwareInt8Config
-from edgeport.versions import runtime_versions
+from edgeport.versions import code_fingerprint, runtime_versions
 
 MAX_CACHE_BYTES = 2 * 2**30  # the oldest step entries go beyond this
 
@@ -33,6 +33,7 @@ def step_key(artifact: Any, config: Any, ctx: PassContext) -> str | None:
         "pass": type(config).__name__,
         "config": config_to_dict(config),
         "versions": {k: versions.get(k) for k in ("edgeport", "onnx", "onnxruntime", "onnxruntime-qnn")},
+        "code": code_fingerprint(),
         # without a profile, int8 defaults (reduce_range) follow this host's CPU: another CPU is another entry
         "quant_target": repr(ctx.quant_target) if ctx.quant_target is not None else _host_facts(),
         "state_carry": ctx.state_carry.to_dict() if ctx.state_carry else None,  # carried evaluation is another verdict

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 
 
 def package_version(name: str) -> str | None:
@@ -34,3 +37,21 @@ def runtime_versions() -> dict[str, str | None]:
     if "torch" in sys.modules:
         versions["torch"] = getattr(sys.modules["torch"], "__version__", None)
     return versions
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A hash of edgeport's own Python sources. The step cache keys on it: results change with the
+    code between releases, and an editable install keeps one version number (a cached int8 step
+    would otherwise outlive a change to how int8 is made)."""
+    import edgeport
+    import edgeport.passes
+    import edgeport.runtimes
+
+    digest = hashlib.sha256()
+    for package in (edgeport, edgeport.passes, edgeport.runtimes):
+        for folder in package.__path__:
+            for path in sorted(Path(folder).glob("*.py")):
+                digest.update(f"{package.__name__}.{path.name}".encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

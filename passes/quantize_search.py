@@ -28,7 +28,7 @@ from edgeport.passes.search_source import search_source
 from edgeport.passes.search_verdict import search_verdict
 from edgeport.passes.int8_graph_facts import compute_in_subgraphs, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
-from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family
+from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family, reduce_range_decision
 from edgeport.passes.quantize_static import (
     StaticInt8Config, default_op_types, op_types_to_quantize,
     host_quant_target, per_tensor_if_needed, quantize_from_ranges, resolve_reduce_range,
@@ -378,7 +378,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' "
                             "only set the order in which op types without MACs were tried in float)"
                 if quant.op_types is None else "given in the config",
-                "reduce_range": range_rule,
+                "reduce_range": reduce_range_decision(range_rule, reduce_range, source, op_types),
                 "calibration_method": f"{best.method}: the best on the search split of those tried ({', '.join(m for m in improvements['calibration'] if isinstance(improvements['calibration'][m], dict))})",
             },
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),

@@ -24,7 +24,7 @@ from edgeport.passes.context import PassContext, QuantTarget
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.pre_quant_fusion import fused_for_quantization
 from edgeport.passes.qdq_graph import sort_topologically
-from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, depthwise_weights
+from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, depthwise_weights, reduce_range_decision
 from edgeport.passes.recurrent_int8 import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate, ort_method, quiet_ort
@@ -140,7 +140,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
     decisions = {
         "op_types": op_choice.rule if op_choice else "given in the config" if config.op_types is not None else QNN_OP_RULE,
-        "reduce_range": range_rule,
+        "reduce_range": reduce_range_decision(range_rule, reduce_range, proto, op_types),
     }
     ctx.record_pass(
         PASS, config, started,

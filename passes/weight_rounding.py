@@ -32,7 +32,7 @@ class WeightGrid:
     """The int8 levels ORT gave one weight: ``scale`` per row of the GPTQ matrix, levels -limit..limit."""
 
     scale: np.ndarray  # (rows,) in the layer's output-channel order
-    limit: np.ndarray  # (rows,) the largest |level| each row uses (127, or 64 with reduce_range)
+    limit: np.ndarray  # (rows,) the largest |level| each row uses (127, or 64 with reduce_range but for depthwise Convs)
     per_channel: bool
     axis: int  # the weight axis the scales run along
 

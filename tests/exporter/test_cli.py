@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeport.artifacts import file_sha256
+from edgeport.artifacts import OnnxArtifact, file_sha256
 from edgeport.cli import cli
 from tests.conftest import corrupt_onnx, digits_paths, npz_file
 
@@ -127,6 +127,19 @@ def test_unchanged_steps_come_from_the_step_cache(tmp_path):
     third = _run(*DIGITS_ARGS, "--calib", other, "--eval", P["test"], "-o", tmp_path / "d", "--json")
     assert {s["name"]: s["cached"] for s in json.loads(third.stdout)["steps"]}["quantize_search"] is False
     assert first.exit_code == 0
+
+
+def test_a_change_to_edgeports_code_is_another_step_cache_entry(tmp_path, monkeypatch, digits_onnx):
+    """One version number covers many states of an editable install: the code itself is in the key,
+    so an int8 step cached before a change to how int8 is made is not served after it."""
+    from edgeport import step_cache
+    from edgeport.passes import PassContext, StaticInt8Config
+
+    artifact, ctx = OnnxArtifact.from_file(digits_onnx), PassContext(work_dir=tmp_path)
+    before = step_cache.step_key(artifact, StaticInt8Config(), ctx)
+    assert step_cache.step_key(artifact, StaticInt8Config(), ctx) == before
+    monkeypatch.setattr(step_cache, "code_fingerprint", lambda: "edited")
+    assert step_cache.step_key(artifact, StaticInt8Config(), ctx) != before
 
 
 def test_two_fresh_runs_give_the_same_bytes(tmp_path):

@@ -301,11 +301,14 @@ def _weight_levels(graph) -> dict[str, int]:
     from onnx import numpy_helper
 
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    return {n.input[0].removesuffix("_quantized"): int(np.abs(inits[n.input[0]].astype(np.int32)).max())
-            for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4}
+    weights = [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"]  # QDQ
+    weights += [n.input[3] for n in graph.node if n.op_type == "QLinearConv"]  # QOperator
+    return {name.removesuffix("_quantized"): int(np.abs(inits[name].astype(np.int32)).max())
+            for name in weights if name in inits and inits[name].ndim == 4}
 
 
-def test_depthwise_weights_keep_eight_bits_under_reduce_range_and_do_not_saturate(tmp_path):
+@pytest.mark.parametrize("layout", [{}, {"per_channel": False}, {"format": "qoperator"}], ids=["per-channel", "per-tensor", "qoperator"])
+def test_depthwise_weights_keep_eight_bits_under_reduce_range_and_do_not_saturate(tmp_path, layout):
     import onnxruntime as ort
 
     from tests.conftest import npz_file
@@ -314,12 +317,16 @@ def test_depthwise_weights_keep_eight_bits_under_reduce_range_and_do_not_saturat
     rng = np.random.default_rng(1)
     calib = npz_file(tmp_path, "calib.npz", x=rng.uniform(0.9, 1.0, (16, 16, 8, 8)).astype(np.float32))
     ctx = PassContext(work_dir=tmp_path / "q", calibration=open_data(calib, role="calibration"))
-    artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(reduce_range=True), ctx=ctx)
+    artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(reduce_range=True, **layout), ctx=ctx)
     levels = _weight_levels(onnx.load(str(artifact.path)).graph)
-    assert levels["dw"] == 127  # ORT's depthwise kernel widens to 16 bits: the eighth bit is kept
+    assert levels["dw"] == 127  # ORT's depthwise kernels widen to 16 bits: the eighth bit is kept
     assert levels["pw"] <= 64  # a GEMM's u8*s8 pairs could saturate: 7 bits
+    assert "depthwise Convs keep 8 bits" in ctx.records[-1].metrics["decisions"]["reduce_range"]
+    if layout.get("format") == "qoperator":
+        return  # the emulation below needs Q/DQ pairs ORT can leave unfused
 
-    # ORT's fused int8 kernels compute what the Q/DQ graph says, run unfused in float (no saturation)
+    # ORT's fused int8 kernels compute what the Q/DQ graph says, run unfused in float (no saturation).
+    # Only an x86 host without VNNI runs the kernels that could saturate; elsewhere this holds anyway.
     x = rng.uniform(0.9, 1.0, (4, 16, 8, 8)).astype(np.float32)
     unfused = ort.SessionOptions()
     unfused.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
