@@ -1,5 +1,6 @@
-"""The pipeline's step cache: an ONNX-to-ONNX step whose input file, config, data and library
-versions are unchanged is taken from the cache instead of recomputed (docs/ARCHITECTURE.md)."""
+"""The pipeline's step cache: an ONNX-to-ONNX step whose input file, config, data, library
+versions and edgeport sources are unchanged is taken from the cache instead of recomputed
+(docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
