@@ -83,8 +83,9 @@ def depthwise_weights(model: onnx.ModelProto) -> list[str]:
     """The weight initializers of 2-D depthwise Convs (one input and one output channel per group).
     ORT runs those in its own depthwise kernels (MLAS ConvSymDepthwise for symmetric weights, qdwconv
     otherwise), which widen 8-bit operands to 16 bits before they multiply, so they cannot saturate
-    as u8*s8 GEMMs do without VNNI: reduce_range need not take their eighth bit. Real MobileNetV2, AVX2 host: 12.3 -> 14.6 dB SQNR all-int8 (16.0 -> 16.3 dB once
-    biases are corrected, which fixes much of the same error); 8 bits everywhere saturated, 9.8 dB."""
+    as u8*s8 GEMMs do without VNNI: reduce_range need not take their eighth bit. Real MobileNetV2,
+    AVX2 host: 12.3 -> 14.6 dB SQNR all-int8 (16.0 -> 16.3 dB once biases are corrected, which
+    fixes much of the same error); 8 bits everywhere saturated, 9.8 dB."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     readers: dict[str, int] = {}
     for node in model.graph.node:
