@@ -4,7 +4,8 @@ Latency is timed in alternating rounds in one worker (runtimes.benchmark.interle
 MIN_ROUNDS), so the machine's drift lands on both models alike. A latency increase counts only as
 far as it is sure: the judged figure is the low end of a 95% paired-bootstrap interval of the
 percentile ratio, so the same model against itself passes on a noisy machine, and a model 30%
-slower fails. Memory is each model's peak in a fresh worker; an increase under 1 MiB is allocator
+slower fails; a file with the very bytes of the baseline's is not timed at all (it cannot regress,
+and timing it twice measures only the host). Memory is each model's peak in a fresh worker; an increase under 1 MiB is allocator
 noise, not a regression. Accuracy (labelled data) and min cosine: both models against one
 reference on the same data, cosine only when both releases came from the same fp32 model. The
 baseline's files give only its model, size and provenance (which edgeport made it, where, when),
@@ -81,13 +82,20 @@ def compare_with_baseline(
         raise UsageError(f"the baseline is not comparable: {mismatch}", fix="compare with a release of the same model interface")
     ref = _reference(new, old, reference, base_path)
     providers, threads, options = _providers(profile)
-    progress.note(f"regression gate: timing {model.name} and the baseline in alternating rounds")
-    times = benchmark.interleaved([model, base_path], providers, inputs, threads=threads, runs=max(runs, MIN_ROUNDS), min_runs=MIN_ROUNDS,
-                                  time_limit_s=time_limit_s, seed=seed, provider_options=options)
-    memory = [benchmark.measure(path, providers, inputs, threads=threads, runs=5, coverage=False, seed=seed, provider_options=options)["memory"]
-              ["peak_above_baseline_mb"] for path in (model, base_path)]
-    checks = [_latency_check(times, q, getattr(limits, f"latency_p{q}_max_increase")) for q in (50, 95)]
-    checks.append(_memory_check(memory[0], memory[1], limits.peak_memory_max_increase))
+    same_bytes = new.sha256() == old.sha256()
+    if same_bytes:  # one file timed twice can only differ by the host's noise, never regress
+        times, memory = [[], []], [None, None]
+        checks = [BudgetResult(name, PASS, 0.0, getattr(limits, key), "", "the same bytes as the baseline's model", "nothing to time: the files are identical")
+                  for name, key in (("latency_p50_increase_max", "latency_p50_max_increase"), ("latency_p95_increase_max", "latency_p95_max_increase"),
+                                    ("peak_memory_increase_max", "peak_memory_max_increase"))]
+    else:
+        progress.note(f"regression gate: timing {model.name} and the baseline in alternating rounds")
+        times = benchmark.interleaved([model, base_path], providers, inputs, threads=threads, runs=max(runs, MIN_ROUNDS), min_runs=MIN_ROUNDS,
+                                      time_limit_s=time_limit_s, seed=seed, provider_options=options)
+        memory = [benchmark.measure(path, providers, inputs, threads=threads, runs=5, coverage=False, seed=seed, provider_options=options)["memory"]
+                  ["peak_above_baseline_mb"] for path in (model, base_path)]
+        checks = [_latency_check(times, q, getattr(limits, f"latency_p{q}_max_increase")) for q in (50, 95)]
+        checks.append(_memory_check(memory[0], memory[1], limits.peak_memory_max_increase))
     checks.append(_ratio_check("model_size_increase_max", new.size_bytes, old.size_bytes, limits.size_max_increase, " bytes",
                                "file sizes (external data included)"))
     parity = _parity_both(new, old, ref["path"], data, carry) if ref["path"] is not None and data is not None else None
@@ -95,12 +103,13 @@ def compare_with_baseline(
     report = {
         "baseline": {"path": str(Path(baseline).absolute()), "model": str(base_path), **_provenance(base_path.parent)},
         "verdict": overall(checks),
-        "measured_now": ["latency p50/p95 (interleaved)", "peak memory", "min cosine to one reference and accuracy on labelled data"],
+        "measured_now": ([] if same_bytes else ["latency p50/p95 (interleaved)", "peak memory"]) + ["min cosine to one reference and accuracy on labelled data"],
+        "same_bytes_as_baseline": same_bytes,
         "from_baseline_files": ["model file and its size", "edgeport version, date and host of the baseline (its manifest and report)"],
         "host": {"providers": providers, "threads": threads, "runs": len(times[0])},
         "reference": {k: (str(v) if isinstance(v, Path) else v) for k, v in ref.items()},
         "data": data.description if data is not None else None,
-        "latency_ms": {"new": _percentiles(times[0]), "baseline": _percentiles(times[1])},
+        "latency_ms": {"new": _percentiles(times[0]), "baseline": _percentiles(times[1])} if not same_bytes else None,
         "peak_memory_mb": {"new": memory[0], "baseline": memory[1]},
         "bytes": {"new": new.size_bytes, "baseline": old.size_bytes},
         "parity": parity,

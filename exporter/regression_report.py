@@ -41,8 +41,9 @@ def render_markdown(section: dict[str, Any]) -> str:
         "## Regression gate",
         "",
         f"**{section['verdict'].upper()}** against `{base['path']}`" + (f" (made by {made})" if made else "") + ".",
-        f"Measured now: {', '.join(section['measured_now'])} ({', '.join(section['host']['providers'])}, "
-        f"{section['host']['runs']} interleaved rounds). Taken from the baseline's files: {', '.join(section['from_baseline_files'])}.",
+        f"Measured now: {', '.join(section['measured_now'])} ({', '.join(section['host']['providers'])}"
+        + (f", {section['host']['runs']} interleaved rounds" if section['host']['runs'] else ", the same bytes as the baseline: nothing timed")
+        + f"). Taken from the baseline's files: {', '.join(section['from_baseline_files'])}.",
         "",
         "| check | baseline | new | judged | limit | result |",
         "|---|---|---|---|---|---|",
