@@ -5,8 +5,8 @@ MIN_ROUNDS), so the machine's drift lands on both models alike. A latency increa
 far as it is sure: the judged figure is the low end of a 95% paired-bootstrap interval of the
 percentile ratio, so the same model against itself passes on a noisy machine, and a model 30%
 slower fails; a file with the very bytes of the baseline's is not timed at all (it cannot regress,
-and timing it twice measures only the host). Memory is each model's peak in a fresh worker; an increase under 1 MiB is allocator
-noise, not a regression. Accuracy (labelled data) and min cosine: both models against one
+and timing it twice measures only the host). Memory is each model's peak in a fresh worker; an
+increase under 1 MiB is allocator noise, not a regression. Accuracy (labelled data) and min cosine: both models against one
 reference on the same data, cosine only when both releases came from the same fp32 model. The
 baseline's files give only its model, size and provenance (which edgeport made it, where, when),
 and the report says which figure came from where.
@@ -85,9 +85,8 @@ def compare_with_baseline(
     same_bytes = new.sha256() == old.sha256()
     if same_bytes:  # one file timed twice can only differ by the host's noise, never regress
         times, memory = [[], []], [None, None]
-        checks = [BudgetResult(name, PASS, 0.0, getattr(limits, key), "", "the same bytes as the baseline's model", "nothing to time: the files are identical")
-                  for name, key in (("latency_p50_increase_max", "latency_p50_max_increase"), ("latency_p95_increase_max", "latency_p95_max_increase"),
-                                    ("peak_memory_increase_max", "peak_memory_max_increase"))]
+        checks = [_identical(f"latency_p{q}_increase_max", getattr(limits, f"latency_p{q}_max_increase")) for q in (50, 95)]
+        checks.append(_identical("peak_memory_increase_max", limits.peak_memory_max_increase))
     else:
         progress.note(f"regression gate: timing {model.name} and the baseline in alternating rounds")
         times = benchmark.interleaved([model, base_path], providers, inputs, threads=threads, runs=max(runs, MIN_ROUNDS), min_runs=MIN_ROUNDS,
@@ -109,7 +108,7 @@ def compare_with_baseline(
         "host": {"providers": providers, "threads": threads, "runs": len(times[0])},
         "reference": {k: (str(v) if isinstance(v, Path) else v) for k, v in ref.items()},
         "data": data.description if data is not None else None,
-        "latency_ms": {"new": _percentiles(times[0]), "baseline": _percentiles(times[1])} if not same_bytes else None,
+        "latency_ms": None if same_bytes else {"new": _percentiles(times[0]), "baseline": _percentiles(times[1])},
         "peak_memory_mb": {"new": memory[0], "baseline": memory[1]},
         "bytes": {"new": new.size_bytes, "baseline": old.size_bytes},
         "parity": parity,
@@ -185,6 +184,10 @@ def _latency_check(times: list[list[float]], q: int, limit: float) -> BudgetResu
               f"({CONFIDENCE:.0%} interval {low:+.1%} to {high:+.1%}; judged on the increase the interval is sure of)")
     return BudgetResult(f"latency_p{q}_increase_max", PASS if sure <= limit else FAIL, round(sure, 4), limit, "",
                         MEASURED_NOW + ", interleaved (idle threads sleep, so both run slower than alone)", detail)
+
+
+def _identical(name: str, limit: float) -> BudgetResult:
+    return BudgetResult(name, PASS, 0.0, limit, "", "the same bytes as the baseline's model", "nothing to time: the files are identical")
 
 
 def _memory_check(new_mb: float, old_mb: float, limit: float) -> BudgetResult:

@@ -42,7 +42,7 @@ def render_markdown(section: dict[str, Any]) -> str:
         "",
         f"**{section['verdict'].upper()}** against `{base['path']}`" + (f" (made by {made})" if made else "") + ".",
         f"Measured now: {', '.join(section['measured_now'])} ({', '.join(section['host']['providers'])}"
-        + (f", {section['host']['runs']} interleaved rounds" if section['host']['runs'] else ", the same bytes as the baseline: nothing timed")
+        + (", the same bytes as the baseline: nothing timed" if section.get("same_bytes_as_baseline") else f", {section['host']['runs']} interleaved rounds")
         + f"). Taken from the baseline's files: {', '.join(section['from_baseline_files'])}.",
         "",
         "| check | baseline | new | judged | limit | result |",
