@@ -47,11 +47,11 @@ def code_fingerprint() -> str:
     import edgeport
     import edgeport.passes
     import edgeport.runtimes
+    from edgeport.artifacts import file_sha256
 
     digest = hashlib.sha256()
     for package in (edgeport, edgeport.passes, edgeport.runtimes):
         for folder in package.__path__:
             for path in sorted(Path(folder).glob("*.py")):
-                digest.update(f"{package.__name__}.{path.name}".encode())
-                digest.update(path.read_bytes())
+                digest.update(f"{package.__name__}.{path.name}:{file_sha256(path)}".encode())
     return digest.hexdigest()[:16]
