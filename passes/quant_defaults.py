@@ -103,8 +103,14 @@ def depthwise_weights(model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def eight_bit_under_reduce_range(model: onnx.ModelProto, reduce_range: bool, op_types: list[str]) -> list[str]:
+    """The weights that keep 8 bits where reduce_range gives the others 7: the quantizer's list and
+    the report's, from one place."""
+    return depthwise_weights(model) if reduce_range and "Conv" in op_types else []
+
+
 def reduce_range_decision(rule: str, reduce_range: bool, model: onnx.ModelProto, op_types: list[str]) -> str:
     """The reduce_range rule as the report states it, naming the weights that kept 8 bits anyway."""
-    kept = depthwise_weights(model) if reduce_range and "Conv" in op_types else []
+    kept = eight_bit_under_reduce_range(model, reduce_range, op_types)
     return rule + (f"; the weights of {len(kept)} depthwise Convs keep 8 bits: ORT's depthwise kernels widen to 16 bits "
                    "before they multiply, so they cannot saturate" if kept else "")

@@ -24,7 +24,7 @@ from edgeport.passes.context import PassContext, QuantTarget
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.pre_quant_fusion import fused_for_quantization
 from edgeport.passes.qdq_graph import sort_topologically
-from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, depthwise_weights, reduce_range_decision
+from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, eight_bit_under_reduce_range, reduce_range_decision
 from edgeport.passes.recurrent_int8 import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
 from edgeport.passes.calibration import METHODS, ONE_SHAPE_METHODS, calibrate, ort_method, quiet_ort
@@ -191,11 +191,11 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
         # quantizers): ORT runs DQ->MatMul->float as MatMulIntegerToFloat and Gemm as QGemm with a
         # float output, so rounding a float-bound output adds error and saves nothing.
         extra_options["OpTypesToExcludeOutputQuantization"] = [t for t in ("MatMul", "Gemm") if t in op_types]
-    if reduce_range and "Conv" in op_types:
-        full_range = depthwise_weights(onnx.load(str(source_path), load_external_data=False))
-        if full_range:  # 8 bits where the kernel cannot saturate (ORT: per-channel overrides name the axis)
-            override = {"reduce_range": False, **({"axis": 0} if config.per_channel else {})}
-            extra_options["TensorQuantOverrides"] = {name: [dict(override)] for name in full_range}
+    # the model is read only where 7-bit weights are in play
+    full_range = eight_bit_under_reduce_range(onnx.load(str(source_path), load_external_data=False), reduce_range, op_types) if reduce_range else []
+    if full_range:  # 8 bits where the kernel cannot saturate (ORT: per-channel overrides name the axis)
+        override = {"reduce_range": False, **({"axis": 0} if config.per_channel else {})}
+        extra_options["TensorQuantOverrides"] = {name: [dict(override)] for name in full_range}
     with quiet_ort():
         try:
             quantize_static(
