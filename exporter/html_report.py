@@ -219,14 +219,20 @@ def _ranking(report, validation, model_path, charts) -> list[str]:
         return []
     top = ranking[:15]
     out = ["<h2>int8 sensitivity ranking</h2>",
-           "<p class='note'>The search's ranking, worst first: nodes a trial confirmed (reverted alone on the samples int8 serves worst; "
-           "the margin to the target after it) lead, the rest follow by the noise each adds (fp32 and int8 intermediates compared).</p>"]
+           "<p class='note'>The search's ranking, worst first: groups measured alone in int8 (every other group float, on the samples "
+           "int8 serves worst) lead, by the SQNR left at the outputs; the rest follow by the noise each adds where it sits "
+           "(fp32 and int8 intermediates compared).</p>"]
     if charts:
+        measured = [r for r in top if r.get("sqnr_db_alone_in_int8") is not None]
+        shown, key, label = (measured, "sqnr_db_alone_in_int8", "SQNR at the outputs alone in int8 (dB, lower is worse)") if measured \
+            else (top, "added_noise", "added noise where it sits")
+
         def draw(fig):
             ax = fig.subplots()
-            ax.barh([f"{r['node']} ({r['op_type']})" for r in top], [r["added_noise"] for r in top], color="#ef6c00")
-            ax.set_xlabel("added noise")
+            ax.barh([f"{r['node']} ({r['op_type']})" for r in shown], [r[key] for r in shown], color="#ef6c00")
+            ax.set_xlabel(label)
             ax.invert_yaxis()
-        out.append(_figure(draw, 8, 0.35 * len(top) + 1, "ranking"))
-    out.append(_table(["node", "op type", "added noise", "trial margin"], [[r["node"], r["op_type"], r["added_noise"], r.get("trial_margin")] for r in top]))
+        out.append(_figure(draw, 8, 0.35 * len(shown) + 1, "ranking"))
+    out.append(_table(["node", "op type", "added noise", "SQNR alone in int8 (dB)", "margin alone in int8"],
+                      [[r["node"], r["op_type"], r["added_noise"], r.get("sqnr_db_alone_in_int8"), r.get("margin_alone_in_int8")] for r in top]))
     return out

@@ -114,7 +114,8 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {f['reason']}")
         for b in f["blockers"]:
             if "added_noise" in b:
-                lines.append(f"  blocking: {b['op_type']} {b['node']} (adds noise {b['added_noise']})")
+                alone = f"; alone in int8 the outputs keep SQNR {b['sqnr_db_alone_in_int8']} dB" if b.get("sqnr_db_alone_in_int8") is not None else ""
+                lines.append(f"  blocking: {b['op_type']} {b['node']} (adds noise {b['added_noise']}{alone})")
             else:  # the model's own sensitivity to rounded inputs
                 scores = ", ".join(f"{k} {v:.4g}" for k, v in b["fp32_with_rounded_inputs"].items() if isinstance(v, float))
                 lines.append(f"  blocking: the {b['node']}, rounded to int8 (the fp32 model then scores {scores})")
@@ -179,10 +180,15 @@ def _search_markdown(report: dict[str, Any]) -> list[str]:
             out.append(f"| `{what}` | {'yes' if s.get('kept', True) else 'no'} | {s['margin']} | {s.get('float_mac_share', '')} "
                        f"| {_mb(s.get('size_estimate_bytes'))} | {'' if compute is None else f'{compute:.2f}x'} |")
     if m["ranking"]:
-        out += ["", "Sensitivity ranking (noise each node adds; margin with it alone in float):", "",
-                "| node | op | added noise | margin alone |", "|---|---|---|---|"]
-        out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {r.get('trial_margin', '')} |" for r in m["ranking"][:10]]
+        out += ["", "Sensitivity ranking, worst first (noise each node adds where it sits; SQNR and margin at the outputs with it "
+                "alone in int8):", "", "| node | op | added noise | SQNR alone in int8 (dB) | margin alone in int8 |", "|---|---|---|---|---|"]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {_blank(r.get('sqnr_db_alone_in_int8'))} "
+                f"| {_blank(r.get('margin_alone_in_int8'))} |" for r in m["ranking"][:10]]
     return out
+
+
+def _blank(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 def _mb(count: int | None) -> str:

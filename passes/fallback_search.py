@@ -189,14 +189,19 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         steps.append({**step, "float_mac_share": round(space.share(nodes), 4), "size_estimate_bytes": space.size_estimate(nodes),
                       "compute_time_vs_fp32_estimate": space.compute_estimate(nodes)})
 
+    alone: dict[str, FidelityScore] = {}  # each group's score alone in int8: measured once, whatever the mix
+
     def rerank() -> list[GroupRank]:
         remaining = [g for g in groups if g not in reverted and g not in rejected]
         progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
-        return rank_groups(qdq, reverted, remaining, subset, scorer, min(ranking_trials, budget.trials_left), op_of, budget.ok)
+        budget.spend()  # the proxy's run
+        # Ranking may take half of what is left, so reverts have the rest
+        deadline = time.perf_counter() + (budget.deadline - time.perf_counter()) / 2
+        return rank_groups(qdq, groups, reverted, remaining, subset, scorer, alone, min(ranking_trials, budget.trials_left // 2), op_of,
+                           lambda: budget.ok() and time.perf_counter() < deadline, budget.spend)
 
     if not done(current):
         ranking = rerank()
-        budget.spend()
     full_ranking = list(ranking)
     misses = reranks = 0
     blocks_tried = False

@@ -37,9 +37,7 @@ from edgeport.passes.equalization import equalize_pairs
 from edgeport.passes.recurrent_int8 import restore_cells
 from edgeport.passes.recurrent_scan import RECURRENT_CHOICES, SCAN_SUFFIX
 from edgeport.passes.smooth_quant import scale_nodes, smooth_activations
-from edgeport.passes.fallback_search import (
-    SearchBudget, SearchResult, revert_free_types, search_fallback,
-)
+from edgeport.passes.fallback_search import SearchBudget, SearchResult, revert_free_types, search_fallback
 from edgeport.passes.wide_activations import (
     WideActivationModel, compilable_mix, npu_verdict_session, qnn_installed, start_on_npu, wide_activation_share,
 )
@@ -61,7 +59,8 @@ class AccuracyAwareInt8Config:
 
     ``max_fallback`` is the share of MACs allowed to stay float; ``search_budget_s`` and
     ``max_trials`` bound the work (each trial runs one candidate on the ranking subset or the
-    search split); ``ranking_trials`` is how many of the proxy's top groups are confirmed by trials.
+    search split); ``ranking_trials`` is how many groups, in the proxy's order, a ranking measures
+    alone in int8 (at most half the trials and time left; the rest are ranked by the proxy).
     """
 
     quant: StaticInt8Config = field(default_factory=StaticInt8Config)
@@ -69,7 +68,7 @@ class AccuracyAwareInt8Config:
     max_fallback: float = 0.25
     search_budget_s: float = 600.0
     max_trials: int = 300
-    ranking_trials: int = 8
+    ranking_trials: int = 200
     ranking_samples: int = 16
     eval_samples: int = 256
     bias_correction: bool = True

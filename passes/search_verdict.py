@@ -37,9 +37,5 @@ def search_verdict(max_fallback: float, met: bool, search: FidelityScore, held_o
         reason = f"the search budget ran out with {short}{floored_note}; raise --search-budget"
     else:
         reason = f"no mix within {max_fallback:.0%} of MACs {fallback} meets the target: {short}{floored_note}; raise --max-fallback or relax the target"
-    blockers = [
-        {"node": r.node, "op_type": r.op_type, "added_noise": r.to_dict()["added_noise"],
-         **({"margin_when_reverted_alone": significant(r.trial[0])} if r.trial else {})}
-        for r in result.ranking if r.node not in result.reverted
-    ][:5]
+    blockers = [r.to_dict() for r in result.ranking if r.node not in result.reverted][:5]
     return {"reason": reason, "blockers": blockers}

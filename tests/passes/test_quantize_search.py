@@ -71,6 +71,9 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
     result, metrics = _search(artifact, tmp_path, config, calib, evaluation, quant_target=target)
     assert not metrics["fidelity"]["before_search"]["met"]  # all-int8 misses the target because of fc2
     assert metrics["ranking"][0]["node"] == fc2
+    # ranked by what each group alone in int8 leaves at the outputs: fc2's outlier costs most, by far
+    alone = [r["sqnr_db_alone_in_int8"] for r in metrics["ranking"]]
+    assert None not in alone and alone == sorted(alone) and alone[0] < alone[1] - 10
     assert [r["node"] for r in metrics["reverted"]] == [fc2]
     kept = [s for s in metrics["steps"] if s.get("reverted") == fc2 and s["kept"]]
     assert kept and kept[0]["size_estimate_bytes"] > 0 and kept[0]["float_mac_share"] == metrics["float_mac_share"]
