@@ -219,8 +219,8 @@ def _ranking(report, validation, model_path, charts) -> list[str]:
         return []
     top = ranking[:15]
     out = ["<h2>int8 sensitivity ranking</h2>",
-           "<p class='note'>The search's ranking, worst first: groups measured alone in int8 (every other group float, on the samples "
-           "int8 serves worst) lead, by the SQNR left at the outputs; the rest follow by the noise each adds where it sits "
+           "<p class='note'>The search's ranking, worst first: groups measured alone in int8 (every other group float, or "
+           "at 16-bit activations on an NPU; on the samples int8 serves worst) lead, by the SQNR left at the outputs; the rest follow by the noise each adds where it sits "
            "(fp32 and int8 intermediates compared).</p>"]
     if charts:
         measured = [r for r in top if r.get("sqnr_db_alone_in_int8") is not None]

@@ -181,7 +181,7 @@ def _search_markdown(report: dict[str, Any]) -> list[str]:
                        f"| {_mb(s.get('size_estimate_bytes'))} | {'' if compute is None else f'{compute:.2f}x'} |")
     if m["ranking"]:
         out += ["", "Sensitivity ranking, worst first (noise each node adds where it sits; SQNR and margin at the outputs with it "
-                "alone in int8):", "", "| node | op | added noise | SQNR alone in int8 (dB) | margin alone in int8 |", "|---|---|---|---|---|"]
+                "alone in int8, every other group float or, on an NPU, 16-bit, on the ranking subset):", "", "| node | op | added noise | SQNR alone in int8 (dB) | margin alone in int8 |", "|---|---|---|---|---|"]
         out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {_blank(r.get('sqnr_db_alone_in_int8'))} "
                 f"| {_blank(r.get('margin_alone_in_int8'))} |" for r in m["ranking"][:10]]
     return out

@@ -21,7 +21,7 @@ from edgeport.passes.fidelity import FidelityScore
 from edgeport.passes.int8_eval import EvalSplit, Scorer
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.recurrent_scan import recurrence_weights
-from edgeport.passes.sensitivity import GroupRank, rank_groups
+from edgeport.passes.sensitivity import GroupRank, rank_groups, ranked_by_alone
 
 MISSES_BEFORE_RERANK = 2  # reverts in a row that did not help before the groups are ranked again
 MAX_RERANKS = 4
@@ -193,6 +193,9 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
 
     def rerank() -> list[GroupRank]:
         remaining = [g for g in groups if g not in reverted and g not in rejected]
+        if ranking and (not budget.ok() or all(g in alone for g in remaining)):
+            # a score alone does not depend on the mix: with every group measured, the order stands
+            return [r for r in ranking if r.node in remaining]
         progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
         budget.spend()  # the proxy's run
         # Ranking may take half of what is left, so reverts have the rest
@@ -263,7 +266,8 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
                 reverted.discard(node)
                 current = trial
                 record({"requantized": node, "op_type": op_of.get(node, "?"), "margin": significant(trial.margin)}, reverted)
-    return SearchResult(reverted, current, steps, full_ranking or ranking, budget.ok())
+    # the report's ranking: every group of the first ranking, with what later rankings measured
+    return SearchResult(reverted, current, steps, ranked_by_alone(list(full_ranking), alone) if full_ranking else ranking, budget.ok())
 
 
 def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], current: FidelityScore, search: EvalSplit, scorer: Scorer,

@@ -59,8 +59,8 @@ class AccuracyAwareInt8Config:
 
     ``max_fallback`` is the share of MACs allowed to stay float; ``search_budget_s`` and
     ``max_trials`` bound the work (each trial runs one candidate on the ranking subset or the
-    search split); ``ranking_trials`` is how many groups, in the proxy's order, a ranking measures
-    alone in int8 (at most half the trials and time left; the rest are ranked by the proxy).
+    search split); ``ranking_trials`` is how many more groups, in the proxy's order, each ranking
+    measures alone in int8 (at most half the trials and time left; 0: the proxy's order alone).
     """
 
     quant: StaticInt8Config = field(default_factory=StaticInt8Config)
@@ -92,9 +92,9 @@ class AccuracyAwareInt8Config:
             raise UsageError(f"max_fallback {self.max_fallback} is not within [0, 1]", fix="give the share of MACs allowed in float, e.g. 0.25")
         if self.search_budget_s <= 0 or self.max_trials < 1:
             raise UsageError("the search budget must allow at least one trial", fix="give --search-budget as seconds > 0 or trials >= 1")
-        for name in ("ranking_trials", "ranking_samples", "eval_samples"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} {getattr(self, name)} is below 1", fix=f"set {name} to 1 or more")
+        for name, least in (("ranking_trials", 0), ("ranking_samples", 1), ("eval_samples", 1)):
+            if getattr(self, name) < least:
+                raise UsageError(f"{name} {getattr(self, name)} is below {least}", fix=f"set {name} to {least} or more")
         for alpha in self.smooth_alphas:
             if not 0.0 < alpha < 1.0:
                 raise UsageError(f"smooth alpha {alpha} is not within (0, 1)", fix="use e.g. 0.5 (how much of the range moves into the weights)")

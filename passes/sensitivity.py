@@ -37,17 +37,21 @@ class GroupRank:
 
     def harm(self) -> tuple[float, float]:
         """Sort key, worst first: SQNR at the outputs alone in int8 (over all samples, steadier than
-        the worst sample's margin), then that margin (for outputs without an SQNR)."""
+        the worst sample's margin; NaN outputs count as the worst), then that margin (for outputs
+        without an SQNR)."""
         assert self.alone is not None
         sqnr = self.alone.values.get("sqnr_db")
-        return (math.inf if sqnr is None else sqnr, self.alone.margin)
+        return (math.inf if sqnr is None else -math.inf if math.isnan(sqnr) else sqnr, self.alone.margin)
 
     def to_dict(self) -> dict:
         entry: dict = {"node": self.node, "op_type": self.op_type, "added_noise": float(f"{self.proxy:.4g}")}
         if self.alone is not None:
             sqnr, margin = self.alone.values.get("sqnr_db"), self.alone.margin
-            entry["sqnr_db_alone_in_int8"] = None if sqnr is None or not math.isfinite(sqnr) else float(f"{sqnr:.4g}")
+            finite = sqnr is None or math.isfinite(sqnr)
+            entry["sqnr_db_alone_in_int8"] = float(f"{sqnr:.4g}") if sqnr is not None and finite else None
             entry["margin_alone_in_int8"] = float(f"{margin:.4g}") if math.isfinite(margin) else None
+            if not finite:  # JSON holds no inf/NaN: say so rather than leave it looking unmeasured
+                entry["outputs_not_finite_alone_in_int8"] = True
         return entry
 
 
@@ -114,19 +118,30 @@ def rank_groups(qdq: QdqModel, groups: list[str], reverted: set[str], candidates
     """Candidates worst-first: those measured alone in int8 by the noise they bring to the outputs,
     then the rest by the proxy. ``alone`` holds the groups measured so far (such a score does not
     depend on the current mix, so a re-rank measures only groups not measured before, up to
-    ``trials`` more, in the proxy's order)."""
+    ``trials`` more, in the proxy's order). On an NPU (W8A16 fallback) "float" is 16-bit
+    activations: a group 16-bit in every mix is not measured, nor one whose mix QNN cannot compile
+    (it would score as all-int8 does and rank first for a fault that is not its own)."""
     proxy = proxy_ranking(qdq, reverted, candidates, subset)
     ranks = sorted((GroupRank(n, op_types.get(n, "?"), proxy.get(n, 0.0)) for n in candidates), key=lambda r: -r.proxy)
     everything = set(groups)
+    always_wide = getattr(qdq, "required", frozenset())
     measured = 0
     for rank in ranks:
-        if rank.node in alone:
+        if rank.node in alone or rank.node in always_wide:
             continue
         if measured >= trials or not keep_going():
             break
-        alone[rank.node] = scorer.score(qdq.session(everything - {rank.node}), subset)
+        failed = getattr(qdq, "uncompilable", 0)
+        score = scorer.score(qdq.session(everything - {rank.node}), subset)
         on_trial()
         measured += 1
+        if getattr(qdq, "uncompilable", 0) == failed:
+            alone[rank.node] = score
+    return ranked_by_alone(ranks, alone)
+
+
+def ranked_by_alone(ranks: list[GroupRank], alone: dict[str, FidelityScore]) -> list[GroupRank]:
+    """``ranks`` (in the proxy's order) with the groups measured alone first, worst first."""
     for rank in ranks:
         rank.alone = alone.get(rank.node)
     return sorted((r for r in ranks if r.alone is not None), key=GroupRank.harm) + [r for r in ranks if r.alone is None]

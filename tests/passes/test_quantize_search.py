@@ -110,6 +110,48 @@ def test_reverting_every_group_gives_back_the_float_model(tmp_path, outlier_case
     assert np.abs(all_float - reference).max() < 0.05 * np.abs(all_int8 - reference).max()
 
 
+def test_ranking_measures_groups_alone_within_its_trials_and_never_twice(tmp_path, outlier_case):
+    """Each measured group is scored with every other group float; the trial cap holds, the rest
+    follow in the proxy's order, and a re-rank measures only groups not measured before."""
+    from onnxruntime.quantization import quantize_static
+
+    from edgeport.passes.int8_eval import EvalSplit, Scorer, add_reference
+    from edgeport.passes.sensitivity import proxy_ranking, rank_groups
+
+    artifact, calib, _, fc2 = outlier_case
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter([{"x": a[None]} for a in np.load(calib)["x"]])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
+    source = onnx.load(str(artifact.path))
+    qdq = QdqModel(onnx.load(str(qdq_path)), source)
+    groups = sorted(qdq.quantized)
+    split = EvalSplit([{"x": a[None]} for a in np.random.default_rng(2).standard_normal((16, 16)).astype(np.float32)], [None] * 16)
+    add_reference(split, session_for(str(artifact.path)))
+    scorer = Scorer(FidelityTarget(min_cosine=0.995, min_top1_agreement=None))
+    op_types = {n.name: n.op_type for n in source.graph.node}
+    alone, trials = {}, []
+    first = rank_groups(qdq, groups, set(), groups, split, scorer, alone, 2, op_types, lambda: True, lambda: trials.append(1))
+    proxy = proxy_ranking(qdq, set(), groups, split)
+    by_proxy = sorted(groups, key=lambda g: -proxy.get(g, 0.0))
+    assert len(trials) == 2 and set(alone) == set(by_proxy[:2])
+    assert [r.node for r in first[2:]] == by_proxy[2:]  # unmeasured: in the proxy's order, after the measured
+    # the score alone is that of the model with only this group in int8
+    node = by_proxy[0]
+    assert alone[node].values == scorer.score(qdq.session(set(groups) - {node}), split).values
+    again = rank_groups(qdq, groups, set(), groups, split, scorer, alone, len(groups), op_types, lambda: True, lambda: trials.append(1))
+    assert len(trials) == len(groups) and set(alone) == set(groups)  # the first two were not measured again
+    assert again[0].node == fc2 and again[0].to_dict()["sqnr_db_alone_in_int8"] < again[1].to_dict()["sqnr_db_alone_in_int8"]
+    rank_groups(qdq, groups, set(), groups, split, scorer, {}, 5, op_types, lambda: len(trials) < len(groups) + 1, lambda: trials.append(1))
+    assert len(trials) == len(groups) + 1  # keep_going (the search's budget and half its time) stops measuring
+
+
 def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
     """Where single reverts stall (error spread over many layers, as in a real PP-OCR detector), the
     top of the ranking is reverted in prefixes of doubling size, then bisected: here the culprit sits
@@ -246,6 +288,13 @@ def test_impossible_target_exits_1_with_the_best_candidate_and_the_blockers(tmp_
     assert (out / "model.onnx").is_file() and (out / "manifest.json").is_file()
     markdown = (out / "report.md").read_text()
     assert "## int8 fidelity search" in markdown and "NOT met" in markdown and "Sensitivity ranking" in markdown
+    # the ranking the search used, with each group's SQNR alone in int8, in report.md and report.html
+    from edgeport.html_report import render_html
+
+    top = next(s for s in report["steps"] if s["name"] == "quantize_search")["metrics"]["ranking"][0]
+    assert isinstance(top["sqnr_db_alone_in_int8"], float) and f"| {top['sqnr_db_alone_in_int8']} |" in markdown
+    page = render_html(report, model_path=out / "model.onnx")
+    assert "int8 sensitivity ranking" in page and top["node"] in page and "SQNR alone in int8" in page
 
 
 def test_a_model_that_amplifies_input_rounding_is_named_as_its_own_blocker(tmp_path):
