@@ -52,6 +52,22 @@ def _search(artifact, tmp_path, config, calib, evaluation=None, quant_target=Non
     return result, ctx.records[-1].metrics
 
 
+def _plain_qdq(artifact, samples: np.ndarray, tmp_path) -> QdqModel:
+    """ORT's own quantize_static (per channel) of ``artifact`` on ``samples``, indexed for reverting."""
+    from onnxruntime.quantization import quantize_static
+
+    class Reader:
+        def __init__(self):
+            self.feeds = iter([{"x": a[None]} for a in samples])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    qdq_path = tmp_path / "qdq.onnx"
+    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
+    return QdqModel(onnx.load(str(qdq_path)), onnx.load(str(artifact.path)))
+
+
 @pytest.fixture()
 def outlier_case(tmp_path):
     artifact = _export(_outlier_mlp(), tmp_path, ["x:batchx16"])
@@ -90,18 +106,7 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
 
 def test_reverting_every_group_gives_back_the_float_model(tmp_path, outlier_case):
     artifact, calib, _, _ = outlier_case
-    from onnxruntime.quantization import quantize_static
-
-    class Reader:
-        def __init__(self):
-            self.feeds = iter([{"x": a[None]} for a in np.load(calib)["x"]])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    qdq_path = tmp_path / "qdq.onnx"
-    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
-    qdq = QdqModel(onnx.load(str(qdq_path)), onnx.load(str(artifact.path)))
+    qdq = _plain_qdq(artifact, np.load(calib)["x"], tmp_path)
     feed = {"x": np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)}
     reference = session_for(str(artifact.path)).run(None, feed)[0]
     all_float = session_for(qdq.with_float(set(qdq.quantized))).run(None, feed)[0]
@@ -113,24 +118,12 @@ def test_reverting_every_group_gives_back_the_float_model(tmp_path, outlier_case
 def test_ranking_measures_groups_alone_within_its_trials_and_never_twice(tmp_path, outlier_case):
     """Each measured group is scored with every other group float; the trial cap holds, the rest
     follow in the proxy's order, and a re-rank measures only groups not measured before."""
-    from onnxruntime.quantization import quantize_static
-
     from edgeport.passes.int8_eval import EvalSplit, Scorer, add_reference
     from edgeport.passes.sensitivity import proxy_ranking, rank_groups
 
     artifact, calib, _, fc2 = outlier_case
-
-    class Reader:
-        def __init__(self):
-            self.feeds = iter([{"x": a[None]} for a in np.load(calib)["x"]])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    qdq_path = tmp_path / "qdq.onnx"
-    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
-    source = onnx.load(str(artifact.path))
-    qdq = QdqModel(onnx.load(str(qdq_path)), source)
+    qdq = _plain_qdq(artifact, np.load(calib)["x"], tmp_path)
+    source = qdq.source
     groups = sorted(qdq.quantized)
     split = EvalSplit([{"x": a[None]} for a in np.random.default_rng(2).standard_normal((16, 16)).astype(np.float32)], [None] * 16)
     add_reference(split, session_for(str(artifact.path)))
@@ -157,7 +150,6 @@ def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
     top of the ranking is reverted in prefixes of doubling size, then bisected: here the culprit sits
     third in the order, so prefixes 2 (miss), 4 (meet) and 3 (meet) are tried and 3 is kept."""
     import torch
-    from onnxruntime.quantization import quantize_static
     from torch import nn
 
     from edgeport.passes.fallback_search import SearchBudget, SearchSpace, revert_blocks
@@ -174,17 +166,8 @@ def test_blocks_find_the_smallest_ranked_prefix_that_meets_the_target(tmp_path):
     rng = np.random.default_rng(0)
     calib = rng.standard_normal((64, 16)).astype(np.float32)
 
-    class Reader:
-        def __init__(self):
-            self.feeds = iter([{"x": a[None]} for a in calib])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    qdq_path = tmp_path / "qdq.onnx"
-    quantize_static(str(artifact.path), str(qdq_path), Reader(), per_channel=True)
-    source = onnx.load(str(artifact.path))
-    qdq = QdqModel(onnx.load(str(qdq_path)), source)
+    qdq = _plain_qdq(artifact, calib, tmp_path)
+    source = qdq.source
     gemms = [n.name for n in source.graph.node if n.op_type in ("Gemm", "MatMul") and n.name in qdq.quantized]
     culprit = gemms[3]  # reads the outlier column
     others = [g for g in sorted(qdq.quantized) if g != culprit]
