@@ -223,13 +223,14 @@ def _ranking(report, validation, model_path, charts) -> list[str]:
            "at 16-bit activations on an NPU; on the samples int8 serves worst) lead, by the SQNR left at the outputs; the rest follow by the noise each adds where it sits "
            "(fp32 and int8 intermediates compared).</p>"]
     if charts:
-        measured = [r for r in top if r.get("sqnr_db_alone_in_int8") is not None]
-        shown, key, label = (measured, "sqnr_db_alone_in_int8", "SQNR at the outputs alone in int8 (dB, lower is worse)") if measured \
-            else (top, "added_noise", "added noise where it sits")
+        # the longest bar is the worst group: noise power at the outputs alone in int8, as a share of the signal's
+        measured = [(r, 100 * 10 ** (-r["sqnr_db_alone_in_int8"] / 10)) for r in top if r.get("sqnr_db_alone_in_int8") is not None]
+        shown, label = (measured, "noise at the outputs alone in int8 (% of signal power)") if measured \
+            else ([(r, r["added_noise"]) for r in top], "added noise where it sits")
 
         def draw(fig):
             ax = fig.subplots()
-            ax.barh([f"{r['node']} ({r['op_type']})" for r in shown], [r[key] for r in shown], color="#ef6c00")
+            ax.barh([f"{r['node']} ({r['op_type']})" for r, _ in shown], [value for _, value in shown], color="#ef6c00")
             ax.set_xlabel(label)
             ax.invert_yaxis()
         out.append(_figure(draw, 8, 0.35 * len(shown) + 1, "ranking"))
