@@ -220,8 +220,8 @@ def _ranking(report, validation, model_path, charts) -> list[str]:
     top = ranking[:15]
     out = ["<h2>int8 sensitivity ranking</h2>",
            "<p class='note'>The search's ranking, worst first: groups measured alone in int8 (every other group float, or "
-           "at 16-bit activations on an NPU; on the samples int8 serves worst) lead, by the SQNR left at the outputs; the rest follow by the noise each adds where it sits "
-           "(fp32 and int8 intermediates compared).</p>"]
+           "at 16-bit activations on an NPU; on the samples int8 serves worst) lead, by the SQNR left at the outputs; "
+           "the rest follow by the noise each adds where it sits (fp32 and int8 intermediates compared).</p>"]
     if charts:
         # the longest bar is the worst group: noise power at the outputs alone in int8, as a share of the signal's
         measured = [(r, 100 * 10 ** (-r["sqnr_db_alone_in_int8"] / 10)) for r in top if r.get("sqnr_db_alone_in_int8") is not None]

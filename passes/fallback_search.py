@@ -189,12 +189,12 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
         steps.append({**step, "float_mac_share": round(space.share(nodes), 4), "size_estimate_bytes": space.size_estimate(nodes),
                       "compute_time_vs_fp32_estimate": space.compute_estimate(nodes)})
 
-    alone: dict[str, FidelityScore] = {}  # each group's score alone in int8: measured once, whatever the mix
+    alone: dict[str, FidelityScore | None] = {}  # each group's score alone in int8: tried once, whatever the mix
 
     def rerank() -> list[GroupRank]:
         remaining = [g for g in groups if g not in reverted and g not in rejected]
         if ranking and (not budget.ok() or all(g in alone for g in remaining)):
-            # a score alone does not depend on the mix: with every group measured, the order stands
+            # a score alone does not depend on the mix: with every group tried, the order stands
             return [r for r in ranking if r.node in remaining]
         progress.note(f"int8 search: ranking {len(remaining)} quantized groups")
         budget.spend()  # the proxy's run

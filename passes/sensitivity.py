@@ -7,8 +7,8 @@ measure each group alone in int8, every other group float (AIMET's per-layer sen
 ranking subset (the samples where int8 deviates most), in the proxy's order for as many groups as
 the budget allows: the noise that reaches the outputs, after every later layer has amplified it.
 The proxy cannot see that amplification: on a MobileNetV2-style net it put the last convs first,
-and 40 reverts down its list did not move the outputs, where measured alone the first conv and
-the early expansion convs led, and reverting them in that order reached 0.988 min cosine on the
+and 36 reverts and 4 blocks down its list did not move the outputs, where measured alone the first
+conv and the early expansion convs led, and reverting them in that order reached 0.988 min cosine on the
 search split where the proxy's order reached 0.978 (bench/README.md).
 """
 
@@ -113,21 +113,24 @@ def proxy_ranking(qdq: QdqModel, reverted: set[str], candidates: list[str], subs
 
 
 def rank_groups(qdq: QdqModel, groups: list[str], reverted: set[str], candidates: list[str], subset: EvalSplit, scorer: Scorer,
-                alone: dict[str, FidelityScore], trials: int, op_types: dict[str, str], keep_going: Callable[[], bool],
+                alone: dict[str, FidelityScore | None], trials: int, op_types: dict[str, str], keep_going: Callable[[], bool],
                 on_trial: Callable[[], None]) -> list[GroupRank]:
     """Candidates worst-first: those measured alone in int8 by the noise they bring to the outputs,
-    then the rest by the proxy. ``alone`` holds the groups measured so far (such a score does not
-    depend on the current mix, so a re-rank measures only groups not measured before, up to
-    ``trials`` more, in the proxy's order). On an NPU (W8A16 fallback) "float" is 16-bit
-    activations: a group 16-bit in every mix is not measured, nor one whose mix QNN cannot compile
-    (it would score as all-int8 does and rank first for a fault that is not its own)."""
+    then the rest by the proxy. ``alone`` holds the groups tried so far, None where no score could
+    be had (such a score does not depend on the current mix, so a re-rank tries only groups not
+    tried before, up to ``trials`` more, in the proxy's order). On an NPU (W8A16 fallback) "float"
+    is 16-bit activations: a group 16-bit in every mix has no score alone, nor one whose mix QNN
+    cannot compile (it would score as all-int8 does and rank first for a fault not its own)."""
     proxy = proxy_ranking(qdq, reverted, candidates, subset)
     ranks = sorted((GroupRank(n, op_types.get(n, "?"), proxy.get(n, 0.0)) for n in candidates), key=lambda r: -r.proxy)
     everything = set(groups)
     always_wide = getattr(qdq, "required", frozenset())
     measured = 0
     for rank in ranks:
-        if rank.node in alone or rank.node in always_wide:
+        if rank.node in alone:
+            continue
+        if rank.node in always_wide:
+            alone[rank.node] = None
             continue
         if measured >= trials or not keep_going():
             break
@@ -135,12 +138,11 @@ def rank_groups(qdq: QdqModel, groups: list[str], reverted: set[str], candidates
         score = scorer.score(qdq.session(everything - {rank.node}), subset)
         on_trial()
         measured += 1
-        if getattr(qdq, "uncompilable", 0) == failed:
-            alone[rank.node] = score
+        alone[rank.node] = score if getattr(qdq, "uncompilable", 0) == failed else None
     return ranked_by_alone(ranks, alone)
 
 
-def ranked_by_alone(ranks: list[GroupRank], alone: dict[str, FidelityScore]) -> list[GroupRank]:
+def ranked_by_alone(ranks: list[GroupRank], alone: dict[str, FidelityScore | None]) -> list[GroupRank]:
     """``ranks`` (in the proxy's order) with the groups measured alone first, worst first."""
     for rank in ranks:
         rank.alone = alone.get(rank.node)
