@@ -6,6 +6,7 @@ import datetime as _dt
 from typing import Any
 
 from edgeport.passes import precision_of_step
+from edgeport.validation_report import cell
 
 REPORT_SCHEMA_VERSION = "2.0"  # 2.0: summary.int8_bytes -> artifact_bytes, parity_int8_vs_fp32 -> parity_vs_fp32 (any precision)
 
@@ -182,13 +183,9 @@ def _search_markdown(report: dict[str, Any]) -> list[str]:
     if m["ranking"]:
         out += ["", "Sensitivity ranking, worst first (noise each node adds where it sits; SQNR and margin at the outputs with it "
                 "alone in int8, every other group float or, on an NPU, 16-bit, on the ranking subset):", "", "| node | op | added noise | SQNR alone in int8 (dB) | margin alone in int8 |", "|---|---|---|---|---|"]
-        out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {_blank(r.get('sqnr_db_alone_in_int8'))} "
-                f"| {_blank(r.get('margin_alone_in_int8'))} |" for r in m["ranking"][:10]]
+        out += [f"| `{r['node']}` | {r['op_type']} | {r['added_noise']} | {cell(r.get('sqnr_db_alone_in_int8'))} "
+                f"| {cell(r.get('margin_alone_in_int8'))} |" for r in m["ranking"][:10]]
     return out
-
-
-def _blank(value: object) -> str:
-    return "" if value is None else str(value)
 
 
 def _mb(count: int | None) -> str:

@@ -267,7 +267,7 @@ def search_fallback(space: SearchSpace, start: FidelityScore, search: EvalSplit,
                 current = trial
                 record({"requantized": node, "op_type": op_of.get(node, "?"), "margin": significant(trial.margin)}, reverted)
     # the report's ranking: every group of the first ranking, with what later rankings measured
-    return SearchResult(reverted, current, steps, ranked_by_alone(list(full_ranking), alone) if full_ranking else ranking, budget.ok())
+    return SearchResult(reverted, current, steps, ranked_by_alone(full_ranking, alone), budget.ok())
 
 
 def revert_blocks(space: SearchSpace, order: list[str], reverted: set[str], current: FidelityScore, search: EvalSplit, scorer: Scorer,

@@ -273,9 +273,10 @@ def test_impossible_target_exits_1_with_the_best_candidate_and_the_blockers(tmp_
     assert "## int8 fidelity search" in markdown and "NOT met" in markdown and "Sensitivity ranking" in markdown
     # the ranking the search used, with each group's SQNR alone in int8, in report.md and report.html
     from edgeport.html_report import render_html
+    from edgeport.validation_report import cell
 
     top = next(s for s in report["steps"] if s["name"] == "quantize_search")["metrics"]["ranking"][0]
-    assert isinstance(top["sqnr_db_alone_in_int8"], float) and f"| {top['sqnr_db_alone_in_int8']} |" in markdown
+    assert isinstance(top["sqnr_db_alone_in_int8"], float) and f"| {cell(top['sqnr_db_alone_in_int8'])} |" in markdown
     page = render_html(report, model_path=out / "model.onnx")
     assert "int8 sensitivity ranking" in page and top["node"] in page and "SQNR alone in int8" in page
 
