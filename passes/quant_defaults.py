@@ -2,16 +2,20 @@
 
 Measured (docs/ARCHITECTURE.md): quantizing every op type breaks transformers (MiniLM cosine 0.85 vs 0.945 with
 MatMul/Gemm/Gather only) and recurrent nets (a VAD model lost 13 points until only Conv/Gemm were
-quantized); x86 without VNNI saturates u8*s8 products unless weights use 7 bits (reduce_range).
+quantized); x86 without VNNI saturates u8*s8 products unless weights are bounded (reduce_range: 7 bits in
+ORT, pair-bounded 8-bit levels in QDQ files here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 
 from edgeport.passes.context import QuantTarget
+from edgeport.passes.graph_edit import read_counts
+from edgeport.passes.pair_bounded_weights import bounds_pairs
 from edgeport.runtimes.hostcpu import X86_ARCHES
 
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "Scan", "Loop"})
@@ -87,10 +91,7 @@ def depthwise_weights(model: onnx.ModelProto) -> list[str]:
     AVX2 host: 12.3 -> 14.6 dB SQNR all-int8 (16.0 -> 16.3 dB once biases are corrected, which
     fixes much of the same error); 8 bits everywhere saturated, 9.8 dB."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = read_counts(model.graph)
     found = []
     for node in model.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2:
@@ -109,8 +110,12 @@ def eight_bit_under_reduce_range(model: onnx.ModelProto, reduce_range: bool, op_
     return depthwise_weights(model) if reduce_range and "Conv" in op_types else []
 
 
-def reduce_range_decision(rule: str, reduce_range: bool, model: onnx.ModelProto, op_types: list[str]) -> str:
-    """The reduce_range rule as the report states it, naming the weights that kept 8 bits anyway."""
+def reduce_range_decision(rule: str, reduce_range: bool, model: onnx.ModelProto, op_types: list[str], config: Any = None) -> str:
+    """The reduce_range rule as the report states it, naming the weights that kept 8 bits anyway and,
+    for ``config`` (the StaticInt8Config quantized with), how the others were bounded."""
     kept = eight_bit_under_reduce_range(model, reduce_range, op_types)
+    pair_bounded = config is not None and bounds_pairs(reduce_range, config)
     return rule + (f"; the weights of {len(kept)} depthwise Convs keep 8 bits: ORT's depthwise kernels widen to 16 bits "
-                   "before they multiply, so they cannot saturate" if kept else "")
+                   "before they multiply, so they cannot saturate" if kept else "") \
+        + ("; the other weights take 8-bit levels scaled so that no two the kernel adds in 16 bits sum past 128, "
+           "instead of 7 bits (see passes/pair_bounded_weights.py)" if pair_bounded else "")

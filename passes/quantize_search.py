@@ -377,7 +377,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 "op_types": f"search started from every op type ONNX Runtime quantizes ({family} graph; the family rule '{family_rule}' "
                             "only set the order in which op types without MACs were tried in float)"
                 if quant.op_types is None else "given in the config",
-                "reduce_range": reduce_range_decision(range_rule, reduce_range, source, op_types),
+                "reduce_range": reduce_range_decision(range_rule, reduce_range, source, op_types, quant),
                 "calibration_method": f"{best.method}: the best on the search split of those tried ({', '.join(m for m in improvements['calibration'] if isinstance(improvements['calibration'][m], dict))})",
             },
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),

@@ -24,6 +24,7 @@ from edgeport.passes.context import PassContext, QuantTarget
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.pre_quant_fusion import fused_for_quantization
 from edgeport.passes.qdq_graph import sort_topologically
+from edgeport.passes.pair_bounded_weights import bound_weight_pairs, bounds_pairs
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, eight_bit_under_reduce_range, reduce_range_decision
 from edgeport.passes.recurrent_int8 import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
@@ -140,7 +141,7 @@ def quantize_static_int8(model: OnnxArtifact, config: StaticInt8Config, *, ctx: 
     parity = parity_between(model, artifact, reference_ctx, samples=config.eval_samples)
     decisions = {
         "op_types": op_choice.rule if op_choice else "given in the config" if config.op_types is not None else QNN_OP_RULE,
-        "reduce_range": reduce_range_decision(range_rule, reduce_range, proto, op_types),
+        "reduce_range": reduce_range_decision(range_rule, reduce_range, proto, op_types, config),
     }
     ctx.record_pass(
         PASS, config, started,
@@ -216,10 +217,12 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime quantization failed: {first_line(exc)[:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
     quantized = onnx.load(str(out_path), load_external_data=False)
+    bounded = bound_weight_pairs(quantized, onnx.load(str(source_path)), set(full_range)) \
+        if bounds_pairs(reduce_range, config) else []
     # ORT's quantizer never enters a Scan: the int8 search's recurrences get their int8 step here
     stepped = quantize_recurrences(quantized, activation_type=config.activation_type, reduce_range=reduce_range,
                                    exclude=set(exclude_nodes)) if "MatMul" in op_types else 0
-    if sort_topologically(quantized) or stepped:  # an If moved above what its branches read
+    if sort_topologically(quantized) or stepped or bounded:  # an If moved above what its branches read
         onnx.save(quantized, str(out_path))
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeport.passes.pair_bounded_weights import pair_bounded_scales
 from edgeport.passes.recurrent_scan import body_of, cell_of, is_recurrence
 
 
@@ -56,7 +57,7 @@ def quantize_recurrences(model: onnx.ModelProto, *, activation_type: str, reduce
     covers it. The step runs ORT's MatMulIntegerToFloat kernel directly (bias folded in): ORT does
     not fuse Q/DQ pairs inside a Scan body, where a DQ->MatMul form dequantized the weight on every
     step and ran 20-30x slower than the float Scan (measured, bench/README.md). Weights are
-    symmetric per output column, 7-bit under reduce_range, as ORT makes them outside; always int8
+    symmetric per output column, pair-bounded under reduce_range as outside; always int8
     (MatMulIntegerToFloat has no int8 x uint8 kernel)."""
     changed = 0
     for node in model.graph.node:
@@ -77,7 +78,6 @@ def _quantize_body(body: onnx.GraphProto, activation_type: str, reduce_range: bo
             readers.setdefault(i, []).append(n)
     # [-1, 1] on the integer grid: uint8 with zero point 128 (x86's fast u8 x s8 path), else int8 around 0
     act_scale, act_zero = (np.float32(2 / 255), np.uint8(128)) if activation_type == "uint8" else (np.float32(1 / 127), np.int8(0))
-    levels = 63 if reduce_range else 127
     nodes: list[onnx.NodeProto] = []
     folded: set[str] = set()
     for node in body.node:
@@ -88,8 +88,9 @@ def _quantize_body(body: onnx.GraphProto, activation_type: str, reduce_range: bo
             continue
         state, weight_name = node.input[0], node.input[1]
         weight = numpy_helper.to_array(inits[weight_name]).astype(np.float32)  # [K, N]: one scale per output column
-        scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / levels).astype(np.float32)
-        q = np.clip(np.round(weight / scale), -levels, levels)
+        # under reduce_range the same pair bound as outside: MatMulIntegerToFloat is MLAS's u8*s8 GEMM
+        scale = (pair_bounded_scales(weight) if reduce_range else np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127).astype(np.float32)
+        q = np.clip(np.round(weight / scale), -127, 127)
         q_weight, w_zero = q.astype(np.int8), np.zeros(scale.shape, np.int8)
         body.initializer.remove(inits[weight_name])
         prefix = node.name

@@ -7,7 +7,9 @@ min cosine of 0.985, one 48x48 1x1 conv 0.994 by itself. GPTQ rounds a layer's i
 at a time and moves the error of each onto the columns not yet rounded, weighted by the inverse of
 the layer's input second moment H = E[x x^T] measured on calibration data, so the layer's outputs
 on that data change least. The levels stay those ONNX Runtime chose (the scale per channel is
-read from the QDQ model), so ORT re-quantizing the rounded weights reproduces them exactly.
+read from the QDQ model), so ORT re-quantizing the rounded weights reproduces them exactly, but
+under reduce_range: there each scale is derived again from the rounded weights' largest pair
+(``pair_bounded_weights``), which GPTQ does not bound, so some levels move to a coarser grid.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgeport.passes.graph_edit import read_counts
 from edgeport.passes.int8_eval import exposed_runs
 
 ROUNDED_OPS = ("Conv", "Gemm", "MatMul")
@@ -32,7 +35,7 @@ class WeightGrid:
     """The int8 levels ORT gave one weight: ``scale`` per row of the GPTQ matrix, levels -limit..limit."""
 
     scale: np.ndarray  # (rows,) in the layer's output-channel order
-    limit: np.ndarray  # (rows,) the largest |level| each row uses (127, or 64 with reduce_range but for depthwise Convs)
+    limit: np.ndarray  # (rows,) the largest |level| each row uses (127, or 64 or pair-bounded levels under reduce_range)
     per_channel: bool
     axis: int  # the weight axis the scales run along
 
@@ -48,10 +51,7 @@ def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
     ``qdq`` (ORT's int8 model of ``source``) uses for it."""
     grids = _weight_grids(qdq)
     inits = {t.name: t for t in source.graph.initializer}
-    readers: dict[str, int] = {}
-    for node in source.graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = read_counts(source.graph)
     candidates = [n for n in source.graph.node
                   if n.op_type in ROUNDED_OPS and n.name and len(n.input) > 1 and n.input[1] in grids and n.input[1] in inits
                   and readers[n.input[1]] == 1 and (not grids[n.input[1]].per_channel or grids[n.input[1]].axis == _output_axis(n))]

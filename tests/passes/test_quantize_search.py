@@ -247,7 +247,8 @@ def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
     result, smoothed = _search(artifact, tmp_path / "smoothed", AccuracyAwareInt8Config(target=target), calib, evaluation)
     kept = [name for name, v in smoothed["improvements"].items() if name.startswith("smooth_quant") and isinstance(v, dict) and v["kept"]]
     assert kept and smoothed["fidelity"]["met"], json.dumps(smoothed["improvements"])
-    assert smoothed["float_mac_share"] < metrics["float_mac_share"]
+    # (without it the search reverts nodes around the outlier: since pair-bounded weights, MAC-free ones may do)
+    assert not smoothed["reverted"] and smoothed["float_mac_share"] <= metrics["float_mac_share"]
     graph = onnx.load(str(result.path)).graph
     scales = [n for n in graph.node if n.name.endswith("__smooth")]
     dq_outputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
