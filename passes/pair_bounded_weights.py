@@ -6,13 +6,14 @@ answer, ``reduce_range``, gives every weight 7 bits, a bit of resolution lost on
 pairs are fixed by how MLAS packs the weight matrix: neighbours along the reduction axis K,
 starting at an even index; for a Conv, K runs over (kernel row, kernel column, input channel),
 channel fastest; for MatMul/Gemm over the rows of B (measured on onnxruntime 1.32: two 127 levels
-saturate when they sit at K indices 2j and 2j+1, at no other distance;
+saturate when they sit at K indices 2j and 2j+1, at none of the other placements tried;
 tests/passes/test_pair_bounded_weights.py keeps checking it). A pair whose two levels sum to at
 most 128 cannot overflow (255 * 128 = 32640 <= 32767), so each output channel's scale is the
 largest pair sum of |w| over 127: rounding adds at most half a level to each, so the levels of
-any pair sum to at most 128. Steps are 0.5-1x those of 7-bit weights (measured: ResNet-18-style
-min cosine 0.99923 with 7 bits, 0.99944 bounded, 0.99962 with plain 8 bits; MobileNetV2-style
-0.9844, 0.9867, and 0.9691 with plain 8 bits, which saturate), at the same kernels' speed.
+any pair sum to at most 128. Steps are 0.5-1x those of 7-bit weights (measured, all-int8 per-channel
+QDQ with minmax ranges on synthetic images: ResNet-18-style min cosine 0.99923 with 7 bits, 0.99944
+bounded, 0.99962 with plain 8 bits; MobileNetV2-style 0.9844, 0.9867, and 0.9691 with plain 8 bits,
+which saturate), and they run on the same kernels at the same speed.
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def bound_weight_pairs(qdq: onnx.ModelProto, source: onnx.ModelProto, keep: set[
         if name in keep or name not in floats or levels.dtype != np.int8 or not _symmetric(dequantize, inits):
             continue
         weight = numpy_helper.to_array(floats[name]).astype(np.float64)
-        layout = _reduction_layout(node, weight)
-        if weight.shape != levels.shape or layout is None:
+        order = reduction_order(node, weight)
+        if weight.shape != levels.shape or order is None:
             continue
-        k_by_n, out_axis = layout
+        rows, out_axis = weight_rows(node, weight)
         old_scale = numpy_helper.to_array(inits[dequantize.input[1]])
-        scale = pair_bounded_scales(k_by_n)
+        scale = pair_bounded_scales(rows[:, order].T)
         if old_scale.size == 1:
             scale = np.array(scale.max())
         elif old_scale.size != scale.size or _axis(dequantize, weight.ndim) != out_axis:
@@ -104,18 +105,29 @@ def _axis(dequantize: onnx.NodeProto, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _reduction_layout(node: onnx.NodeProto, weight: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """The weight as MLAS reduces it, (K, output channels), and the weight axis of the output channels."""
+def reduction_order(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
+    """The order in which MLAS reduces one output channel's inputs, as indices into that channel's
+    row of the weight (``weight_rows``); None for a weight it does not reduce so (depthwise Convs,
+    whose kernel widens before it multiplies). Neighbours 2j, 2j+1 of this order are the pairs."""
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
         if weight.ndim < 3 or (group > 1 and weight.shape[1] == 1):
-            return None  # depthwise: its own kernel, which widens before it multiplies
-        return np.moveaxis(weight, 0, -1).transpose(*range(1, weight.ndim - 1), 0, weight.ndim - 1).reshape(-1, weight.shape[0]), 0
-    if weight.ndim != 2:
-        return None
-    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
-        return weight.T, 0
-    return weight, 1
+            return None
+        channels, positions = weight.shape[1], int(np.prod(weight.shape[2:]))
+        k = np.arange(channels * positions)  # MLAS: kernel position major, channel fastest
+        return (k % channels) * positions + k // channels  # the row is (channel, kernel position)
+    return np.arange(weight.shape[1] if _trans_b(node) else weight.shape[0]) if weight.ndim == 2 else None
+
+
+def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> tuple[np.ndarray, int]:
+    """The weight as (output channels, inputs) and the weight axis of its output channels."""
+    if node.op_type == "Conv":
+        return weight.reshape(weight.shape[0], -1), 0
+    return (weight, 0) if _trans_b(node) else (weight.T, 1)
+
+
+def _trans_b(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
 
 
 def _bias(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto],

@@ -7,9 +7,9 @@ min cosine of 0.985, one 48x48 1x1 conv 0.994 by itself. GPTQ rounds a layer's i
 at a time and moves the error of each onto the columns not yet rounded, weighted by the inverse of
 the layer's input second moment H = E[x x^T] measured on calibration data, so the layer's outputs
 on that data change least. The levels stay those ONNX Runtime chose (the scale per channel is
-read from the QDQ model), so ORT re-quantizing the rounded weights reproduces them exactly, but
-under reduce_range: there each scale is derived again from the rounded weights' largest pair
-(``pair_bounded_weights``), which GPTQ does not bound, so some levels move to a coarser grid.
+read from the QDQ model), so ORT re-quantizing the rounded weights reproduces them exactly. Under
+pair-bounded weights (``pair_bounded_weights``: reduce_range in a QDQ file) GPTQ keeps each pair's
+levels within the bound as it rounds, and one pair on it, so the scale derived again is the same.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from edgeport.passes.graph_edit import read_counts
 from edgeport.passes.int8_eval import exposed_runs
+from edgeport.passes.pair_bounded_weights import PAIR_LEVELS, reduction_order
 
 ROUNDED_OPS = ("Conv", "Gemm", "MatMul")
 DAMPING = 0.01  # of H's mean diagonal, added to it: GPTQ's default, keeps the inverse stable
@@ -46,9 +47,11 @@ class WeightRounding:
     layers: list[str] = field(default_factory=list)  # nodes whose weights were rounded
 
 
-def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> WeightRounding:
+def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                  pair_bounded: bool = False) -> WeightRounding:
     """``source`` with each quantized Conv/Gemm/MatMul weight rounded by GPTQ on the grid that
-    ``qdq`` (ORT's int8 model of ``source``) uses for it."""
+    ``qdq`` (ORT's int8 model of ``source``) uses for it; ``pair_bounded``: ``qdq``'s weights
+    were bounded per MLAS pair, and their rounding is too."""
     grids = _weight_grids(qdq)
     inits = {t.name: t for t in source.graph.initializer}
     readers = read_counts(source.graph)
@@ -69,8 +72,10 @@ def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
                 continue
             weight, grid = weights[layer.input[1]], grids[layer.input[1]]
             rows, to_weight = _rows_view(layer, weight)
-            rounded = np.concatenate([_gptq(rows[g], moments[g], grid, g) for g in range(len(moments))])
-            rounded = _keep_scale(rounded, rows.reshape(-1, rows.shape[-1]), grid)
+            partners = _pair_partners(layer, weight) if pair_bounded else None
+            rounded = np.concatenate([_gptq(rows[g], moments[g], grid, g, partners) for g in range(len(moments))])
+            original = rows.reshape(-1, rows.shape[-1])
+            rounded = _keep_scale(rounded, original, grid) if partners is None else _keep_pair_scale(rounded, original, grid, partners)
             new_inits[layer.input[1]].CopyFrom(numpy_helper.from_array(to_weight(rounded).astype(weight.dtype), layer.input[1]))
             result.layers.append(layer.name)
     return result
@@ -196,8 +201,21 @@ def _columns(layer: onnx.NodeProto, x: np.ndarray, weight: np.ndarray) -> np.nda
     return np.ascontiguousarray(grouped).reshape(group, per_group * kh * kw, n * oh * ow)
 
 
-def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int) -> np.ndarray:
-    """GPTQ on one group's (rows, K) matrix: each column rounded, its error pushed onto the rest."""
+def _pair_partners(layer: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
+    """For each GPTQ column (an input of the layer's rows), the column MLAS adds it to in 16 bits
+    (-1: none, the packing's padding); None where the weight is not pair-bounded (depthwise)."""
+    order = reduction_order(layer, weight)
+    if order is None:
+        return None
+    partners = np.full(order.size, -1)
+    pairs = order[: order.size // 2 * 2].reshape(-1, 2)
+    partners[pairs[:, 0]], partners[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
+    return partners
+
+
+def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int, partners: np.ndarray | None = None) -> np.ndarray:
+    """GPTQ on one group's (rows, K) matrix: each column rounded, its error pushed onto the rest;
+    with ``partners``, a column whose partner is rounded already keeps their levels within the pair bound."""
     out_rows = rows.shape[0]
     span = slice(group * out_rows, (group + 1) * out_rows)
     scale = grid.scale[span] if grid.per_channel else np.full(out_rows, grid.scale[0])
@@ -213,14 +231,17 @@ def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int) ->
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, GPTQ's update rows
     except np.linalg.LinAlgError:
-        return np.clip(np.round(w / scale), -limit, limit) * scale
+        upper = np.eye(h.shape[0])  # no error to move: each weight to its nearest level (within its pair's bound)
     k = w.shape[1]
     rounded = np.empty_like(w)
     for start in range(0, k, BLOCK):
         end = min(start + BLOCK, k)
         errors = np.empty((out_rows, end - start))
         for j in range(start, end):
-            q = np.clip(np.round(w[:, j:j + 1] / scale), -limit, limit) * scale
+            bound = limit
+            if partners is not None and 0 <= partners[j] < j:
+                bound = np.minimum(limit, PAIR_LEVELS - np.abs(np.round(rounded[:, partners[j]:partners[j] + 1] / scale)))
+            q = np.clip(np.round(w[:, j:j + 1] / scale), -bound, bound) * scale
             rounded[:, j] = q[:, 0]
             error = (w[:, j] - q[:, 0]) / upper[j, j]
             w[:, j:end] -= np.outer(error, upper[j, j:end])
@@ -244,4 +265,28 @@ def _keep_scale(rounded: np.ndarray, original: np.ndarray, grid: WeightGrid) -> 
     if not np.isclose(np.abs(rounded), outer, rtol=1e-5, atol=0).any():
         index = np.unravel_index(int(np.argmax(np.abs(original))), original.shape)
         rounded[index] = np.sign(original[index]) * outer
+    return rounded
+
+
+def _keep_pair_scale(rounded: np.ndarray, original: np.ndarray, grid: WeightGrid, partners: np.ndarray) -> np.ndarray:
+    """A pair-bounded scale is derived from the largest pair sum: where rounding left no pair on
+    PAIR_LEVELS, the pair that set the scale goes back on it (its larger weight rounded to nearest,
+    the other the rest of the bound), so the scale derived from the rounded weights is the one used."""
+    first = np.flatnonzero(partners > np.arange(partners.size))  # each pair once, by its first column
+    second = partners[first]
+    scale = grid.scale[:, None] if grid.per_channel else np.full((rounded.shape[0], 1), grid.scale[0])
+    codes = np.abs(np.round(rounded / scale))
+    on_bound = np.isclose(codes[:, first] + codes[:, second], PAIR_LEVELS)
+    sums = np.abs(original[:, first]) + np.abs(original[:, second])
+    if grid.per_channel:
+        fixes = [(row, int(np.argmax(sums[row]))) for row in np.flatnonzero(~on_bound.any(axis=1) & (sums.max(axis=1) > 0))]
+    else:
+        fixes = [] if on_bound.any() or not sums.any() else [np.unravel_index(int(np.argmax(sums)), sums.shape)]
+    for row, pair in fixes:
+        a, b = first[pair], second[pair]
+        if abs(original[row, a]) < abs(original[row, b]):
+            a, b = b, a
+        level = min(np.round(abs(original[row, a]) / scale[row, 0]), PAIR_LEVELS)
+        rounded[row, a] = np.sign(original[row, a]) * level * scale[row, 0]
+        rounded[row, b] = (np.sign(original[row, b]) or 1.0) * (PAIR_LEVELS - level) * scale[row, 0]
     return rounded

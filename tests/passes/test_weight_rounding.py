@@ -84,8 +84,11 @@ def _gemm_net():
     return nn.Sequential(nn.Linear(24, 16), nn.ReLU()).eval()  # a Gemm with transB: the weight is (N, K)
 
 
-def _qdq(path, feeds, out, per_channel=True):
+def _qdq(path, feeds, out, per_channel=True, pair_bounded=False):
+    """ORT's QDQ model of ``path``; ``pair_bounded``: as edgeport makes it under reduce_range."""
     from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from edgeport.passes.pair_bounded_weights import bound_weight_pairs
 
     class Reader:
         def __init__(self):
@@ -94,8 +97,12 @@ def _qdq(path, feeds, out, per_channel=True):
         def get_next(self):
             return next(self.feeds, None)
 
-    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel)
-    return onnx.load(str(out))
+    quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=pair_bounded)
+    quantized = onnx.load(str(out))
+    if pair_bounded:
+        assert bound_weight_pairs(quantized, onnx.load(str(path)))
+        onnx.save(quantized, str(out))
+    return quantized
 
 
 def _layer_errors(source, weights_by_name, feeds):
@@ -125,18 +132,28 @@ def _layer_errors(source, weights_by_name, feeds):
 
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_gptq_keeps_ort_levels_and_lowers_every_conv_output_error(tmp_path, per_channel, case):
+@pytest.mark.parametrize("pair_bounded", [False, True], ids=["8-bit", "pair-bounded"])
+def test_gptq_keeps_ort_levels_and_lowers_every_conv_output_error(tmp_path, per_channel, case, pair_bounded):
+    from edgeport.passes.pair_bounded_weights import reduction_order, weight_rows
+
     net, spec, data, convs = CONV_CASES[case]
     artifact = _export(net(), tmp_path, [spec])
     feeds = [{"image": data(1, i)} for i in range(32)]
     source = onnx.load(str(artifact.path))
-    qdq = _qdq(artifact.path, feeds, tmp_path / "qdq.onnx", per_channel)
-    rounding = round_weights(source, qdq, feeds)
+    qdq = _qdq(artifact.path, feeds, tmp_path / "qdq.onnx", per_channel, pair_bounded)
+    rounding = round_weights(source, qdq, feeds, pair_bounded=pair_bounded)
     assert len(rounding.layers) == convs  # dense, grouped, depthwise and 1x1: every Conv
 
     # ORT quantizing the rounded weights again lands on exactly those values: same scales, same levels
     onnx.save(rounding.model, str(tmp_path / "rounded.onnx"))
-    again = _quantized_weights(_qdq(tmp_path / "rounded.onnx", feeds, tmp_path / "again.onnx", per_channel))
+    requantized = _qdq(tmp_path / "rounded.onnx", feeds, tmp_path / "again.onnx", per_channel, pair_bounded)
+    again = _quantized_weights(requantized)
+    if pair_bounded:  # and GPTQ kept every pair MLAS adds in 16 bits within the bound
+        levels = {t.name.removesuffix("_quantized"): numpy_helper.to_array(t).astype(np.int32) for t in requantized.graph.initializer}
+        for node in (n for n in source.graph.node if n.op_type == "Conv" and reduction_order(n, levels[n.input[1]]) is not None):
+            order = reduction_order(node, levels[node.input[1]])
+            rows = np.abs(weight_rows(node, levels[node.input[1]])[0][:, order[: order.size // 2 * 2]])
+            assert (rows[:, 0::2] + rows[:, 1::2]).max() <= 128, node.name
     rounded = {t.name: numpy_helper.to_array(t) for t in rounding.model.graph.initializer}
     nearest = _quantized_weights(qdq)
     weights = [n.input[1] for n in source.graph.node if n.op_type == "Conv"]
