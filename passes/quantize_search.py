@@ -199,13 +199,13 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         other = refined_like(other, best, config, calibration, model, work, candidate)  # compare like with like
         if on_npu:  # no op type is free there: every one widened costs the NPU's time
             improvements["calibration"][method] = other.score.to_dict()
-            best = other if other.score.key() > best.score.key() else best
+            best = other if other.score.beats(best.score) else best
             continue
         if free is None:  # judged with MAC-free op types float, as the search has them (MiniLM: all-int8 favoured mse, then 5% float)
             free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
         other_free = scored_with_free(other, free, search, scorer, budget)
         improvements["calibration"][method] = {"all_int8": other.score.to_dict(), "free_op_types_in_float": other_free.to_dict(), "compared_with": {best.method: free_score.to_dict()}}
-        if other_free.key() > free_score.key():
+        if other_free.beats(free_score):
             best, free_score = other, other_free
     improvements["calibration_chosen"] = best.method
     best, free, free_score = rounded_if_better(best, free, free_score, quant, search, scorer, budget, config, calibration, model, work,
@@ -230,7 +230,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         result = transformed(base, transform, name, config, calibration, model, op_types, quant, calib_ctx, scan, work, candidate)
         if result is not None:
             after = scored_with_free(result[0], free, search, scorer, budget)
-            kept = after.key() > free_score.key()
+            kept = after.beats(free_score)
             improvements[name] = {"changed": result[1], "kept": kept, "free_op_types_in_float": len(free),
                                   "before": free_score.to_dict(), "after": after.to_dict()}
             if kept:

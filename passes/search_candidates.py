@@ -118,7 +118,7 @@ def corrected_if_better(best: Candidate, config: Any, calibration: Any, model: O
     """``best`` with corrected biases where that scores better, the try recorded in ``improvements``."""
     corrected = bias_corrected(best, config, calibration, model, work, candidate)
     if corrected is not None:
-        improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.key() > best.score.key(),
+        improvements["bias_correction"] = {"layers": len(corrected.correction.original), "kept": corrected.score.beats(best.score),
                                            "before": best.score.to_dict(), "after": corrected.score.to_dict()}
         return corrected if improvements["bias_correction"]["kept"] else best
     if config.bias_correction:
@@ -145,13 +145,13 @@ def rounded_if_better(best: Candidate, free: set[str] | None, free_score: Fideli
         return best, free, free_score
     record = {"method": "GPTQ on the int8 levels ORT chose, from up to 32 calibration samples", "layers": len(rounded.rounding.layers)}
     if best.wide is not None:  # an NPU: no op type is free there, so all-int8 scores decide (as for the ranges)
-        kept = rounded.score.key() > best.score.key()
+        kept = rounded.score.beats(best.score)
         improvements["weight_rounding"] = {**record, "kept": kept, "before": best.score.to_dict(), "after": rounded.score.to_dict()}
         return (rounded if kept else best), free, free_score
     if free is None or free_score is None:
         free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
     after = scored_with_free(rounded, free, search, scorer, budget)
-    kept = after.key() > free_score.key()
+    kept = after.beats(free_score)
     improvements["weight_rounding"] = {**record, "kept": kept, "free_op_types_in_float": len(free),
                                        "before": free_score.to_dict(), "after": after.to_dict(),
                                        **({"replaces": "the corrected biases (GPTQ's weights are not bias-corrected)"}
@@ -224,7 +224,7 @@ def full_range_weights(best: Candidate, free: set[str] | None, free_score: Fidel
     # the levels changed, so rounded weights and corrected biases must be made again
     other = refined_like(other, best, config, calibration, model, work, candidate)
     after = scored_with_free(other, free, search, scorer, budget)
-    kept = after.key() > free_score.key()
+    kept = after.beats(free_score)
     improvements["full_range_weights"] = {
         "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),
         "rule": f"reduce_range off: measured on {host.source}, x86 without VNNI whose u8*s8 kernels can saturate, full 8-bit "
