@@ -18,6 +18,7 @@ which saturate), and they run on the same kernels at the same speed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,8 @@ PAIR_LEVELS = 127  # the largest pair sum of |w| sits here; rounding can add 1, 
 
 def bounds_pairs(reduce_range: bool, config: Any) -> bool:
     """Whether ``config`` (a StaticInt8Config) quantized under ``reduce_range`` gets pair-bounded
-    weights: int8 weights in QDQ form (QOperator files keep ORT's 7-bit ones)."""
-    return reduce_range and config.format == "qdq" and config.weight_type == "int8"
+    weights: int8 ones (uint8 weights take ORT's u8*u8 kernels, which widen before they multiply)."""
+    return reduce_range and config.weight_type == "int8"
 
 
 def pair_bounded_scales(k_by_n: np.ndarray) -> np.ndarray:
@@ -45,64 +46,102 @@ def pair_bounded_scales(k_by_n: np.ndarray) -> np.ndarray:
     return np.maximum(pair_sums.max(axis=0), 1e-12) / PAIR_LEVELS
 
 
-def bound_weight_pairs(qdq: onnx.ModelProto, source: onnx.ModelProto, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Give every int8 Conv/MatMul/Gemm weight of ORT's QDQ model ``qdq`` pair-bounded 8-bit levels
-    from its float values in ``source``, in place, with the int32 biases rescaled to match. Weights
-    named in ``keep`` (float names, e.g. depthwise Convs, whose kernel widens before it multiplies)
-    stay as they are, as does any weight this cannot rewrite exactly (shared, asymmetric, not read
-    as input B). Returns the float names of the weights rewritten."""
+# QOperator nodes that read an int8 weight: the float op whose layout it has, then the input indices of
+# the weight, its scale, its zero point, the int32 bias (on input scale x weight scale) and the input scale
+QOPERATOR_INPUTS = {"QLinearConv": ("Conv", 3, 4, 5, 8, 1), "QGemm": ("Gemm", 3, 4, 5, 6, 1),
+                    "QLinearMatMul": ("MatMul", 3, 4, 5, None, 1), "MatMulIntegerToFloat": ("MatMul", 1, 3, 5, None, 2)}
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """Where one node's int8 weight, its scale and its int32 bias live, in either form of int8 file."""
+
+    layout: onnx.NodeProto  # the node, or for a QOperator node its float op with the same attributes
+    levels: str
+    scale: str
+    zero: str | None
+    axis: int  # the weight axis a per-channel scale runs along
+    bias: str | None  # the int32 bias
+    bias_scale: str | None  # its scale (QDQ); None: input scale x weight scale, implied (QOperator)
+    input_scale: str | None
+
+
+def bound_weight_pairs(model: onnx.ModelProto, source: onnx.ModelProto, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Give every int8 Conv/MatMul/Gemm weight of ORT's int8 ``model`` (QDQ or QOperator)
+    pair-bounded 8-bit levels from its float values in ``source``, in place, with the int32 biases
+    rescaled to match. Weights named in ``keep`` (float names, e.g. depthwise Convs, whose kernel
+    widens before it multiplies) stay as they are, as does any weight this cannot rewrite exactly
+    (shared, asymmetric, a bias it cannot follow). Returns the float names of the weights rewritten."""
     floats = {t.name: t for t in source.graph.initializer}
-    inits = {t.name: t for t in qdq.graph.initializer}
-    producers = {o: n for n in qdq.graph.node for o in n.output}
-    readers = read_counts(qdq.graph)
+    inits = {t.name: t for t in model.graph.initializer}
+    readers = read_counts(model.graph)
     rewritten = []
-    for node in qdq.graph.node:
-        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+    for site in weight_sites(model):
+        if site.levels not in inits or site.scale not in inits or readers[site.levels] != 1 or readers[site.scale] != 1:
             continue
-        dequantize = producers.get(node.input[1])
-        if dequantize is None or dequantize.op_type != "DequantizeLinear" or readers.get(node.input[1]) != 1 \
-                or readers.get(dequantize.input[0]) != 1 or readers.get(dequantize.input[1]) != 1 or dequantize.input[0] not in inits:
-            continue
-        name = dequantize.input[0].removesuffix("_quantized")
-        levels = numpy_helper.to_array(inits[dequantize.input[0]])
-        if name in keep or name not in floats or levels.dtype != np.int8 or not _symmetric(dequantize, inits):
+        name = site.levels.removesuffix("_quantized")
+        levels = numpy_helper.to_array(inits[site.levels])
+        zero = numpy_helper.to_array(inits[site.zero]) if site.zero in inits else None
+        if name in keep or name not in floats or levels.dtype != np.int8 or (site.zero and (zero is None or zero.any())):
             continue
         weight = numpy_helper.to_array(floats[name]).astype(np.float64)
-        order = reduction_order(node, weight)
+        order = reduction_order(site.layout, weight)
         if weight.shape != levels.shape or order is None:
             continue
-        rows, out_axis = weight_rows(node, weight)
-        old_scale = numpy_helper.to_array(inits[dequantize.input[1]])
+        rows, out_axis = weight_rows(site.layout, weight)
+        old_scale = numpy_helper.to_array(inits[site.scale])
         scale = pair_bounded_scales(rows[:, order].T)
         if old_scale.size == 1:
             scale = np.array(scale.max())
-        elif old_scale.size != scale.size or _axis(dequantize, weight.ndim) != out_axis:
+        elif old_scale.size != scale.size or site.axis % weight.ndim != out_axis:
             continue
-        bias = _bias(node, producers, inits, floats)
-        if bias is False or (bias is not None and int(np.prod(bias[1].dims)) != old_scale.size):
-            continue  # an int32 bias whose scale cannot follow the weight's
+        bias = _bias_value(site, inits, floats, old_scale)
+        if bias is False:
+            continue
         shape = [1] * weight.ndim
         if scale.ndim:
             shape[out_axis] = -1
         q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
-        inits[dequantize.input[0]].CopyFrom(numpy_helper.from_array(q, dequantize.input[0]))
-        inits[dequantize.input[1]].CopyFrom(numpy_helper.from_array(scale.astype(np.float32).reshape(old_scale.shape), dequantize.input[1]))
+        inits[site.levels].CopyFrom(numpy_helper.from_array(q, site.levels))
+        inits[site.scale].CopyFrom(numpy_helper.from_array(scale.astype(np.float32).reshape(old_scale.shape), site.scale))
         if bias is not None:
-            _rescale_bias(*bias, scale)
+            _rescale_bias(site, inits, bias, scale)
         rewritten.append(name)
     return rewritten
 
 
-def _symmetric(dequantize: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    if len(dequantize.input) < 3 or not dequantize.input[2]:
-        return True
-    zero = inits.get(dequantize.input[2])
-    return zero is not None and not numpy_helper.to_array(zero).any()
+def weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
+    """Every Conv/MatMul/Gemm reading a dequantized weight no other node reads (QDQ), and every
+    QOperator node of QOPERATOR_INPUTS, with where its weight, scale and bias live."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    readers = read_counts(model.graph)
 
+    def dequantize(name: str) -> onnx.NodeProto | None:
+        node = producers.get(name)
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
 
-def _axis(dequantize: onnx.NodeProto, rank: int) -> int:
-    axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
-    return axis + rank if axis < 0 else axis
+    def optional(node: onnx.NodeProto, index: int | None) -> str | None:
+        return node.input[index] if index is not None and len(node.input) > index and node.input[index] else None
+
+    sites = []
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and len(node.input) > 1 and (weight := dequantize(node.input[1])) is not None \
+                and readers[node.input[1]] == 1:
+            bias_input = optional(node, 2) if node.op_type != "MatMul" else None
+            bias = dequantize(bias_input) if bias_input else None
+            activation = dequantize(node.input[0])
+            axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
+            sites.append(WeightSite(node, weight.input[0], optional(weight, 1) or "", optional(weight, 2), axis,
+                                    bias.input[0] if bias else None, optional(bias, 1) if bias else None,  # a float bias needs nothing
+                                    optional(activation, 1) if activation is not None else None))
+        elif node.op_type in QOPERATOR_INPUTS:
+            float_op, weight, scale, zero, bias, input_scale = QOPERATOR_INPUTS[node.op_type]
+            layout = onnx.NodeProto(op_type=float_op, name=node.name)
+            layout.attribute.extend(node.attribute)
+            axis = 0 if float_op == "Conv" or _trans_b(layout) else 1
+            sites.append(WeightSite(layout, optional(node, weight) or "", optional(node, scale) or "", optional(node, zero), axis,
+                                    optional(node, bias), None, optional(node, input_scale)))
+    return sites
 
 
 def reduction_order(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
@@ -130,31 +169,29 @@ def _trans_b(node: onnx.NodeProto) -> bool:
     return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
 
 
-def _bias(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], inits: dict[str, onnx.TensorProto],
-          floats: dict[str, onnx.TensorProto]) -> tuple[onnx.TensorProto, onnx.TensorProto, float, np.ndarray] | bool | None:
-    """None: no int32 bias; False: one that cannot follow a new weight scale; else what rescales it
-    (its levels, its scale, the input's scale, and its float value where ``floats`` has it)."""
-    if node.op_type != "Conv" and node.op_type != "Gemm" or len(node.input) < 3 or not node.input[2]:
+def _bias_value(site: WeightSite, inits: dict[str, onnx.TensorProto], floats: dict[str, onnx.TensorProto],
+                weight_scale: np.ndarray) -> np.ndarray | bool | None:
+    """The float value of the site's int32 bias (from ``floats`` where it is there, else dequantized
+    with the old ``weight_scale``); None: no int32 bias; False: one whose scale cannot follow the weight's."""
+    if site.bias is None:
         return None
-    dequantize = producers.get(node.input[2])
-    if dequantize is None or dequantize.op_type != "DequantizeLinear":
-        return None  # a float bias: nothing to rescale
-    activation = producers.get(node.input[0])
-    if dequantize.input[0] not in inits or dequantize.input[1] not in inits or activation is None \
-            or activation.op_type != "DequantizeLinear" or activation.input[1] not in inits:
+    if site.bias not in inits or site.input_scale not in inits or (site.bias_scale is not None and (
+            site.bias_scale not in inits or int(np.prod(inits[site.bias_scale].dims)) != weight_scale.size)):
         return False
-    input_scale = float(numpy_helper.to_array(inits[activation.input[1]]).reshape(-1)[0])
-    levels, scale = inits[dequantize.input[0]], inits[dequantize.input[1]]
-    value = floats.get(dequantize.input[0].removesuffix("_quantized"))
-    value = numpy_helper.to_array(value).astype(np.float64) if value is not None and list(value.dims) == list(levels.dims) \
-        else numpy_helper.to_array(levels).astype(np.float64) * numpy_helper.to_array(scale).astype(np.float64)  # dequantized
-    return levels, scale, input_scale, value
+    levels = inits[site.bias]
+    value = floats.get(site.bias.removesuffix("_quantized"))
+    if value is not None and list(value.dims) == list(levels.dims):
+        return numpy_helper.to_array(value).astype(np.float64)
+    old_scale = numpy_helper.to_array(inits[site.bias_scale]).astype(np.float64) if site.bias_scale is not None else \
+        float(numpy_helper.to_array(inits[site.input_scale]).reshape(-1)[0]) * weight_scale.astype(np.float64)
+    return numpy_helper.to_array(levels).astype(np.float64) * old_scale
 
 
-def _rescale_bias(levels: onnx.TensorProto, scale: onnx.TensorProto, input_scale: float, value: np.ndarray, weight_scale: np.ndarray) -> None:
+def _rescale_bias(site: WeightSite, inits: dict[str, onnx.TensorProto], value: np.ndarray, weight_scale: np.ndarray) -> None:
     """ORT quantizes a bias on input scale x weight scale: ``value`` put on the new product."""
-    old_shape = tuple(scale.dims)
+    input_scale = float(numpy_helper.to_array(inits[site.input_scale]).reshape(-1)[0])
     new_scale = (input_scale * weight_scale).astype(np.float32)  # a scalar, or one per output channel as before
     q = np.clip(np.round(value / new_scale.astype(np.float64)), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
-    levels.CopyFrom(numpy_helper.from_array(q, levels.name))
-    scale.CopyFrom(numpy_helper.from_array(new_scale.reshape(old_shape), scale.name))
+    inits[site.bias].CopyFrom(numpy_helper.from_array(q, site.bias))
+    if site.bias_scale is not None:
+        inits[site.bias_scale].CopyFrom(numpy_helper.from_array(new_scale.reshape(tuple(inits[site.bias_scale].dims)), site.bias_scale))

@@ -131,8 +131,21 @@ def test_reduce_range_gives_conv_matmul_and_gemm_pair_bounded_8_bit_weights_that
         np.testing.assert_allclose(b_scale, inits[input_scale[name.split("_")[0]]] * w_scale, rtol=1e-6)
         assert (np.abs(inits[f"{bias}_quantized"] * b_scale - floats[bias]) <= b_scale / 2 + 1e-7).all(), bias
     # no pair saturates, on any host: the fused int8 kernels compute what the unfused graph computes in float
-    fused, emulated = _fused_and_emulated(quantized, rng.uniform(0.0, 1.0, (4, 6, 6, 6)).astype(np.float32))
+    x = rng.uniform(0.0, 1.0, (4, 6, 6, 6)).astype(np.float32)
+    fused, emulated = _fused_and_emulated(quantized, x)
     assert np.abs(fused - emulated).max() <= 0.02 * np.abs(emulated).max()
+    if not per_channel:
+        return
+    # a QOperator file (QLinearConv, QLinearMatMul, QGemm: weights and biases in the nodes) gets the same levels
+    ctx = PassContext(work_dir=tmp_path / "qop", calibration=open_data(calib, role="calibration"))
+    qoperator = onnx.load(str(quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(reduce_range=True, format="qoperator"),
+                                                   ctx=ctx).path))
+    assert {"QLinearConv", "QLinearMatMul", "QGemm"} <= {n.op_type for n in qoperator.graph.node}
+    levels = {t.name: numpy_helper.to_array(t) for t in qoperator.graph.initializer}
+    for name in ("conv_w_quantized", "mm_w_quantized", "gemm_w_quantized", "conv_b_quantized", "gemm_b_quantized"):
+        np.testing.assert_array_equal(levels[name], inits[name], err_msg=name)
+    same = ort.InferenceSession(qoperator.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(same - fused).max() <= 0.02 * np.abs(fused).max()
 
 
 def test_weights_it_cannot_rewrite_exactly_stay_as_they_are():
