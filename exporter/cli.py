@@ -51,7 +51,7 @@ def cli() -> None:
               help="Ranges of the single pass (--no-search); the search tries minmax, mse and percentile.")
 @click.option("--calib-samples", type=int, default=256, show_default=True, help="Calibration samples used at most.")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default) or per tensor.")
-@click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (depthwise Conv weights keep 8: ORT's depthwise kernels cannot saturate); default: chosen from the target CPU.")
+@click.option("--reduce-range/--no-reduce-range", default=None, help="Weights bounded for x86 without VNNI: int8 ones on 8-bit levels no two of which the u8*s8 kernel adds past int16 (depthwise Convs keep all 8 bits), uint8 ones on 7 bits; default: chosen from the target CPU.")
 @click.option("--op-types", metavar="A,B", help="Op types to quantize; default: all that ONNX Runtime quantizes (with --no-search: chosen from the model family).")
 @click.option("--exclude-op-types", metavar="A,B", help="Op types to keep in float.")
 @click.option("--exclude-nodes", metavar="A,B", help="Node names to keep in float.")

@@ -73,7 +73,7 @@ class FidelityTarget:
         return ", ".join(parts)
 
 
-# Normalized margin within which two worst-sample scores tie (0.001 of cosine at a 0.99 target). PP-OCRv4's
+# Normalized cosine margin within which two worst-sample scores tie (0.001 of cosine at a 0.99 target). PP-OCRv4's
 # detector: percentile ranges beat mse by 0.0007 of min cosine on the 16-page search split at 0.6 dB less
 # SQNR, were chosen, and left one test page at 0.955 (mse: 0.98).
 TIE_MARGIN = 0.1
@@ -102,12 +102,19 @@ class FidelityScore:
 
     def beats(self, other: "FidelityScore", tie: float = TIE_MARGIN) -> bool:
         """Whether this score is measurably better than ``other``, as a technique must be to be
-        kept: a worst margin higher by more than ``tie``, or within ``tie`` and a higher SQNR. The
-        worst margin is a minimum over a few samples; within ``tie`` it is noise, and SQNR, over
-        all of them, decides."""
-        if not (math.isfinite(self.margin) and math.isfinite(other.margin)) or abs(self.margin - other.margin) > tie:
+        kept: where both are held back by the minimum cosine over samples, a margin higher by more
+        than ``tie``, or within ``tie`` and a higher SQNR (a minimum over a few samples moves by that
+        much with the samples; SQNR, over all of them, does not). Other criteria compare as key() does."""
+        both_cosine = self.worst() == other.worst() == "cosine_min"
+        sqnr, other_sqnr = self.values.get("sqnr_db"), other.values.get("sqnr_db")
+        if not both_cosine or sqnr is None or other_sqnr is None or not (math.isfinite(self.margin) and math.isfinite(other.margin)) \
+                or abs(self.margin - other.margin) > tie:
             return self.key() > other.key()
-        return self.key()[1] > other.key()[1]
+        return sqnr > other_sqnr
+
+    def worst(self) -> str | None:
+        """The criterion with the lowest margin."""
+        return min(self.margins, key=self.margins.get) if self.margins else None
 
     def failing(self) -> list[str]:
         return [name for name, m in self.margins.items() if m < 0]

@@ -43,13 +43,14 @@ def pair_bounded_scales(k_by_n: np.ndarray) -> np.ndarray:
     if magnitude.shape[0] % 2:  # the last row pairs with the packing's zero padding
         magnitude = np.concatenate([magnitude, np.zeros((1, magnitude.shape[1]))])
     pair_sums = magnitude[0::2] + magnitude[1::2]
-    return np.maximum(pair_sums.max(axis=0), 1e-12) / PAIR_LEVELS
+    return pair_sums.max(axis=0) / PAIR_LEVELS  # 0 for an all-zero channel: no scale follows from it
 
 
-# QOperator nodes that read an int8 weight: the float op whose layout it has, then the input indices of
-# the weight, its scale, its zero point, the int32 bias (on input scale x weight scale) and the input scale
-QOPERATOR_INPUTS = {"QLinearConv": ("Conv", 3, 4, 5, 8, 1), "QGemm": ("Gemm", 3, 4, 5, 6, 1),
-                    "QLinearMatMul": ("MatMul", 3, 4, 5, None, 1), "MatMulIntegerToFloat": ("MatMul", 1, 3, 5, None, 2)}
+# QOperator nodes ORT's static quantizer writes that read an int8 weight: the float op whose layout it has,
+# then the input indices of the weight, its scale, its zero point, the int32 bias (on input scale x weight
+# scale) and the input scale
+QOPERATOR_INPUTS = {"QLinearConv": ("Conv", 3, 4, 5, 8, 1), "QGemm": ("Gemm", 3, 4, 5, 6, 1), "QLinearMatMul": ("MatMul", 3, 4, 5, None, 1)}
+INT32_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,15 @@ def bound_weight_pairs(model: onnx.ModelProto, source: onnx.ModelProto, keep: se
     pair-bounded 8-bit levels from its float values in ``source``, in place, with the int32 biases
     rescaled to match. Weights named in ``keep`` (float names, e.g. depthwise Convs, whose kernel
     widens before it multiplies) stay as they are, as does any weight this cannot rewrite exactly
-    (shared, asymmetric, a bias it cannot follow). Returns the float names of the weights rewritten."""
+    (shared, asymmetric, its bias shared or not a constant); so do weights inside subgraphs (If,
+    Loop, Scan bodies), which this does not enter. Returns the float names of the weights rewritten."""
     floats = {t.name: t for t in source.graph.initializer}
     inits = {t.name: t for t in model.graph.initializer}
     readers = read_counts(model.graph)
     rewritten = []
     for site in weight_sites(model):
-        if site.levels not in inits or site.scale not in inits or readers[site.levels] != 1 or readers[site.scale] != 1:
+        once = [site.levels, site.scale, *([site.bias] if site.bias else []), *([site.bias_scale] if site.bias_scale else [])]
+        if any(name not in inits or readers[name] != 1 for name in once) or (site.bias and site.input_scale not in inits):
             continue
         name = site.levels.removesuffix("_quantized")
         levels = numpy_helper.to_array(inits[site.levels])
@@ -89,15 +92,18 @@ def bound_weight_pairs(model: onnx.ModelProto, source: onnx.ModelProto, keep: se
         if weight.shape != levels.shape or order is None:
             continue
         rows, out_axis = weight_rows(site.layout, weight)
-        old_scale = numpy_helper.to_array(inits[site.scale])
-        scale = pair_bounded_scales(rows[:, order].T)
-        if old_scale.size == 1:
-            scale = np.array(scale.max())
-        elif old_scale.size != scale.size or site.axis % weight.ndim != out_axis:
+        old_scale = numpy_helper.to_array(inits[site.scale]).astype(np.float64)
+        if old_scale.size != 1 and (old_scale.size != rows.shape[0] or site.axis % weight.ndim != out_axis):
             continue
         bias = _bias_value(site, inits, floats, old_scale)
-        if bias is False:
+        if bias is not None and bias.size != rows.shape[0]:
             continue
+        scale = pair_bounded_scales(rows[:, order].T)
+        if bias is not None:  # as ORT does: a scale so small that the bias cannot be held in int32 is raised
+            input_scale = float(numpy_helper.to_array(inits[site.input_scale]).reshape(-1)[0])
+            scale = np.maximum(scale, 1.0001 * np.abs(bias) / (input_scale * INT32_LIMIT))
+        scale = np.array(scale.max()) if old_scale.size == 1 else scale
+        scale = np.where(scale > 0, scale, old_scale.reshape(-1) if old_scale.size > 1 else old_scale)  # all-zero: ORT's
         shape = [1] * weight.ndim
         if scale.ndim:
             shape[out_axis] = -1
@@ -129,6 +135,8 @@ def weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
                 and readers[node.input[1]] == 1:
             bias_input = optional(node, 2) if node.op_type != "MatMul" else None
             bias = dequantize(bias_input) if bias_input else None
+            if bias is not None and readers[bias_input] != 1:
+                continue  # a bias two nodes read cannot follow one node's weight scale
             activation = dequantize(node.input[0])
             axis = next((a.i for a in weight.attribute if a.name == "axis"), 1)
             sites.append(WeightSite(node, weight.input[0], optional(weight, 1) or "", optional(weight, 2), axis,
@@ -138,7 +146,7 @@ def weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
             float_op, weight, scale, zero, bias, input_scale = QOPERATOR_INPUTS[node.op_type]
             layout = onnx.NodeProto(op_type=float_op, name=node.name)
             layout.attribute.extend(node.attribute)
-            axis = 0 if float_op == "Conv" or _trans_b(layout) else 1
+            axis = output_axis(layout)
             sites.append(WeightSite(layout, optional(node, weight) or "", optional(node, scale) or "", optional(node, zero), axis,
                                     optional(node, bias), None, optional(node, input_scale)))
     return sites
@@ -147,44 +155,49 @@ def weight_sites(model: onnx.ModelProto) -> list[WeightSite]:
 def reduction_order(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
     """The order in which MLAS reduces one output channel's inputs, as indices into that channel's
     row of the weight (``weight_rows``); None for a weight it does not reduce so (depthwise Convs,
-    whose kernel widens before it multiplies). Neighbours 2j, 2j+1 of this order are the pairs."""
+    one input and one output channel per group, whose kernel widens before it multiplies; with
+    more outputs per group ORT runs a GEMM, which pairs kernel positions). Neighbours 2j, 2j+1 of
+    this order are the pairs."""
     if node.op_type == "Conv":
         group = next((a.i for a in node.attribute if a.name == "group"), 1)
-        if weight.ndim < 3 or (group > 1 and weight.shape[1] == 1):
+        if weight.ndim < 3 or (group > 1 and weight.shape[1] == 1 and weight.shape[0] == group):
             return None
         channels, positions = weight.shape[1], int(np.prod(weight.shape[2:]))
         k = np.arange(channels * positions)  # MLAS: kernel position major, channel fastest
         return (k % channels) * positions + k // channels  # the row is (channel, kernel position)
-    return np.arange(weight.shape[1] if _trans_b(node) else weight.shape[0]) if weight.ndim == 2 else None
+    return np.arange(weight.shape[1] if trans_b(node) else weight.shape[0]) if weight.ndim == 2 else None
 
 
 def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> tuple[np.ndarray, int]:
     """The weight as (output channels, inputs) and the weight axis of its output channels."""
     if node.op_type == "Conv":
         return weight.reshape(weight.shape[0], -1), 0
-    return (weight, 0) if _trans_b(node) else (weight.T, 1)
+    return (weight, 0) if trans_b(node) else (weight.T, 1)
 
 
-def _trans_b(node: onnx.NodeProto) -> bool:
+def trans_b(node: onnx.NodeProto) -> bool:
+    """A Gemm that reads its weight as (N, K)."""
     return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
 
 
+def output_axis(node: onnx.NodeProto) -> int:
+    """The weight axis of the node's output channels: a per-channel scale runs along it."""
+    return 0 if node.op_type == "Conv" or trans_b(node) else 1
+
+
 def _bias_value(site: WeightSite, inits: dict[str, onnx.TensorProto], floats: dict[str, onnx.TensorProto],
-                weight_scale: np.ndarray) -> np.ndarray | bool | None:
+                weight_scale: np.ndarray) -> np.ndarray | None:
     """The float value of the site's int32 bias (from ``floats`` where it is there, else dequantized
-    with the old ``weight_scale``); None: no int32 bias; False: one whose scale cannot follow the weight's."""
+    with the old ``weight_scale``); None where it has none."""
     if site.bias is None:
         return None
-    if site.bias not in inits or site.input_scale not in inits or (site.bias_scale is not None and (
-            site.bias_scale not in inits or int(np.prod(inits[site.bias_scale].dims)) != weight_scale.size)):
-        return False
     levels = inits[site.bias]
     value = floats.get(site.bias.removesuffix("_quantized"))
     if value is not None and list(value.dims) == list(levels.dims):
-        return numpy_helper.to_array(value).astype(np.float64)
+        return numpy_helper.to_array(value).astype(np.float64).reshape(-1)
     old_scale = numpy_helper.to_array(inits[site.bias_scale]).astype(np.float64) if site.bias_scale is not None else \
-        float(numpy_helper.to_array(inits[site.input_scale]).reshape(-1)[0]) * weight_scale.astype(np.float64)
-    return numpy_helper.to_array(levels).astype(np.float64) * old_scale
+        float(numpy_helper.to_array(inits[site.input_scale]).reshape(-1)[0]) * weight_scale
+    return (numpy_helper.to_array(levels).astype(np.float64) * old_scale).reshape(-1)
 
 
 def _rescale_bias(site: WeightSite, inits: dict[str, onnx.TensorProto], value: np.ndarray, weight_scale: np.ndarray) -> None:

@@ -3,7 +3,7 @@
 Measured (docs/ARCHITECTURE.md): quantizing every op type breaks transformers (MiniLM cosine 0.85 vs 0.945 with
 MatMul/Gemm/Gather only) and recurrent nets (a VAD model lost 13 points until only Conv/Gemm were
 quantized); x86 without VNNI saturates u8*s8 products unless weights are bounded (reduce_range: 7 bits in
-ORT, pair-bounded 8-bit levels in QDQ files here).
+ORT, pair-bounded 8-bit levels here: passes/pair_bounded_weights.py).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def depthwise_weights(model: onnx.ModelProto) -> list[str]:
 
 
 def eight_bit_under_reduce_range(model: onnx.ModelProto, reduce_range: bool, op_types: list[str]) -> list[str]:
-    """The weights that keep 8 bits where reduce_range gives the others 7: the quantizer's list and
+    """The weights that keep all 8 bits where reduce_range bounds the others: the quantizer's list and
     the report's, from one place."""
     return depthwise_weights(model) if reduce_range and "Conv" in op_types else []
 
@@ -117,5 +117,6 @@ def reduce_range_decision(rule: str, reduce_range: bool, model: onnx.ModelProto,
     pair_bounded = config is not None and bounds_pairs(reduce_range, config)
     return rule + (f"; the weights of {len(kept)} depthwise Convs keep 8 bits: ORT's depthwise kernels widen to 16 bits "
                    "before they multiply, so they cannot saturate" if kept else "") \
-        + ("; the other weights take 8-bit levels scaled so that no two the kernel adds in 16 bits sum past 128, "
-           "instead of 7 bits (see passes/pair_bounded_weights.py)" if pair_bounded else "")
+        + ("; the other int8 Conv/MatMul/Gemm weights take 8-bit levels scaled so that no two the kernel adds in 16 bits "
+           "sum past 128, instead of 7 bits, where their scale and bias can follow (passes/pair_bounded_weights.py)"
+           if pair_bounded else "")

@@ -164,16 +164,16 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         quant = replace(quant, exclude_nodes=tuple(dict.fromkeys((*quant.exclude_nodes, *sorted(unbounded)))))
 
     def candidate(path: Path, ranges: Path, method: str, label: str, correction: Any = None, float_source: onnx.ModelProto = source,
-                  seven_bit: bool = reduce_range, rounding: Any = None) -> Candidate:
+                  bounded: bool = reduce_range, rounding: Any = None) -> Candidate:
         pinned = scale_nodes(float_source)
         exclude = (*quant.exclude_nodes, *sorted(pinned))
-        qdq = quantize_candidate(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, seven_bit, exclude)
+        qdq = quantize_candidate(path, work / f"all.{label}.onnx", ranges, method, op_types, quant, bounded, exclude)
         budget.spend()
         scored = QdqModel(qdq, float_source, pinned).with_float(set()) if pinned else qdq
         wide = WideActivationModel(qdq, float_source, path, ranges, method, op_types, quant, exclude, work) if on_npu else None
         edited = correction or rounding  # the float model with corrected biases or rounded weights, if any
         return Candidate(edited.model if edited else float_source, float_source, qdq, ranges, method,
-                         *scorer.evaluate(session_for(scored), search), correction, seven_bit, wide, rounding, label)
+                         *scorer.evaluate(session_for(scored), search), correction, bounded, wide, rounding, label)
 
     best = candidate(source_path, ranges, methods[0], methods[0])
     plain_qdq = best.qdq  # before any rewrite: its input Q/DQ read the graph inputs themselves

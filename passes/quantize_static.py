@@ -192,7 +192,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
         # quantizers): ORT runs DQ->MatMul->float as MatMulIntegerToFloat and Gemm as QGemm with a
         # float output, so rounding a float-bound output adds error and saves nothing.
         extra_options["OpTypesToExcludeOutputQuantization"] = [t for t in ("MatMul", "Gemm") if t in op_types]
-    # the model is read only where 7-bit weights are in play
+    # the model is read only where reduce_range bounds weights
     full_range = eight_bit_under_reduce_range(onnx.load(str(source_path), load_external_data=False), reduce_range, op_types) if reduce_range else []
     if full_range:  # 8 bits where the kernel cannot saturate (ORT: per-channel overrides name the axis)
         override = {"reduce_range": False, **({"axis": 0} if config.per_channel else {})}
@@ -222,7 +222,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
     # ORT's quantizer never enters a Scan: the int8 search's recurrences get their int8 step here
     stepped = quantize_recurrences(quantized, activation_type=config.activation_type, reduce_range=reduce_range,
                                    exclude=set(exclude_nodes)) if "MatMul" in op_types else 0
-    if sort_topologically(quantized) or stepped or bounded:  # an If moved above what its branches read
+    if sort_topologically(quantized) or stepped or bounded:  # sorted: an If moved above what its branches read
         onnx.save(quantized, str(out_path))
 
 

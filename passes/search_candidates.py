@@ -110,7 +110,7 @@ def _edited(base: Candidate, suffix: str, kind: str, edit: Any, changed: Any, ca
     path = work / f"source.{base.label}.{suffix}.onnx"
     onnx.save(edit_result.model, str(path))
     return candidate(path, base.ranges, base.method, f"{base.label}.{suffix}", float_source=base.float_source,
-                     seven_bit=base.reduce_range, **{kind: edit_result})
+                     bounded=base.reduce_range, **{kind: edit_result})
 
 
 def corrected_if_better(best: Candidate, config: Any, calibration: Any, model: OnnxArtifact, work: Path, candidate: Any,
@@ -202,14 +202,14 @@ def transformed(base: Candidate, transform: Any, label: str, config: Any, calibr
     path = work / f"source.{label}.onnx"
     onnx.save(rewritten, str(path))
     ranges, _ = calibrate(path, model.inputs, op_types, base.method, quant, calib_ctx, scan, work)
-    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, seven_bit=base.reduce_range)
+    result = candidate(path, ranges, base.method, f"{base.method}.{label}", float_source=rewritten, bounded=base.reduce_range)
     return refined_like(result, base, config, calibration, model, work, candidate), changed
 
 
 def full_range_weights(best: Candidate, free: set[str] | None, free_score: FidelityScore | None, quant: StaticInt8Config, search: Any,
                         scorer: Scorer, budget: SearchBudget, config: Any, calibration: Any, model: OnnxArtifact,
                         work: Path, candidate: Any, improvements: dict[str, Any]) -> Candidate:
-    """``best`` with full 8-bit weights where the rule chose 7-bit ones, kept only if it scores better.
+    """``best`` with full 8-bit weights where the rule bounded them (reduce_range), kept only if it scores better.
     Only measured where this host runs the very kernels that can saturate (x86 without VNNI): a
     measurement elsewhere could not see the saturation that reduce_range exists to avoid."""
     host = host_quant_target()
@@ -220,7 +220,7 @@ def full_range_weights(best: Candidate, free: set[str] | None, free_score: Fidel
         free, free_score = with_free_types(best, quant, search, scorer, budget, config.guard_band)
     float_path = work / f"source.{best.method}.full-range.onnx"
     onnx.save(best.float_source, str(float_path))
-    other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, seven_bit=False)
+    other = candidate(float_path, best.ranges, best.method, f"{best.method}.full-range", float_source=best.float_source, bounded=False)
     # the levels changed, so rounded weights and corrected biases must be made again
     other = refined_like(other, best, config, calibration, model, work, candidate)
     after = scored_with_free(other, free, search, scorer, budget)
@@ -228,7 +228,7 @@ def full_range_weights(best: Candidate, free: set[str] | None, free_score: Fidel
     improvements["full_range_weights"] = {
         "kept": kept, "before": free_score.to_dict(), "after": after.to_dict(),
         "rule": f"reduce_range off: measured on {host.source}, x86 without VNNI whose u8*s8 kernels can saturate, full 8-bit "
-                "weights scored better than 7-bit ones" if kept else "",
+                "weights scored better than bounded ones" if kept else "",
     }
     return other if kept else best
 

@@ -22,7 +22,7 @@ from onnx import numpy_helper
 
 from edgeport.passes.graph_edit import read_counts
 from edgeport.passes.int8_eval import exposed_runs
-from edgeport.passes.pair_bounded_weights import PAIR_LEVELS, reduction_order
+from edgeport.passes.pair_bounded_weights import PAIR_LEVELS, output_axis, pair_bounded_scales, reduction_order, trans_b, weight_rows
 
 ROUNDED_OPS = ("Conv", "Gemm", "MatMul")
 DAMPING = 0.01  # of H's mean diagonal, added to it: GPTQ's default, keeps the inverse stable
@@ -57,7 +57,7 @@ def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
     readers = read_counts(source.graph)
     candidates = [n for n in source.graph.node
                   if n.op_type in ROUNDED_OPS and n.name and len(n.input) > 1 and n.input[1] in grids and n.input[1] in inits
-                  and readers[n.input[1]] == 1 and (not grids[n.input[1]].per_channel or grids[n.input[1]].axis == _output_axis(n))]
+                  and readers[n.input[1]] == 1 and (not grids[n.input[1]].per_channel or grids[n.input[1]].axis == output_axis(n))]
     weights = {n.input[1]: numpy_helper.to_array(inits[n.input[1]]) for n in candidates}  # each read once
     layers = [n for n in candidates if _rows_view(n, weights[n.input[1]]) is not None]
     model = onnx.ModelProto()
@@ -72,10 +72,10 @@ def round_weights(source: onnx.ModelProto, qdq: onnx.ModelProto, feeds: list[dic
                 continue
             weight, grid = weights[layer.input[1]], grids[layer.input[1]]
             rows, to_weight = _rows_view(layer, weight)
-            partners = _pair_partners(layer, weight) if pair_bounded else None
-            rounded = np.concatenate([_gptq(rows[g], moments[g], grid, g, partners) for g in range(len(moments))])
             original = rows.reshape(-1, rows.shape[-1])
-            rounded = _keep_scale(rounded, original, grid) if partners is None else _keep_pair_scale(rounded, original, grid, partners)
+            bound = _pair_bound(layer, weight, grid, original) if pair_bounded else None
+            rounded = np.concatenate([_gptq(rows[g], moments[g], grid, g, bound) for g in range(len(moments))])
+            rounded = _keep_scale(rounded, original, grid) if bound is None else rounded
             new_inits[layer.input[1]].CopyFrom(numpy_helper.from_array(to_weight(rounded).astype(weight.dtype), layer.input[1]))
             result.layers.append(layer.name)
     return result
@@ -118,7 +118,7 @@ def _rows_view(layer: onnx.NodeProto, weight: np.ndarray):
     if layer.op_type == "Gemm":
         if "transA" in attrs and attrs["transA"].i:
             return None
-        if _trans_b(layer):  # (N, K): rows already
+        if trans_b(layer):  # (N, K): rows already
             return weight[None], lambda r: r
     return weight.T[None], lambda r: r.T  # MatMul / Gemm: (K, N) -> rows are the N outputs
 
@@ -138,16 +138,6 @@ def _passes(layers: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> lis
         chunks[-1].append(layer)
         held += size
     return [c for c in chunks if c]
-
-
-def _output_axis(layer: onnx.NodeProto) -> int:
-    """The weight axis of the layer's outputs: per-channel scales must run along it to be per row."""
-    return 0 if layer.op_type == "Conv" or _trans_b(layer) else 1
-
-
-def _trans_b(layer: onnx.NodeProto) -> bool:
-    """A Gemm that reads its weight as (N, K)."""
-    return layer.op_type == "Gemm" and any(a.name == "transB" and a.i for a in layer.attribute)
 
 
 def _input_second_moments(source: onnx.ModelProto, layers: list[onnx.NodeProto], weights: dict[str, np.ndarray],
@@ -173,7 +163,7 @@ def _input_second_moments(source: onnx.ModelProto, layers: list[onnx.NodeProto],
 def _columns(layer: onnx.NodeProto, x: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
     """What the weight's columns multiply, (groups, K, M): im2col for a Conv, rows for a MatMul."""
     if layer.op_type != "Conv":
-        k = weight.shape[1] if _trans_b(layer) else weight.shape[0]
+        k = weight.shape[1] if trans_b(layer) else weight.shape[0]
         return x.reshape(-1, k).T[None] if x.shape[-1] == k else None
     attrs = {a.name: a for a in layer.attribute}
     spatial = weight.ndim - 2
@@ -201,27 +191,62 @@ def _columns(layer: onnx.NodeProto, x: np.ndarray, weight: np.ndarray) -> np.nda
     return np.ascontiguousarray(grouped).reshape(group, per_group * kh * kw, n * oh * ow)
 
 
-def _pair_partners(layer: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | None:
-    """For each GPTQ column (an input of the layer's rows), the column MLAS adds it to in 16 bits
-    (-1: none, the packing's padding); None where the weight is not pair-bounded (depthwise)."""
+@dataclass(frozen=True)
+class PairBound:
+    """How GPTQ keeps a pair-bounded grid: ``partners[j]``, the column MLAS adds column j to in 16
+    bits (-1: the packing's zero padding), and ``pinned``, the level of the pair that set each row's
+    scale (NaN elsewhere), rounded inside GPTQ so its error is moved onto the columns after it."""
+
+    partners: np.ndarray  # (columns,)
+    pinned: np.ndarray  # (rows of every group, columns)
+
+
+def _pair_bound(layer: onnx.NodeProto, weight: np.ndarray, grid: WeightGrid, original: np.ndarray) -> PairBound | None:
+    """The pair bound of ``grid`` where it is this weight's pair-bounded grid; None elsewhere
+    (depthwise, or a weight ``bound_weight_pairs`` left as ORT made it)."""
     order = reduction_order(layer, weight)
     if order is None:
         return None
-    partners = np.full(order.size, -1)
-    pairs = order[: order.size // 2 * 2].reshape(-1, 2)
+    rows, _ = weight_rows(layer, weight)
+    expected = pair_bounded_scales(rows[:, order].T)
+    expected = np.array([expected.max()]) if not grid.per_channel else expected
+    live = expected > 0  # an all-zero channel keeps ORT's scale
+    if expected.size != grid.scale.size or not np.allclose(grid.scale[live], expected[live], rtol=1e-5):
+        return None
+    columns = order.size
+    partners = np.full(columns, -1)
+    pairs = order[: columns // 2 * 2].reshape(-1, 2)
     partners[pairs[:, 0]], partners[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
-    return partners
+    # the pair with the largest |w| sum sets the scale (PAIR_LEVELS levels): its levels are fixed
+    first = np.flatnonzero((partners > np.arange(columns)) | (partners < 0))  # each pair once; unpaired columns too
+    second = np.where(partners[first] < 0, columns, partners[first])  # the padding: a zero column appended
+    padded = np.abs(np.concatenate([original, np.zeros((original.shape[0], 1))], axis=1))
+    sums = padded[:, first] + padded[:, second]
+    scale = grid.scale if grid.per_channel else np.full(original.shape[0], grid.scale[0])
+    pinned = np.full(original.shape, np.nan)
+    for row in (np.flatnonzero(sums.max(axis=1) > 0) if grid.per_channel else [int(np.argmax(sums.max(axis=1)))]):
+        pair = int(np.argmax(sums[row]))
+        a, b = first[pair], second[pair]
+        if b < columns and padded[row, a] < padded[row, b]:
+            a, b = b, a
+        level = PAIR_LEVELS if b == columns else min(np.round(padded[row, a] / scale[row]), PAIR_LEVELS)
+        pinned[row, a] = (np.sign(original[row, a]) or 1.0) * level
+        if b < columns:
+            pinned[row, b] = (np.sign(original[row, b]) or 1.0) * (PAIR_LEVELS - level)
+    return PairBound(partners, pinned)
 
 
-def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int, partners: np.ndarray | None = None) -> np.ndarray:
+def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int, pair_bound: PairBound | None = None) -> np.ndarray:
     """GPTQ on one group's (rows, K) matrix: each column rounded, its error pushed onto the rest;
-    with ``partners``, a column whose partner is rounded already keeps their levels within the pair bound."""
+    with ``pair_bound``, a column whose partner is rounded already keeps their levels within the
+    bound, and the pair that set a row's scale takes its pinned levels."""
     out_rows = rows.shape[0]
     span = slice(group * out_rows, (group + 1) * out_rows)
     scale = grid.scale[span] if grid.per_channel else np.full(out_rows, grid.scale[0])
     limit = grid.limit[span] if grid.per_channel else np.full(out_rows, grid.limit[0])
     scale = np.where(scale > 0, scale, 1.0)[:, None]
     limit = limit[:, None].astype(np.float64)
+    pinned = pair_bound.pinned[span] if pair_bound is not None else None
     w = rows.astype(np.float64).copy()
     h = moment.copy()
     dead = np.diag(h) <= 0  # columns no calibration sample ever feeds: rounded to nearest
@@ -239,9 +264,12 @@ def _gptq(rows: np.ndarray, moment: np.ndarray, grid: WeightGrid, group: int, pa
         errors = np.empty((out_rows, end - start))
         for j in range(start, end):
             bound = limit
-            if partners is not None and 0 <= partners[j] < j:
-                bound = np.minimum(limit, PAIR_LEVELS - np.abs(np.round(rounded[:, partners[j]:partners[j] + 1] / scale)))
-            q = np.clip(np.round(w[:, j:j + 1] / scale), -bound, bound) * scale
+            if pair_bound is not None and 0 <= (partner := pair_bound.partners[j]) < j:
+                bound = np.minimum(limit, PAIR_LEVELS - np.abs(np.round(rounded[:, partner:partner + 1] / scale)))
+            levels = np.clip(np.round(w[:, j:j + 1] / scale), -bound, bound)
+            if pinned is not None:
+                levels = np.where(np.isnan(pinned[:, j:j + 1]), levels, pinned[:, j:j + 1])
+            q = levels * scale
             rounded[:, j] = q[:, 0]
             error = (w[:, j] - q[:, 0]) / upper[j, j]
             w[:, j:end] -= np.outer(error, upper[j, j:end])
@@ -265,28 +293,4 @@ def _keep_scale(rounded: np.ndarray, original: np.ndarray, grid: WeightGrid) -> 
     if not np.isclose(np.abs(rounded), outer, rtol=1e-5, atol=0).any():
         index = np.unravel_index(int(np.argmax(np.abs(original))), original.shape)
         rounded[index] = np.sign(original[index]) * outer
-    return rounded
-
-
-def _keep_pair_scale(rounded: np.ndarray, original: np.ndarray, grid: WeightGrid, partners: np.ndarray) -> np.ndarray:
-    """A pair-bounded scale is derived from the largest pair sum: where rounding left no pair on
-    PAIR_LEVELS, the pair that set the scale goes back on it (its larger weight rounded to nearest,
-    the other the rest of the bound), so the scale derived from the rounded weights is the one used."""
-    first = np.flatnonzero(partners > np.arange(partners.size))  # each pair once, by its first column
-    second = partners[first]
-    scale = grid.scale[:, None] if grid.per_channel else np.full((rounded.shape[0], 1), grid.scale[0])
-    codes = np.abs(np.round(rounded / scale))
-    on_bound = np.isclose(codes[:, first] + codes[:, second], PAIR_LEVELS)
-    sums = np.abs(original[:, first]) + np.abs(original[:, second])
-    if grid.per_channel:
-        fixes = [(row, int(np.argmax(sums[row]))) for row in np.flatnonzero(~on_bound.any(axis=1) & (sums.max(axis=1) > 0))]
-    else:
-        fixes = [] if on_bound.any() or not sums.any() else [np.unravel_index(int(np.argmax(sums)), sums.shape)]
-    for row, pair in fixes:
-        a, b = first[pair], second[pair]
-        if abs(original[row, a]) < abs(original[row, b]):
-            a, b = b, a
-        level = min(np.round(abs(original[row, a]) / scale[row, 0]), PAIR_LEVELS)
-        rounded[row, a] = np.sign(original[row, a]) * level * scale[row, 0]
-        rounded[row, b] = (np.sign(original[row, b]) or 1.0) * (PAIR_LEVELS - level) * scale[row, 0]
     return rounded

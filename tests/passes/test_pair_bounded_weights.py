@@ -14,15 +14,15 @@ from edgeport.passes.quantize_static import StaticInt8Config, quantize_static_in
 from edgeport.runtimes.hostcpu import host_cpu
 
 
-def _qdq_conv(levels: np.ndarray, input_type: int = TensorProto.UINT8) -> onnx.ModelProto:
+def _qdq_conv(levels: np.ndarray, input_type: int = TensorProto.UINT8, group: int = 1) -> onnx.ModelProto:
     """x -> Q/DQ on the full 8-bit grid -> Conv with int8 ``levels`` (scale 1/127) -> Q/DQ: fused by
     ORT into its u8*s8 (or s8*s8) kernel, unfused it runs in float."""
-    out_channels, channels, kernel = levels.shape[0], levels.shape[1], levels.shape[2]
+    out_channels, channels, kernel = levels.shape[0], levels.shape[1] * group, levels.shape[2]
     zero = np.array(0, np.uint8 if input_type == TensorProto.UINT8 else np.int8)
     scale = 1 / 255 if input_type == TensorProto.UINT8 else 1 / 127
     nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
              helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=0),
-             helper.make_node("Conv", ["xd", "wd"], ["c"], kernel_shape=[kernel, kernel]),
+             helper.make_node("Conv", ["xd", "wd"], ["c"], kernel_shape=[kernel, kernel], group=group),
              helper.make_node("QuantizeLinear", ["c", "sy", "zx"], ["cq"]), helper.make_node("DequantizeLinear", ["cq", "sy", "zx"], ["y"])]
     inits = [numpy_helper.from_array(np.array(scale, np.float32), "sx"), numpy_helper.from_array(zero, "zx"),
              numpy_helper.from_array(np.array(4 * scale, np.float32), "sy"),
@@ -65,6 +65,11 @@ def test_the_kernel_saturates_exactly_the_pairs_the_layout_names(input_type):
     # three channels: the last channel of one kernel position pairs with the first of the next
     fused, emulated = _fused_and_emulated(_qdq_conv(_levels_at([(2, 0, 0), (0, 0, 1)], channels=3)), np.ones((1, 3, 6, 6), np.float32))
     assert np.abs(fused - emulated).max() > 0.25 * np.abs(emulated).max()
+    # one input channel per group: two outputs per group run a GEMM over kernel positions, one output a depthwise kernel
+    for outputs, saturates in ((8, True), (4, False)):
+        levels = _levels_at([(0, 0, 0), (0, 0, 1)], channels=1)[:outputs]
+        fused, emulated = _fused_and_emulated(_qdq_conv(levels, input_type, group=4), np.ones((1, 4, 6, 6), np.float32))
+        assert (np.abs(fused - emulated).max() > 0.25 * np.abs(emulated).max()) == saturates, outputs
 
 
 def test_pair_bounded_scales_keep_every_neighbouring_pair_within_128_levels():
@@ -146,6 +151,40 @@ def test_reduce_range_gives_conv_matmul_and_gemm_pair_bounded_8_bit_weights_that
         np.testing.assert_array_equal(levels[name], inits[name], err_msg=name)
     same = ort.InferenceSession(qoperator.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert np.abs(same - fused).max() <= 0.02 * np.abs(fused).max()
+
+
+def test_an_all_zero_channel_keeps_its_bias_and_a_tiny_one_a_scale_its_bias_fits(tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(4, 6, 3, 3)).astype(np.float32)
+    weight[1] = 0.0  # a channel pruning or folding left empty: its output is its bias
+    weight[2] *= 1e-9  # a channel so small that its bias needs a larger scale than its weights give
+    bias = np.array([0.1, 0.5, 3.0, -0.2], np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(source, str(tmp_path / "conv.onnx"))
+
+    class Reader:
+        feeds = iter([{"x": rng.uniform(0, 1, (1, 6, 5, 5)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "conv.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8)
+    qdq = onnx.load(str(tmp_path / "q.onnx"))
+    assert bound_weight_pairs(qdq, source) == ["w"]
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    held = inits["b_quantized"] * inits["b_quantized_scale"]
+    assert (np.abs(held - bias) <= inits["b_quantized_scale"] / 2 + 1e-9).all(), held  # every bias held, none clipped
+    assert np.abs(inits["b_quantized"].astype(np.int64)).max() < 2**31 - 1
+    x = rng.uniform(0, 1, (1, 6, 5, 5)).astype(np.float32)
+    out = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(out[0, 1] - 0.5).max() <= inits["y_scale"] / 2 + 1e-6  # the empty channel's output is its bias, on the output's grid
 
 
 def test_weights_it_cannot_rewrite_exactly_stay_as_they_are():

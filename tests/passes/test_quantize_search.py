@@ -247,7 +247,8 @@ def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
     result, smoothed = _search(artifact, tmp_path / "smoothed", AccuracyAwareInt8Config(target=target), calib, evaluation)
     kept = [name for name, v in smoothed["improvements"].items() if name.startswith("smooth_quant") and isinstance(v, dict) and v["kept"]]
     assert kept and smoothed["fidelity"]["met"], json.dumps(smoothed["improvements"])
-    # (without it the search reverts nodes around the outlier: since pair-bounded weights, MAC-free ones may do)
+    # (without smoothing the search had to revert nodes around the outlier: MatMuls with 7-bit weights, MAC-free
+    # nodes since weights are pair-bounded under reduce_range; with it, none)
     assert not smoothed["reverted"] and smoothed["float_mac_share"] <= metrics["float_mac_share"]
     graph = onnx.load(str(result.path)).graph
     scales = [n for n in graph.node if n.name.endswith("__smooth")]
@@ -360,7 +361,7 @@ def test_bias_correction_improves_a_per_tensor_depthwise_model(tmp_path):
     calib = npz_file(tmp_path, "calib.npz", image=(rng.standard_normal((32, 3, 16, 16)) + 0.5).astype(np.float32))
     evaluation = npz_file(tmp_path, "eval.npz", image=(rng.standard_normal((32, 3, 16, 16)) + 0.5).astype(np.float32))
     # a target plain int8 misses, so bias correction is tried; reduce_range pinned, as every host
-    # then rounds alike (7-bit weights, but 8-bit depthwise ones: ORT's depthwise kernel cannot saturate)
+    # then rounds alike (pair-bounded weights, but full 8-bit depthwise ones: ORT's depthwise kernel cannot saturate)
     config = AccuracyAwareInt8Config(quant=StaticInt8Config(per_channel=False, reduce_range=True), target=FidelityTarget(min_sqnr_db=60.0), search_budget_s=20,
                                      calibration_methods=("minmax",))
     _, metrics = _search(artifact, tmp_path, config, calib, evaluation)
@@ -584,6 +585,10 @@ def test_a_technique_is_kept_only_where_it_measurably_helps():
     assert score(-3.75 + 2 * TIE_MARGIN, 13.0).beats(mse)  # a clear gain at the worst sample wins whatever the SQNR
     assert not score(-3.75 - 2 * TIE_MARGIN, 20.0).beats(mse)
     assert score(0.5, 30.0).beats(score(-float("inf"), 40.0))  # non-finite outputs never tie
+    # the band is the cosine minimum's; other criteria, and scores without SQNR, compare as they are
+    metric, other_metric = (FidelityScore({"sqnr_db": q}, {"metric": m}, 16) for m, q in ((0.05, 10.0), (0.0, 20.0)))
+    assert metric.beats(other_metric) and not other_metric.beats(metric)
+    assert FidelityScore({}, {"cosine_min": -3.70}, 16).beats(FidelityScore({}, {"cosine_min": -3.75}, 16))
 
 
 def test_the_int8_speed_up_behind_the_estimate_names_its_source():

@@ -320,7 +320,7 @@ def test_depthwise_weights_keep_eight_bits_under_reduce_range_and_do_not_saturat
     artifact = quantize_static_int8(OnnxArtifact.from_file(model), StaticInt8Config(reduce_range=True, **layout), ctx=ctx)
     levels = _weight_levels(onnx.load(str(artifact.path)).graph)
     assert levels["dw"] == 127  # ORT's depthwise kernels widen to 16 bits: the eighth bit is kept
-    assert levels["pw"] <= 64  # a GEMM's u8*s8 pairs could saturate: 7 bits
+    assert levels["pw"] <= 64  # a GEMM's u8*s8 pairs could saturate: equal weights bound each level to half a pair's 128
     assert "depthwise Convs keep 8 bits" in ctx.records[-1].metrics["decisions"]["reduce_range"]
     if layout.get("format") == "qoperator":
         return  # the emulation below needs Q/DQ pairs ORT can leave unfused
