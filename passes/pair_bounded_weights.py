@@ -39,10 +39,11 @@ def bounds_pairs(reduce_range: bool, config: Any) -> bool:
 def pair_bounded_scales(k_by_n: np.ndarray) -> np.ndarray:
     """Per column (output channel) of a weight laid out as MLAS reduces it (rows along K): the
     symmetric int8 scale whose levels no neighbouring pair (rows 2j, 2j+1) can push past 128."""
-    magnitude = np.abs(k_by_n.astype(np.float64))
+    magnitude = np.abs(k_by_n)
     if magnitude.shape[0] % 2:  # the last row pairs with the packing's zero padding
-        magnitude = np.concatenate([magnitude, np.zeros((1, magnitude.shape[1]))])
-    pair_sums = magnitude[0::2] + magnitude[1::2]
+        magnitude = np.concatenate([magnitude, np.zeros((1, magnitude.shape[1]), magnitude.dtype)])
+    # summed in float64: exact for two float32 weights
+    pair_sums = magnitude[0::2].astype(np.float64) + magnitude[1::2].astype(np.float64)
     return pair_sums.max(axis=0) / PAIR_LEVELS  # 0 for an all-zero channel: no scale follows from it
 
 
@@ -87,7 +88,7 @@ def bound_weight_pairs(model: onnx.ModelProto, source: onnx.ModelProto, keep: se
         zero = numpy_helper.to_array(inits[site.zero]) if site.zero in inits else None
         if name in keep or name not in floats or levels.dtype != np.int8 or (site.zero and (zero is None or zero.any())):
             continue
-        weight = numpy_helper.to_array(floats[name]).astype(np.float64)
+        weight = numpy_helper.to_array(floats[name])
         order = reduction_order(site.layout, weight)
         if weight.shape != levels.shape or order is None:
             continue
@@ -107,7 +108,7 @@ def bound_weight_pairs(model: onnx.ModelProto, source: onnx.ModelProto, keep: se
         shape = [1] * weight.ndim
         if scale.ndim:
             shape[out_axis] = -1
-        q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        q = np.clip(np.round(weight.astype(np.float64) / scale.reshape(shape)), -127, 127).astype(np.int8)
         inits[site.levels].CopyFrom(numpy_helper.from_array(q, site.levels))
         inits[site.scale].CopyFrom(numpy_helper.from_array(scale.astype(np.float32).reshape(old_scale.shape), site.scale))
         if bias is not None:

@@ -175,8 +175,9 @@ def default_op_types(config: StaticInt8Config, proto: onnx.ModelProto) -> list[s
 
 def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, method: str, op_types: list[str],
                          config: StaticInt8Config, reduce_range: bool, exclude_nodes: tuple[str, ...] | list[str],
-                         wide_nodes: frozenset[str] = frozenset()) -> None:
+                         wide_nodes: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times.
+    Returns the model written to ``out_path``.
     ``wide_nodes`` (QNN rules only) take 16-bit activations in and out: QNN's W8A16 for layers
     that 8 bits cost too much, converted to and from their neighbours' type where they meet."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -185,7 +186,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
         from edgeport.passes.qnn_rules import quantize_for_qnn
 
         quantize_for_qnn(source_path, out_path, ranges_path, method, op_types, config, exclude_nodes, wide_nodes)
-        return
+        return onnx.load(str(out_path))
     extra_options: dict[str, Any] = {"ActivationSymmetric": config.activation_symmetric}
     if config.format == "qdq":
         # A MatMul/Gemm output is quantized only where an int8 reader needs it (as NNCF places
@@ -216,7 +217,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
             )
         except Exception as exc:
             raise QuantizationError(f"ONNX Runtime quantization failed: {first_line(exc)[:300]}", fix="exclude the failing op type or node (--exclude-op-types / --exclude-nodes)") from exc
-    quantized = onnx.load(str(out_path), load_external_data=False)
+    quantized = onnx.load(str(out_path))
     bounded = bound_weight_pairs(quantized, onnx.load(str(source_path)), set(full_range)) \
         if bounds_pairs(reduce_range, config) else []
     # ORT's quantizer never enters a Scan: the int8 search's recurrences get their int8 step here
@@ -224,6 +225,7 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
                                    exclude=set(exclude_nodes)) if "MatMul" in op_types else 0
     if sort_topologically(quantized) or stepped or bounded:  # sorted: an If moved above what its branches read
         onnx.save(quantized, str(out_path))
+    return quantized
 
 
 def _require_cacheable_ort() -> None:

@@ -237,5 +237,4 @@ def quantize_candidate(source_path: Path, out: Path, ranges: Path, method: str, 
               reduce_range: bool, exclude: tuple[str, ...]) -> onnx.ModelProto:
     """Search candidates are QDQ whatever the final format: their float bypasses are built on Q/DQ pairs."""
     qdq_config = replace(quant, format="qdq")
-    quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
-    return onnx.load(str(out))
+    return quantize_from_ranges(source_path, out, ranges, method, op_types, qdq_config, reduce_range, exclude)
