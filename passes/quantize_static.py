@@ -21,10 +21,10 @@ import onnx
 from edgeport.artifacts import OnnxArtifact
 from edgeport.errors import DataError, QuantizationError, UsageError, first_line
 from edgeport.passes.context import PassContext, QuantTarget
+from edgeport.passes.pair_bounded_weights import bound_weight_pairs, bounds_pairs
 from edgeport.passes.parity_check import parity_between
 from edgeport.passes.pre_quant_fusion import fused_for_quantization
 from edgeport.passes.qdq_graph import sort_topologically
-from edgeport.passes.pair_bounded_weights import bound_weight_pairs, bounds_pairs
 from edgeport.passes.quant_defaults import choose_op_types, choose_reduce_range, eight_bit_under_reduce_range, reduce_range_decision
 from edgeport.passes.recurrent_int8 import quantize_recurrences
 from edgeport.runtimes.hostcpu import host_cpu
@@ -177,9 +177,9 @@ def quantize_from_ranges(source_path: Path, out_path: Path, ranges_path: Path, m
                          config: StaticInt8Config, reduce_range: bool, exclude_nodes: tuple[str, ...] | list[str],
                          wide_nodes: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """ORT's quantize_static from stored ranges: no calibration pass, so it can run many times.
-    Returns the model written to ``out_path``.
     ``wide_nodes`` (QNN rules only) take 16-bit activations in and out: QNN's W8A16 for layers
-    that 8 bits cost too much, converted to and from their neighbours' type where they meet."""
+    that 8 bits cost too much, converted to and from their neighbours' type where they meet.
+    Returns the model written to ``out_path``."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if config.rules == "qnn":

@@ -21,10 +21,10 @@ from edgeport.passes.fidelity import FidelityScore
 from edgeport.passes.int8_eval import Scorer, session_for
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.calibration import calibrate
+from edgeport.passes.pair_bounded_weights import bounds_pairs
 from edgeport.passes.quantize_static import StaticInt8Config, host_quant_target, quantize_from_ranges
 from edgeport.passes.sensitivity import node_mac_counts
 from edgeport.passes.smooth_quant import scale_nodes
-from edgeport.passes.pair_bounded_weights import bounds_pairs
 from edgeport.passes.weight_rounding import round_weights
 from edgeport.passes.wide_activations import WideActivationModel
 from edgeport.runtimes.hostcpu import X86_ARCHES
@@ -96,7 +96,8 @@ def weight_rounded(base: Candidate, config: Any, calibration: Any, model: OnnxAr
     objective, the layer's output error on calibration data, already holds its mean shift."""
     if not config.weight_rounding or (base.score.margin >= config.guard_band and not always):
         return None
-    return _edited(base, "rounded", "rounding", lambda feeds: round_weights(base.float_source, base.qdq, feeds, bounds_pairs(base.reduce_range, config.quant)),
+    pair_bounded = bounds_pairs(base.reduce_range, config.quant)
+    return _edited(base, "rounded", "rounding", lambda feeds: round_weights(base.float_source, base.qdq, feeds, pair_bounded),
                    lambda rounding: bool(rounding.layers), calibration, model, work, candidate)
 
 
