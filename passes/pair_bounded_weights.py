@@ -172,8 +172,8 @@ def reduction_order(node: onnx.NodeProto, weight: np.ndarray) -> np.ndarray | No
 def weight_rows(node: onnx.NodeProto, weight: np.ndarray) -> tuple[np.ndarray, int]:
     """The weight as (output channels, inputs) and the weight axis of its output channels."""
     if node.op_type == "Conv":
-        return weight.reshape(weight.shape[0], -1), 0
-    return (weight, 0) if trans_b(node) else (weight.T, 1)
+        return weight.reshape(weight.shape[0], -1), output_axis(node)
+    return (weight if trans_b(node) else weight.T), output_axis(node)
 
 
 def trans_b(node: onnx.NodeProto) -> bool:
