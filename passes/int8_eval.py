@@ -8,6 +8,7 @@ candidate sessions are built from in-memory models.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -235,15 +236,7 @@ def exposed_runs(model: onnx.ModelProto, names: list[str], feeds: list[dict[str,
 
 def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor ONNX's type inference can tell (weights left out, so it is cheap)."""
-    skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    for tensor in skeleton.graph.initializer:
-        skeleton.graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
-    del skeleton.graph.initializer[:]
-    try:
-        skeleton = onnx.shape_inference.infer_shapes(skeleton)
-    except Exception:
-        pass  # types of model inputs/outputs and stored value_info still help
+    skeleton = _inferred_skeleton(model)
     graph = skeleton.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output) if v.type.HasField("tensor_type")}
     # Q/DQ outputs and node outputs inference could not type: DequantizeLinear gives float
@@ -251,3 +244,49 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
         if node.op_type == "DequantizeLinear":
             types.setdefault(node.output[0], onnx.TensorProto.FLOAT)
     return {k: v for k, v in types.items() if v}
+
+
+_SHAPE_TENSOR_MAX = 16  # elements of an int64 constant kept in the skeleton (shapes, axes, slice bounds)
+
+
+def static_shapes(model: onnx.ModelProto, feed: dict[str, np.ndarray], names: list[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``names`` that ONNX's shape inference fixes for ``feed``'s input shapes, with
+    no run: a session of a large model costs more to build (weight prepacking) than inference.
+    Names whose shape stays symbolic or unknown are left out, for a real run to measure."""
+    fixed = {name: value.shape for name, value in feed.items()}
+    skeleton = _inferred_skeleton(model, fixed)
+    wanted = set(names)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in (*skeleton.graph.input, *skeleton.graph.value_info, *skeleton.graph.output):
+        if value.name in wanted and value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            dims = value.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+                shapes[value.name] = tuple(d.dim_value for d in dims)
+    return shapes
+
+
+def _inferred_skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """``model`` without its weights (declared as inputs of their shape instead), types and shapes
+    inferred; graph inputs take ``input_shapes`` where given. Best effort: what inference cannot
+    tell stays unknown."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph  # everything but the weights, whose copy would cost what inference saves
+    for field_name in ("node", "input", "output", "value_info"):
+        getattr(graph, field_name).extend(getattr(model.graph, field_name))
+    for tensor in model.graph.initializer:
+        if tensor.data_type == onnx.TensorProto.INT64 and math.prod(tensor.dims) <= _SHAPE_TENSOR_MAX:
+            graph.initializer.append(tensor)  # a Reshape's target shape: kept, so inference can follow it
+        else:
+            graph.input.append(helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+    for graph_input in skeleton.graph.input:
+        if input_shapes and graph_input.name in input_shapes and graph_input.type.HasField("tensor_type"):
+            dims = graph_input.type.tensor_type.shape.dim
+            del dims[:]
+            for size in input_shapes[graph_input.name]:
+                dims.add().dim_value = int(size)
+    try:
+        return onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+    except Exception:
+        return skeleton  # types of model inputs/outputs and stored value_info still help

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from edgeport.passes.fidelity import FidelityScore
-from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing
+from edgeport.passes.int8_eval import EvalSplit, Scorer, run_exposing, static_shapes
 from edgeport.passes.qdq_graph import QdqModel
 from edgeport.passes.recurrent_scan import is_recurrence, recurrence_weights
 from edgeport.runtimes.graph_cost import node_macs
@@ -56,14 +56,17 @@ class GroupRank:
 
 
 def node_mac_counts(source: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, int]:
-    """MACs per node of the float model for one sample, from the shapes a real run produces."""
+    """MACs per node of the float model for one sample, from the shapes shape inference fixes for
+    ``feed``, and a real run for those it cannot."""
     init_shapes = {t.name: tuple(t.dims) for t in source.graph.initializer}
     wanted = [n for n in source.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN") and n.name]
     recurrences = [n for n in source.graph.node if is_recurrence(n)]
     names = list(dict.fromkeys([*(t for n in wanted for t in (*n.input[:3], n.output[0]) if t and t not in init_shapes),
                                 *(n.input[-1] for n in recurrences)]))
-    values = run_exposing(source, names, [feed])
-    shapes = {**init_shapes, **{name: values[name][0].shape for name in names if name in values}}
+    shapes = {**init_shapes, **static_shapes(source, feed, names)}
+    unknown = [name for name in names if name not in shapes]  # symbolic or data-dependent: a real run tells
+    values = run_exposing(source, unknown, [feed]) if unknown else {}
+    shapes.update({name: values[name][0].shape for name in unknown if name in values})
     counts = {}
     for node in wanted:
         out = shapes.get(node.output[0])
