@@ -83,7 +83,10 @@ class SearchSpace:
         return sum(m for n, m in self.macs.items() if self.op_of.get(n) in FLOAT_COMPUTE_OPS) / self.total
 
     def share(self, reverted: set[str]) -> float:
-        return (self.float_from_start + sum(self._int8_macs.get(n, 0) for n in reverted)) / self.total
+        """MACs in float with ``reverted`` reverted, as ORT runs the mix (a reverted Conv can take the
+        int8 Conv before it to float), as a share."""
+        in_float = self.qdq.float_at_runtime(reverted)
+        return (self.float_from_start + sum(self._int8_macs.get(n, 0) for n in in_float)) / self.total
 
     def size_estimate(self, reverted: set[str]) -> int:
         """The file size with ``reverted`` in float: a float weight takes 4 bytes where int8 took 1."""

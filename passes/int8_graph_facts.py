@@ -12,6 +12,16 @@ from edgeport.passes.recurrent_scan import is_recurrence
 
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
+INT8_KERNEL_CANDIDATES = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # MAC ops a QDQ file can run on int8 kernels
+
+
+def float_despite_qdq(qdq_path: Path, counted_int8: set[str], op_of: dict[str, str]) -> set[str]:
+    """Of the MAC nodes the search counts as int8, those ONNX Runtime's CPU provider still runs in
+    float (no int8 kernel takes the pattern ORT sees): the file is judged as it runs."""
+    from edgeport.runtimes.int8_kernels import int8_kernel_nodes
+
+    candidates = {n for n in counted_int8 if op_of.get(n) in INT8_KERNEL_CANDIDATES}
+    return candidates - int8_kernel_nodes(qdq_path) if candidates else set()
 
 
 def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:

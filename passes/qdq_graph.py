@@ -2,6 +2,8 @@
 
 A *group* is one quantized node: reverting it makes it read its float inputs (the activation
 before its QuantizeLinear, the float weight) while the shared Q/DQ pairs stay for other consumers.
+ORT's own rules for what runs in int8 shape it (see QdqModel.__init__): a reverted node reads an
+int8 Conv's int8 output, but a reverted Conv or Gemm reads float and takes that Conv to float.
 That is what ``quantize_static(nodes_to_exclude=...)`` produces, built here in memory in
 milliseconds so a search can try many mixes; the final artifact still comes from ORT.
 """
@@ -16,6 +18,10 @@ from onnx import helper
 from edgeport.passes.recurrent_int8 import is_int8_recurrence
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+OUTPUT_QUANTIZED_KERNELS = ("Conv", "ConvTranspose")  # ORT's CPU int8 kernels for them need the Q after them
+WEIGHT_REQUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ORT quantizes their float weights where a DQ feeds them
+# activations ORT fuses into a float Conv/Gemm before its int8 fusions see them (MLAS activations)
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,39 @@ class QdqModel:
                 self._output_qdq[q.input[0]] = dq.output[0]
                 self._output_qdq_mid[q.input[0]] = q.output[0]
                 self._output_producer[q.input[0]] = qdq_producer[q.input[0]].name
+        # ORT runs a Conv on its int8 kernel (QLinearConv) only while its output feeds nothing but
+        # its QuantizeLinear, and a Conv or Gemm followed by an activation it fuses (Relu, Clip...)
+        # only while that activation's output does. A reverted node that reads such an output in
+        # float takes the Conv or Gemm to float. So a reverted node reads that int8 output instead
+        # (as ORT's nodes_to_exclude has it): except a Conv or Gemm, whose float weights ORT would
+        # quantize per tensor again (its WeightBiasQuantization) whenever a DequantizeLinear feeds
+        # it. That one reads the float tensor, and the int8 node that makes it turns float with
+        # it: ``float_at_runtime`` counts them.
+        readers_of: dict[str, int] = {}
+        for node in qdq.graph.node:
+            for name in node.input:
+                readers_of[name] = readers_of.get(name, 0) + 1
+
+        def output_bound_kernel(tensor: str) -> onnx.NodeProto | None:
+            producer = qdq_producer.get(tensor)
+            if producer is not None and producer.op_type in FUSED_ACTIVATIONS and producer.input \
+                    and readers_of.get(producer.input[0]) == 1:
+                inner = qdq_producer.get(producer.input[0])
+                return inner if inner is not None and inner.op_type in WEIGHT_REQUANTIZED_OPS else None
+            return producer if producer is not None and producer.op_type in OUTPUT_QUANTIZED_KERNELS else None
+
+        self._output_bound: dict[str, str] = {}  # DQ output -> the node whose int8 kernel needs its Q
+        for dq in qdq.graph.node:
+            q = qdq_producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+            kernel = output_bound_kernel(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if kernel is not None and kernel.name:
+                self._output_bound[dq.output[0]] = kernel.name
+        # (ORT's Conv fusion also refuses a Conv whose Q feeds a per-channel DequantizeLinear, so
+        # no equal-scales-per-channel view of that int8 output can keep both: measured.)
+        self._dragged: dict[str, set[str]] = {}  # a Conv/Gemm -> the int8 node its revert takes to float
+        for node in qdq.graph.node:
+            if node.op_type in WEIGHT_REQUANTIZED_OPS and node.name and node.input and node.input[0] in self._output_bound:
+                self._dragged[node.name] = {self._output_bound[node.input[0]]}
         self._restorable: dict[str, onnx.NodeProto] = {}
         for name in renamed:
             activation, producer = source_producer.get(name), qdq_producer.get(name)
@@ -66,6 +105,11 @@ class QdqModel:
             if n.op_type not in QDQ_OPS and n.name in self._source_nodes and n.name not in always_float
             and (any(i in dq_outputs for i in n.input) or is_int8_recurrence(n))
         ]
+
+    def float_at_runtime(self, reverted: set[str] | frozenset[str]) -> set[str]:
+        """The nodes ORT runs in float in ``with_float(reverted)``: the reverted ones, and the int8
+        Convs whose output a reverted Conv or Gemm reads as float."""
+        return set(reverted).union(*(self._dragged.get(node, ()) for node in reverted))
 
     def session(self, reverted: set[str] | frozenset[str]):
         """An ORT session (CPU, all optimizations) on ``with_float(reverted)``: what a search trial scores."""
@@ -85,7 +129,14 @@ class QdqModel:
             if node.op_type in QDQ_OPS and node.output[0] in skipped:
                 continue  # the Q/DQ pair on a graph output belongs to the node that makes it
             if node.name in reverted and node.name in self._source_nodes:
+                quantized_inputs = list(node.input)
                 node, floats = _rewired(node, self._source_nodes[node.name], self._available, self._produced, self._source_init)
+                for index, name in enumerate(quantized_inputs[:len(node.input)]):
+                    kernel = self._output_bound.get(name)
+                    if kernel is None or kernel in reverted:
+                        continue
+                    if node.op_type not in WEIGHT_REQUANTIZED_OPS:
+                        node.input[index] = name  # the int8 node that makes it stays int8
                 needed_init.update(floats)
                 for index, name in enumerate(node.output):
                     if name in unquantized_outputs:

@@ -26,7 +26,7 @@ from edgeport.passes.int8_eval import (
 from edgeport.passes.int8_noise_floor import input_rounding_floor, rounds_inputs
 from edgeport.passes.search_source import search_source
 from edgeport.passes.search_verdict import search_verdict
-from edgeport.passes.int8_graph_facts import compute_in_subgraphs, nodes_reading_unbounded_tensors, nothing_quantized
+from edgeport.passes.int8_graph_facts import compute_in_subgraphs, float_despite_qdq, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family, reduce_range_decision
 from edgeport.passes.quantize_static import (
@@ -285,9 +285,9 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     reverted = result.reverted
     out_path = ctx.work_dir / "model.int8.onnx"
     if quant.format == "qdq":
-        # The mix the search measured, exactly: reverted nodes read their float inputs, every other
-        # Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted node's input quantized when its
-        # producer is quantized, which is a different model.)
+        # The mix the search measured, exactly: reverted nodes read their float inputs (but an int8
+        # Conv's int8 output), every other Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted
+        # node's input quantized whenever its producer is quantized, which is a different model.)
         final_model, unfolded = restore_cells(qdq_model.with_float(reverted), folded, reverted) if not on_npu else (qdq_model.with_float(reverted), set())
         if gather_before_dequantize(final_model):
             notes.append("embedding tables stay int8 at run time: each Gather reads the int8 table and dequantizes only the rows it takes")
@@ -321,6 +321,14 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         notes.append(f"reverted recurrent cells run as their original GRU/LSTM node (ORT's fused float kernel beats a float Scan): "
                      f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
     float_share = space.share(set() if on_npu else reverted | unfolded)
+    in_float = set() if on_npu else space.qdq.float_at_runtime(reverted | unfolded)
+    unexpected = float_despite_qdq(out_path, {g for g in groups if space.macs.get(g) and g not in in_float}, space.op_of) \
+        if quant.format == "qdq" and not on_npu else set()
+    if unexpected:  # the share is what ORT runs, not what the Q/DQ placement says
+        float_share += sum(space.macs.get(n, 0) for n in unexpected) / space.total
+        notes.append(f"ONNX Runtime runs {len(unexpected)} quantized node(s) in float on its CPU kernels (no int8 kernel takes "
+                     f"their pattern): {', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}; "
+                     "the float-MAC share counts them")
     float_only = space.float_compute_share()
     if not on_npu and float_only > config.max_fallback:
         notes.append(f"{float_only:.0%} of MACs are in GRU/LSTM/RNN nodes, which ONNX Runtime computes only in float: over the "
@@ -355,13 +363,16 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 **({"input_rounding_floor": floor.to_dict()} if floor is not None else {}),
             },
             "float_mac_share": round(float_share, 4),
-            "float_mac_share_basis": "top-level nodes" + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
+            "float_mac_share_basis": "top-level nodes" + (", as ONNX Runtime's CPU provider runs the file" if quant.format == "qdq" and not on_npu else "") + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
             "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "fallback": "16-bit activations (W8A16): float on QNN's HTP would run on the CPU" if on_npu else "float",
-            "fallback_mac_share": round(space.share(reverted | unfolded) - space.share(set()), 4),
+            "fallback_mac_share": round(float_share - space.share(set()), 4),
             **({"activations_16bit": wide_activation_share(onnx.load(final_qdq, load_external_data=False))} if on_npu else {}),
             "reverted": [space.describe(g) for g in sorted(reverted)],
+            # int8 Convs whose output a reverted Conv/Gemm reads as float: ORT then runs them in float
+            "float_with_reverted": [space.describe(g) for g in sorted(in_float - reverted - unfolded)],
+            **({"float_despite_qdq": [space.describe(g) for g in sorted(unexpected)]} if unexpected else {}),
             "groups": len(groups),
             "improvements": improvements,
             "calibration_method": best.method,

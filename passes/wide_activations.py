@@ -54,6 +54,10 @@ class WideActivationModel:
             session = self._start_session
         return session
 
+    def float_at_runtime(self, wide: set[str] | frozenset[str]) -> set[str]:
+        """QdqModel's interface: widening a group to 16 bits widens nothing else."""
+        return set(wide)
+
     def with_float(self, wide: set[str] | frozenset[str]) -> onnx.ModelProto:
         """The model with ``wide`` groups' activations in 16 bits (the name keeps QdqModel's interface)."""
         from edgeport.passes.quantize_static import quantize_from_ranges

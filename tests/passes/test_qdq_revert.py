@@ -1,0 +1,130 @@
+"""Reverting a node to float never takes the int8 Conv that feeds it to float as well: ORT runs a
+Conv on its int8 kernel only with its output quantized, so the reverted reader takes that int8
+output. Checked on the graph ORT itself builds (int8_kernel_nodes), not on the Q/DQ placement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeport.passes.int8_eval import session_for
+from edgeport.passes.qdq_graph import QdqModel
+from edgeport.runtimes.int8_kernels import int8_kernel_nodes
+
+
+def _float_model() -> onnx.ModelProto:
+    """conv_a -> Relu -> conv_b -> conv_c -> GlobalAveragePool."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32), f"w_{name}")
+             for name, c in (("a", 3), ("b", 8), ("c", 8))]
+    inits += [numpy_helper.from_array((rng.standard_normal(8) * 0.1).astype(np.float32), f"b_{name}") for name in "abc"]
+    nodes = [helper.make_node("Conv", ["x", "w_a", "b_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["a_relu"], name="relu_a"),
+             helper.make_node("Conv", ["a_relu", "w_b", "b_b"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "w_c", "b_c"], ["c"], name="conv_c", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c"], ["y"], name="pool")]
+    graph = helper.make_graph(nodes, "net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 1, 1])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _quantized(tmp_path: Path, opset: int = 17) -> tuple[onnx.ModelProto, onnx.ModelProto, np.ndarray]:
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    source = _float_model()
+    onnx.save(source, str(tmp_path / "float.onnx"))
+    samples = np.random.default_rng(1).standard_normal((8, 1, 3, 16, 16)).astype(np.float32)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.feeds = iter({"x": s} for s in samples)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    # opset 12 has no per-channel DequantizeLinear: weights per tensor, the file marked opset 12
+    quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=opset >= 13)
+    qdq = onnx.load(str(tmp_path / "int8.onnx"))
+    if opset < 13:
+        for entry in qdq.opset_import:
+            if entry.domain in ("", "ai.onnx"):
+                entry.version = opset
+    return qdq, source, samples[0]
+
+
+def test_all_int8_runs_every_conv_on_int8_kernels(tmp_path):
+    qdq, source, _ = _quantized(tmp_path)
+    assert int8_kernel_nodes(qdq) >= {"conv_a", "conv_b", "conv_c"}
+
+
+@pytest.mark.parametrize("opset", [17, 12])  # per-channel weights, and per-tensor ones of an older file
+def test_what_runs_in_float_is_what_the_search_counts(tmp_path, opset):
+    qdq, source, feed = _quantized(tmp_path, opset)
+    model = QdqModel(qdq, source)
+    convs = {"conv_a", "conv_b", "conv_c"}
+    # A reverted pool reads conv_c's int8 output; a reverted Conv reads float (a DequantizeLinear
+    # before it would have ORT quantize its weights again), and the int8 Conv before it runs float
+    # too: its output no longer feeds only its QuantizeLinear.
+    dragged = True
+    for reverted, in_float in (({"pool"}, set()), ({"conv_b"}, {"conv_a", "conv_b"} if dragged else {"conv_b"}),
+                               ({"conv_c"}, {"conv_b", "conv_c"} if dragged else {"conv_c"}),
+                               ({"conv_a"}, {"conv_a"}), ({"conv_a", "conv_b"}, {"conv_a", "conv_b"})):
+        mix = model.with_float(reverted)
+        assert convs - int8_kernel_nodes(mix) == in_float, reverted
+        assert model.float_at_runtime(reverted) & convs == in_float, reverted
+        session_for(mix).run(None, {"x": feed})  # and it runs
+
+
+def test_a_reverted_conv_computes_in_float_with_its_float_weights(tmp_path):
+    """ORT quantizes a Conv's float weights per tensor when a DequantizeLinear feeds it: a reverted
+    Conv never reads one, so it runs in float with the weights it was trained with."""
+    qdq, source, feed = _quantized(tmp_path)
+    model = QdqModel(qdq, source)
+    initializers = {t.name for t in source.graph.initializer}
+    for reverted in ({"conv_b"}, {"conv_c"}, {"conv_b", "conv_c"}):
+        mix = model.with_float(reverted)
+        producers = {o: n for n in mix.graph.node for o in n.output}
+        mix_init = {t.name: t for t in mix.graph.initializer}
+        for name in reverted:
+            conv = next(n for n in mix.graph.node if n.name == name)
+            assert conv.input[1] in initializers and mix_init[conv.input[1]].data_type == TensorProto.FLOAT
+            reader = producers.get(conv.input[0])
+            assert reader is None or reader.op_type != "DequantizeLinear"
+            assert name not in int8_kernel_nodes(mix)
+        session_for(mix).run(None, {"x": feed})
+
+
+def test_a_reverted_reader_of_an_int8_conv_reads_its_int8_output(tmp_path):
+    qdq, source, feed = _quantized(tmp_path)
+    model = QdqModel(qdq, source)
+    reverted = model.with_float({"pool"})
+    pool = next(n for n in reverted.graph.node if n.name == "pool")
+    producers = {o: n for n in reverted.graph.node for o in n.output}
+    assert producers[pool.input[0]].op_type == "DequantizeLinear"  # conv_c's int8 output, dequantized
+    # what the pool then computes differs from all-int8 only by the pool's own output rounding
+    all_int8 = session_for(qdq).run(None, {"x": feed})[0]
+    with_float_pool = session_for(reverted).run(None, {"x": feed})[0]
+    reference = session_for(source).run(None, {"x": feed})[0]
+    assert np.abs(with_float_pool - reference).mean() <= np.abs(all_int8 - reference).mean() * 1.05
+
+
+def test_the_search_counts_a_quantized_conv_ort_runs_in_float(tmp_path):
+    """A Conv with Q/DQ on its inputs but none on its output runs in float: the guard names it."""
+    from edgeport.passes.int8_graph_facts import float_despite_qdq
+
+    qdq, source, _ = _quantized(tmp_path)
+    graph = qdq.graph
+    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "c")
+    dq = next(n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    pool = next(n for n in graph.node if n.name == "pool")
+    pool.input[0] = "c"  # the pool reads conv_c's float output: its Q/DQ pair goes
+    graph.node.remove(q)
+    graph.node.remove(dq)
+    onnx.save(qdq, str(tmp_path / "mix.onnx"))
+    op_of = {n.name: n.op_type for n in source.graph.node}
+    assert float_despite_qdq(tmp_path / "mix.onnx", {"conv_a", "conv_b", "conv_c"}, op_of) == {"conv_c"}
