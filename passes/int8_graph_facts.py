@@ -15,13 +15,17 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", 
 INT8_KERNEL_CANDIDATES = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # MAC ops a QDQ file can run on int8 kernels
 
 
-def float_despite_qdq(qdq_path: Path, counted_int8: set[str], op_of: dict[str, str]) -> set[str]:
-    """Of the MAC nodes the search counts as int8, those ONNX Runtime's CPU provider still runs in
-    float (no int8 kernel takes the pattern ORT sees): the file is judged as it runs."""
+def kernel_mismatches(path: Path, counted_int8: set[str], counted_float: set[str], op_of: dict[str, str],
+                      names_kept: bool) -> tuple[set[str], set[str]]:
+    """Where ONNX Runtime's CPU provider disagrees with the search's count: MAC nodes counted int8
+    that it runs in float (no int8 kernel takes the pattern it sees), and nodes counted float that
+    it runs on an int8 kernel after all. The first needs the file's node names kept (QDQ; ORT's
+    QOperator quantizer renames the nodes it quantizes)."""
     from edgeport.runtimes.int8_kernels import int8_kernel_nodes
 
-    candidates = {n for n in counted_int8 if op_of.get(n) in INT8_KERNEL_CANDIDATES}
-    return candidates - int8_kernel_nodes(qdq_path) if candidates else set()
+    on_int8 = int8_kernel_nodes(path)
+    candidates = {n for n in counted_int8 if op_of.get(n) in INT8_KERNEL_CANDIDATES} if names_kept else set()
+    return candidates - on_int8, counted_float & on_int8
 
 
 def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:

@@ -26,7 +26,7 @@ from edgeport.passes.int8_eval import (
 from edgeport.passes.int8_noise_floor import input_rounding_floor, rounds_inputs
 from edgeport.passes.search_source import search_source
 from edgeport.passes.search_verdict import search_verdict
-from edgeport.passes.int8_graph_facts import compute_in_subgraphs, float_despite_qdq, nodes_reading_unbounded_tensors, nothing_quantized
+from edgeport.passes.int8_graph_facts import compute_in_subgraphs, kernel_mismatches, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family, reduce_range_decision
 from edgeport.passes.quantize_static import (
@@ -322,13 +322,18 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                      f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
     float_share = space.share(set() if on_npu else reverted | unfolded)
     in_float = set() if on_npu else space.qdq.float_at_runtime(reverted | unfolded)
-    unexpected = float_despite_qdq(out_path, {g for g in groups if space.macs.get(g) and g not in in_float}, space.op_of) \
-        if quant.format == "qdq" and not on_npu else set()
-    if unexpected:  # the share is what ORT runs, not what the Q/DQ placement says
-        float_share += sum(space.macs.get(n, 0) for n in unexpected) / space.total
+    # the share is what ORT runs, not what the Q/DQ placement says: checked on the file itself
+    unexpected, requantized = kernel_mismatches(out_path, {g for g in groups if space.macs.get(g) and g not in in_float}, in_float,
+                                                space.op_of, names_kept=quant.format == "qdq") if not on_npu else (set(), set())
+    float_share += (sum(space.macs.get(n, 0) for n in unexpected) - sum(space.macs.get(n, 0) for n in requantized)) / space.total
+    if unexpected:
         notes.append(f"ONNX Runtime runs {len(unexpected)} quantized node(s) in float on its CPU kernels (no int8 kernel takes "
                      f"their pattern): {', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}; "
                      "the float-MAC share counts them")
+    if requantized:
+        notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search reverted on int8 kernels after all (it quantizes "
+                     f"their weights itself): {', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
+                     "the float-MAC share leaves them out and the verdict is measured on the file as it runs")
     float_only = space.float_compute_share()
     if not on_npu and float_only > config.max_fallback:
         notes.append(f"{float_only:.0%} of MACs are in GRU/LSTM/RNN nodes, which ONNX Runtime computes only in float: over the "
@@ -373,6 +378,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             # int8 Convs whose output a reverted Conv/Gemm reads as float: ORT then runs them in float
             "float_with_reverted": [space.describe(g) for g in sorted(in_float - reverted - unfolded)],
             **({"float_despite_qdq": [space.describe(g) for g in sorted(unexpected)]} if unexpected else {}),
+            **({"int8_despite_revert": [space.describe(g) for g in sorted(requantized)]} if requantized else {}),
             "groups": len(groups),
             "improvements": improvements,
             "calibration_method": best.method,

@@ -115,7 +115,7 @@ def test_a_reverted_reader_of_an_int8_conv_reads_its_int8_output(tmp_path):
 
 def test_the_search_counts_a_quantized_conv_ort_runs_in_float(tmp_path):
     """A Conv with Q/DQ on its inputs but none on its output runs in float: the guard names it."""
-    from edgeport.passes.int8_graph_facts import float_despite_qdq
+    from edgeport.passes.int8_graph_facts import kernel_mismatches
 
     qdq, source, _ = _quantized(tmp_path)
     graph = qdq.graph
@@ -127,4 +127,6 @@ def test_the_search_counts_a_quantized_conv_ort_runs_in_float(tmp_path):
     graph.node.remove(dq)
     onnx.save(qdq, str(tmp_path / "mix.onnx"))
     op_of = {n.name: n.op_type for n in source.graph.node}
-    assert float_despite_qdq(tmp_path / "mix.onnx", {"conv_a", "conv_b", "conv_c"}, op_of) == {"conv_c"}
+    assert kernel_mismatches(tmp_path / "mix.onnx", {"conv_a", "conv_b", "conv_c"}, set(), op_of, names_kept=True) == ({"conv_c"}, set())
+    # and a node counted float that ORT runs on an int8 kernel is named the other way round
+    assert kernel_mismatches(tmp_path / "mix.onnx", {"conv_a", "conv_c"}, {"conv_b"}, op_of, names_kept=True) == ({"conv_c"}, {"conv_b"})
