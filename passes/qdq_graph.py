@@ -131,12 +131,11 @@ class QdqModel:
             if node.name in reverted and node.name in self._source_nodes:
                 quantized_inputs = list(node.input)
                 node, floats = _rewired(node, self._source_nodes[node.name], self._available, self._produced, self._source_init)
-                for index, name in enumerate(quantized_inputs[:len(node.input)]):
-                    kernel = self._output_bound.get(name)
-                    if kernel is None or kernel in reverted:
-                        continue
-                    if node.op_type not in WEIGHT_REQUANTIZED_OPS:
-                        node.input[index] = name  # the int8 node that makes it stays int8
+                if node.op_type not in WEIGHT_REQUANTIZED_OPS:  # those read float (see __init__)
+                    for index, name in enumerate(quantized_inputs[:len(node.input)]):
+                        kernel = self._output_bound.get(name)
+                        if kernel is not None and kernel not in reverted:
+                            node.input[index] = name  # the int8 node that makes it stays int8
                 needed_init.update(floats)
                 for index, name in enumerate(node.output):
                     if name in unquantized_outputs:
