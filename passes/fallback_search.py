@@ -85,7 +85,10 @@ class SearchSpace:
     def share(self, reverted: set[str]) -> float:
         """MACs in float with ``reverted`` reverted, as ORT runs the mix (a reverted Conv can take the
         int8 Conv before it to float), as a share."""
-        in_float = self.qdq.float_at_runtime(reverted)
+        return self.share_of(self.qdq.float_at_runtime(reverted))
+
+    def share_of(self, in_float: set[str]) -> float:
+        """MACs in float with exactly the int8 groups ``in_float`` in float, as a share."""
         return (self.float_from_start + sum(self._int8_macs.get(n, 0) for n in in_float)) / self.total
 
     def size_estimate(self, reverted: set[str]) -> int:
@@ -95,9 +98,11 @@ class SearchSpace:
     def compute_estimate(self, reverted: set[str]) -> float | None:
         """MAC-bound compute time with ``reverted`` in float, as a share of the fp32 model's: a
         roofline's compute side (memory traffic and per-node costs are left out, so it is a floor)."""
+        return self.compute_estimate_at(self.share(reverted))
+
+    def compute_estimate_at(self, float_share: float) -> float | None:
         if not self.int8_speedup:
             return None
-        float_share = self.share(reverted)
         return round(float_share + (1.0 - float_share) / self.int8_speedup, 4)
 
     def is_free(self, node: str) -> bool:

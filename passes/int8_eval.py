@@ -273,8 +273,14 @@ def _inferred_skeleton(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
     graph = skeleton.graph  # everything but the weights, whose copy would cost what inference saves
-    for field_name in ("node", "input", "output", "value_info"):
-        getattr(graph, field_name).extend(getattr(model.graph, field_name))
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    if input_shapes is None:  # types only: what the file declares helps where inference stops
+        graph.value_info.extend(model.graph.value_info)
+    # outputs by type only: a shape the file declares (batch 1 from an export) must not override
+    # what the feed's shapes give; value_info likewise is left for inference to fill
+    graph.output.extend(helper.make_tensor_value_info(o.name, o.type.tensor_type.elem_type, None) if o.type.HasField("tensor_type") else o
+                        for o in model.graph.output)
     for tensor in model.graph.initializer:
         if tensor.data_type == onnx.TensorProto.INT64 and math.prod(tensor.dims) <= _SHAPE_TENSOR_MAX:
             graph.initializer.append(tensor)  # a Reshape's target shape: kept, so inference can follow it

@@ -3,7 +3,7 @@
 A *group* is one quantized node: reverting it makes it read its float inputs (the activation
 before its QuantizeLinear, the float weight) while the shared Q/DQ pairs stay for other consumers.
 ORT's own rules for what runs in int8 shape it (see QdqModel.__init__): a reverted node reads an
-int8 Conv's int8 output, but a reverted Conv or Gemm reads float and takes that Conv to float.
+int8 Conv's int8 output, but a reverted Conv or Gemm reads float and can take that Conv to float.
 That is what ``quantize_static(nodes_to_exclude=...)`` produces, built here in memory in
 milliseconds so a search can try many mixes; the final artifact still comes from ORT.
 """
@@ -18,8 +18,8 @@ from onnx import helper
 from edgeport.passes.recurrent_int8 import is_int8_recurrence
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-OUTPUT_QUANTIZED_KERNELS = ("Conv", "ConvTranspose")  # ORT's CPU int8 kernels for them need the Q after them
-WEIGHT_REQUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ORT quantizes their float weights where a DQ feeds them
+OUTPUT_QUANTIZED_KERNELS = ("Conv", "ConvTranspose")  # their int8 kernels on ORT's CPU need the Q after them
+WEIGHT_REQUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm")  # ORT can quantize their float weights where a DQ feeds them
 # activations ORT fuses into a float Conv/Gemm before its int8 fusions see them (MLAS activations)
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "Tanh", "HardSigmoid")
 
@@ -61,39 +61,65 @@ class QdqModel:
                 self._output_qdq[q.input[0]] = dq.output[0]
                 self._output_qdq_mid[q.input[0]] = q.output[0]
                 self._output_producer[q.input[0]] = qdq_producer[q.input[0]].name
-        # ORT runs a Conv on its int8 kernel (QLinearConv) only while its output feeds nothing but
-        # its QuantizeLinear, and a Conv or Gemm followed by an activation it fuses (Relu, Clip...)
-        # only while that activation's output does. A reverted node that reads such an output in
-        # float takes the Conv or Gemm to float. So a reverted node reads that int8 output instead
-        # (as ORT's nodes_to_exclude has it): except a Conv or Gemm, whose float weights ORT would
-        # quantize per tensor again (its WeightBiasQuantization) whenever a DequantizeLinear feeds
-        # it. That one reads the float tensor, and the int8 node that makes it turns float with
-        # it: ``float_at_runtime`` counts them.
-        readers_of: dict[str, int] = {}
+        # What ORT runs in int8 depends on the neighbours (measured on onnxruntime 1.32's CPU
+        # provider): a Conv whose output goes to a QuantizeLinear becomes one int8 kernel only
+        # while that Q is all that reads the output, and so does a Conv followed by an
+        # activation ORT fuses (Relu, Clip...); a Gemm followed by one loses its int8 kernel only
+        # where its one reader reads the activation in float (two float readers left it int8, as
+        # did a Q still read). A reverted node that reads such an output in float
+        # takes the int8 node to float. So a reverted node reads the int8 output instead (as ORT's
+        # nodes_to_exclude has it), except a Conv, ConvTranspose, Gemm, or a MatMul of two
+        # activations: ORT can quantize a Conv/Gemm's float weights per tensor itself
+        # (WeightBiasQuantization) where a DequantizeLinear feeds it, and fuses a MatMul of two
+        # dequantized activations into an int8 kernel. Those read float, and ``float_at_runtime``
+        # counts the int8 node they take to float with them. (A MatMul keeps an int8 kernel with a
+        # float output, MatMulIntegerToFloat, unless its output feeds a Q that int8 readers still
+        # read and a float reader too: that case is left to the check on the written file.)
+        readers_of: dict[str, set[str]] = {}
         for node in qdq.graph.node:
-            for name in node.input:
-                readers_of[name] = readers_of.get(name, 0) + 1
+            for name in reads(node):
+                readers_of.setdefault(name, set()).add(node.name)
+        for name in graph_outputs:
+            readers_of.setdefault(name, set()).add("")  # a graph output is read by the caller
 
-        def output_bound_kernel(tensor: str) -> onnx.NodeProto | None:
+        def bound_kernel(tensor: str) -> tuple[onnx.NodeProto | None, bool]:
+            """The node whose int8 kernel needs the Q on ``tensor``, and whether any float reader of
+            that Q's output takes it to float (else only a Q left without int8 readers does)."""
             producer = qdq_producer.get(tensor)
             if producer is not None and producer.op_type in FUSED_ACTIVATIONS and producer.input \
-                    and readers_of.get(producer.input[0]) == 1:
+                    and len(readers_of.get(producer.input[0], ())) == 1:
                 inner = qdq_producer.get(producer.input[0])
-                return inner if inner is not None and inner.op_type in WEIGHT_REQUANTIZED_OPS else None
-            return producer if producer is not None and producer.op_type in OUTPUT_QUANTIZED_KERNELS else None
+                if inner is not None and inner.op_type in ("Conv", "ConvTranspose", "Gemm"):
+                    return inner, inner.op_type != "Gemm"
+                return None, False
+            return (producer, True) if producer is not None and producer.op_type in OUTPUT_QUANTIZED_KERNELS else (None, False)
 
         self._output_bound: dict[str, str] = {}  # DQ output -> the node whose int8 kernel needs its Q
+        self._strictly_bound: set[str] = set()  # DQ outputs whose kernel any float reader takes to float
+        self._q_of: dict[str, str] = {}  # DQ output -> its Q's output
+        q_readers: dict[str, set[str]] = {}  # Q output -> every node reading one of its DQs
         for dq in qdq.graph.node:
             q = qdq_producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
-            kernel = output_bound_kernel(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
+            if q is None or q.op_type != "QuantizeLinear":
+                continue
+            kernel, strict = bound_kernel(q.input[0])
             if kernel is not None and kernel.name:
                 self._output_bound[dq.output[0]] = kernel.name
+                self._q_of[dq.output[0]] = q.output[0]
+                q_readers.setdefault(q.output[0], set()).update(readers_of.get(dq.output[0], ()))
+                if strict:
+                    self._strictly_bound.add(dq.output[0])
+        self._q_readers = q_readers
         # (ORT's Conv fusion also refuses a Conv whose Q feeds a per-channel DequantizeLinear, so
         # no equal-scales-per-channel view of that int8 output can keep both: measured.)
-        self._dragged: dict[str, set[str]] = {}  # a Conv/Gemm -> the int8 node its revert takes to float
+        self._reads_float: dict[str, list[str]] = {}  # reverted, these read float: their bound DQ'd inputs
         for node in qdq.graph.node:
-            if node.op_type in WEIGHT_REQUANTIZED_OPS and node.name and node.input and node.input[0] in self._output_bound:
-                self._dragged[node.name] = {self._output_bound[node.input[0]]}
+            source_node = self._source_nodes.get(node.name)
+            if source_node is None or not _reads_float_when_reverted(source_node, self._source_init):
+                continue
+            self._reads_float[node.name] = [i for i in node.input if i in self._output_bound]
+        # a graph output made by a quantized node: its DQ carries the output's name, its float value the pre-Q name
+        self._float_of_output = {graph_name: pre_q for pre_q, graph_name in self._output_qdq.items()}
         self._restorable: dict[str, onnx.NodeProto] = {}
         for name in renamed:
             activation, producer = source_producer.get(name), qdq_producer.get(name)
@@ -108,8 +134,18 @@ class QdqModel:
 
     def float_at_runtime(self, reverted: set[str] | frozenset[str]) -> set[str]:
         """The nodes ORT runs in float in ``with_float(reverted)``: the reverted ones, and the int8
-        Convs whose output a reverted Conv or Gemm reads as float."""
-        return set(reverted).union(*(self._dragged.get(node, ()) for node in reverted))
+        nodes whose output a reverted Conv, Gemm or activation MatMul reads as float (see __init__)."""
+        in_float = set(reverted)
+        float_readers = {node for node in reverted if node in self._reads_float}
+        for node in float_readers:
+            for dq_output in self._reads_float[node]:
+                kernel = self._output_bound[dq_output]
+                if kernel in reverted:
+                    continue
+                readers = self._q_readers.get(self._q_of[dq_output], set())
+                if dq_output in self._strictly_bound or (len(readers) == 1 and readers <= float_readers):
+                    in_float.add(kernel)
+        return in_float
 
     def session(self, reverted: set[str] | frozenset[str]):
         """An ORT session (CPU, all optimizations) on ``with_float(reverted)``: what a search trial scores."""
@@ -131,11 +167,15 @@ class QdqModel:
             if node.name in reverted and node.name in self._source_nodes:
                 quantized_inputs = list(node.input)
                 node, floats = _rewired(node, self._source_nodes[node.name], self._available, self._produced, self._source_init)
-                if node.op_type not in WEIGHT_REQUANTIZED_OPS:  # those read float (see __init__)
+                if node.name not in self._reads_float:
                     for index, name in enumerate(quantized_inputs[:len(node.input)]):
                         kernel = self._output_bound.get(name)
                         if kernel is not None and kernel not in reverted:
                             node.input[index] = name  # the int8 node that makes it stays int8
+                else:  # never a DequantizeLinear, not even the one that carries a graph output's name
+                    for index, name in enumerate(node.input):
+                        if name in self._float_of_output and self._output_producer.get(self._float_of_output[name]) not in reverted:
+                            node.input[index] = self._float_of_output[name]
                 needed_init.update(floats)
                 for index, name in enumerate(node.output):
                     if name in unquantized_outputs:
@@ -158,6 +198,15 @@ class QdqModel:
         model.producer_name, model.producer_version = self.qdq.producer_name, self.qdq.producer_version
         model.metadata_props.extend(self.qdq.metadata_props)
         return model
+
+
+def _reads_float_when_reverted(source: onnx.NodeProto, source_init: dict) -> bool:
+    """Whether a reverted ``source`` node must read float activations to compute in float: a Conv or
+    Gemm (ORT can quantize its float weights when a DequantizeLinear feeds it), or a MatMul of two
+    activations (ORT fuses two dequantized operands into an int8 kernel)."""
+    if source.op_type in WEIGHT_REQUANTIZED_OPS:
+        return True
+    return source.op_type == "MatMul" and not any(i in source_init for i in source.input)
 
 
 def _rewired(node: onnx.NodeProto, source: onnx.NodeProto, available: set[str], produced: set[str], source_init: dict

@@ -320,8 +320,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if unfolded:
         notes.append(f"reverted recurrent cells run as their original GRU/LSTM node (ORT's fused float kernel beats a float Scan): "
                      f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
-    float_share = space.share(set() if on_npu else reverted | unfolded)
-    in_float = set() if on_npu else space.qdq.float_at_runtime(reverted | unfolded)
+    # ORT's QOperator quantizer keeps a reverted node's int8 producer int8 (it reads the producer's
+    # int8 output): only the QDQ mix the search built can take a producer to float with it
+    in_float = set() if on_npu else space.qdq.float_at_runtime(reverted | unfolded) if quant.format == "qdq" else reverted | unfolded
+    float_share = space.share_of(in_float)
     # the share is what ORT runs, not what the Q/DQ placement says: checked on the file itself
     unexpected, requantized = kernel_mismatches(out_path, {g for g in groups if space.macs.get(g) and g not in in_float}, in_float,
                                                 space.op_of, names_kept=quant.format == "qdq") if not on_npu else (set(), set())
@@ -330,6 +332,9 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         notes.append(f"ONNX Runtime runs {len(unexpected)} quantized node(s) in float on its CPU kernels (no int8 kernel takes "
                      f"their pattern): {', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}; "
                      "the float-MAC share counts them")
+    if float_share > config.max_fallback + 1e-9 and (unexpected or requantized):
+        notes.append(f"as ONNX Runtime runs the file, {float_share:.1%} of MACs are float: over the {config.max_fallback:.0%} "
+                     "fallback budget the search kept to")
     if requantized:
         notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search reverted on int8 kernels after all (it quantizes "
                      f"their weights itself): {', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
@@ -369,14 +374,14 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             },
             "float_mac_share": round(float_share, 4),
             "float_mac_share_basis": "top-level nodes" + (", as ONNX Runtime's CPU provider runs the file" if quant.format == "qdq" and not on_npu else "") + (" (compute inside subgraphs stays float and is not counted)" if compute_in_subgraphs(source) else ""),
-            "compute_time_vs_fp32_estimate": {"value": space.compute_estimate(reverted), "basis": speedup.rule},
+            "compute_time_vs_fp32_estimate": {"value": space.compute_estimate_at(float_share), "basis": speedup.rule},
             "max_fallback": config.max_fallback,
             "fallback": "16-bit activations (W8A16): float on QNN's HTP would run on the CPU" if on_npu else "float",
             "fallback_mac_share": round(float_share - space.share(set()), 4),
             **({"activations_16bit": wide_activation_share(onnx.load(final_qdq, load_external_data=False))} if on_npu else {}),
             "reverted": [space.describe(g) for g in sorted(reverted)],
             # int8 Convs whose output a reverted Conv/Gemm reads as float: ORT then runs them in float
-            "float_with_reverted": [space.describe(g) for g in sorted(in_float - reverted - unfolded)],
+            "float_with_reverted": [space.describe(g) for g in sorted(in_float - reverted - unfolded - requantized)],
             **({"float_despite_qdq": [space.describe(g) for g in sorted(unexpected)]} if unexpected else {}),
             **({"int8_despite_revert": [space.describe(g) for g in sorted(requantized)]} if requantized else {}),
             "groups": len(groups),

@@ -3,7 +3,9 @@
 A QDQ file says what is quantized; ORT's graph transforms decide what runs in int8. DequantizeLinear
 -> Conv -> QuantizeLinear becomes QLinearConv, but DQ -> Conv -> float stays a float Conv on
 dequantized weights. So a float-MAC share read off the Q/DQ placement can be wrong; this reads it
-off the graph ORT builds (its hardware-independent transforms, which keep the node names).
+off the graph ORT builds (transforms up to the extended level, which keep the node names). Some of
+them depend on the CPU (where it lacks VNNI, int8 activations are moved to uint8 first), so the
+answer is this host's ORT's (edgeport's default uint8 activations skip that step).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ INT8_KERNEL_OPS = frozenset({
 
 def int8_kernel_nodes(model: onnx.ModelProto | str | Path) -> set[str]:
     """Names of the nodes that ORT's CPU provider runs as an int8 kernel, after its graph transforms
-    (up to the extended level: the fusions that turn Q/DQ patterns into int8 ops, before any
-    layout change specific to this CPU)."""
+    up to the extended level (the fusions that turn Q/DQ patterns into int8 ops, before the layout
+    changes of the last level, which rename nodes)."""
     import onnxruntime as ort
 
     source = str(model) if isinstance(model, (str, Path)) else model.SerializeToString()

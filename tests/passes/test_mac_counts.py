@@ -52,3 +52,13 @@ def test_mac_counts_match_the_shapes_of_a_real_run():
     assert counts["conv"] == 2 * 8 * 6 * 6 * 3 * 3 * 3
     assert counts["matmul"] == 2 * 8 * 36 * 5
     assert counts["data_dependent"] == 3 * 1 * 4  # three nonzero entries, measured by the run
+
+
+def test_shapes_the_file_declares_do_not_override_the_feed():
+    """An export that made only the input's batch dynamic still declares batch 1 on its outputs."""
+    model = _model()
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 5]))
+    model.graph.value_info.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 8, 6, 6]))
+    feed = {"x": np.zeros((2, 3, 8, 8), np.float32), "mask": np.array([1, 0, 1, 1, 0, 0], bool)}
+    assert static_shapes(model, feed, ["c", "y"]) == {"c": (2, 8, 6, 6), "y": (2, 8, 5)}
+    assert node_mac_counts(model, feed)["conv"] == 2 * 8 * 6 * 6 * 3 * 3 * 3

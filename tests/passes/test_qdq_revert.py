@@ -33,7 +33,7 @@ def _float_model() -> onnx.ModelProto:
 
 
 def _quantized(tmp_path: Path, opset: int = 17) -> tuple[onnx.ModelProto, onnx.ModelProto, np.ndarray]:
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     source = _float_model()
     onnx.save(source, str(tmp_path / "float.onnx"))
@@ -47,8 +47,9 @@ def _quantized(tmp_path: Path, opset: int = 17) -> tuple[onnx.ModelProto, onnx.M
             return next(self.feeds, None)
 
     # opset 12 has no per-channel DequantizeLinear: weights per tensor, the file marked opset 12
+    # edgeport's defaults: uint8 activations, int8 weights
     quantize_static(str(tmp_path / "float.onnx"), str(tmp_path / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=opset >= 13)
+                    per_channel=opset >= 13, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     qdq = onnx.load(str(tmp_path / "int8.onnx"))
     if opset < 13:
         for entry in qdq.opset_import:
@@ -70,9 +71,7 @@ def test_what_runs_in_float_is_what_the_search_counts(tmp_path, opset):
     # A reverted pool reads conv_c's int8 output; a reverted Conv reads float (a DequantizeLinear
     # before it would have ORT quantize its weights again), and the int8 Conv before it runs float
     # too: its output no longer feeds only its QuantizeLinear.
-    dragged = True
-    for reverted, in_float in (({"pool"}, set()), ({"conv_b"}, {"conv_a", "conv_b"} if dragged else {"conv_b"}),
-                               ({"conv_c"}, {"conv_b", "conv_c"} if dragged else {"conv_c"}),
+    for reverted, in_float in (({"pool"}, set()), ({"conv_b"}, {"conv_a", "conv_b"}), ({"conv_c"}, {"conv_b", "conv_c"}),
                                ({"conv_a"}, {"conv_a"}), ({"conv_a", "conv_b"}, {"conv_a", "conv_b"})):
         mix = model.with_float(reverted)
         assert convs - int8_kernel_nodes(mix) == in_float, reverted
@@ -130,3 +129,63 @@ def test_the_search_counts_a_quantized_conv_ort_runs_in_float(tmp_path):
     assert kernel_mismatches(tmp_path / "mix.onnx", {"conv_a", "conv_b", "conv_c"}, set(), op_of, names_kept=True) == ({"conv_c"}, set())
     # and a node counted float that ORT runs on an int8 kernel is named the other way round
     assert kernel_mismatches(tmp_path / "mix.onnx", {"conv_a", "conv_c"}, {"conv_b"}, op_of, names_kept=True) == ({"conv_c"}, {"conv_b"})
+
+
+def _quantize(source: onnx.ModelProto, tmp_path: Path, shape: tuple[int, ...]) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    onnx.save(source, str(tmp_path / "source.onnx"))
+    samples = np.random.default_rng(2).standard_normal((8, *shape)).astype(np.float32)
+
+    class Reader:
+        def __init__(self) -> None:
+            self.feeds = iter({"x": s} for s in samples)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(tmp_path / "source.onnx"), str(tmp_path / "q.onnx"), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]})  # as edgeport quantizes
+    return onnx.load(str(tmp_path / "q.onnx"))
+
+
+def test_a_gemm_before_an_activation_with_two_readers_stays_int8(tmp_path):
+    """fc1 -> Relu -> {fc2, fc3}: reverting fc2, or both, leaves fc1 int8 on ORT 1.32 (a Gemm whose
+    one reader reads its activation in float loses its kernel: the planted-outlier search test).
+    The count says what ORT does."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+             for name, shape in (("w1", (16, 32)), ("w2", (32, 8)), ("w3", (32, 8)))]
+    nodes = [helper.make_node("Gemm", ["x", "w1"], ["h"], name="fc1"), helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2"], ["y2"], name="fc2"), helper.make_node("Gemm", ["r", "w3"], ["y3"], name="fc3"),
+             helper.make_node("Add", ["y2", "y3"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits)
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = QdqModel(_quantize(source, tmp_path, (1, 16)), source)
+    gemms = {"fc1", "fc2", "fc3"}
+    assert gemms <= int8_kernel_nodes(model.with_float(set()))
+    for reverted in ({"fc2"}, {"fc2", "fc3"}):
+        ran_float = gemms - int8_kernel_nodes(model.with_float(reverted))
+        assert ran_float == model.float_at_runtime(reverted) & gemms, reverted
+    assert "fc1" not in model.float_at_runtime({"fc2", "fc3"}) | model.float_at_runtime({"fc2"})
+
+
+def test_a_conv_whose_output_is_also_a_graph_output(tmp_path):
+    """conv_a's output is a model output and conv_b's input: reverting conv_b reads conv_a's float
+    output (never the DequantizeLinear that carries the output's name), and counts conv_a float."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, c, 3, 3)).astype(np.float32) * 0.3, f"w_{n}") for n, c in (("a", 3), ("b", 4))]
+    nodes = [helper.make_node("Conv", ["x", "w_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "w_b"], ["b"], name="conv_b", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 8, 8]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = QdqModel(_quantize(source, tmp_path, (1, 3, 8, 8)), source)
+    mix = model.with_float({"conv_b"})
+    producers = {o: n for n in mix.graph.node for o in n.output}
+    conv_b = next(n for n in mix.graph.node if n.name == "conv_b")
+    assert producers[conv_b.input[0]].op_type != "DequantizeLinear"
+    assert {"conv_a", "conv_b"} - int8_kernel_nodes(mix) == model.float_at_runtime({"conv_b"}) == {"conv_a", "conv_b"}
