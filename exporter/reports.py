@@ -108,6 +108,10 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"int8 fidelity target ({f['target_source']}): {f['target']}",
              f"  {'met' if f['met'] else 'NOT met'} on held-out data ({f['data']}); {len(m['reverted'])} of {m['groups']} "
              f"quantized groups {kept} (budget {m['max_fallback']:.0%})"]
+    dragged = m.get("float_with_reverted") or []
+    if dragged:  # int8 nodes ORT runs in float because a reverted node reads their float output
+        lines.append(f"  also float as ONNX Runtime runs it (a reverted node reads their output in float): "
+                     f"{', '.join(d['node'] for d in dragged[:5])}{' ...' if len(dragged) > 5 else ''}")
     estimate = m.get("compute_time_vs_fp32_estimate") or {}
     if estimate.get("value") is not None:
         lines.append(f"  compute time estimate {estimate['value']:.2f}x of fp32 (MAC-bound; {estimate['basis']})")

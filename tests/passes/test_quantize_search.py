@@ -95,6 +95,9 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
     fc1 = [r["node"] for r in metrics["float_with_reverted"]]
     assert len(fc1) == 1 and fc1[0] != fc2 and fc1[0].endswith("Gemm")
     assert metrics["float_mac_share"] == pytest.approx((16 * 32 + 32 * 32) / (16 * 32 + 32 * 32 + 32 * 10), abs=1e-4)
+    from edgeport.reports import fidelity_lines  # the terminal names it too
+
+    assert any("also float" in line and fc1[0] in line for line in fidelity_lines({"steps": [{"metrics": metrics}]}))
     kept = [s for s in metrics["steps"] if s.get("reverted") == fc2 and s["kept"]]
     assert kept and kept[0]["size_estimate_bytes"] > 0 and kept[0]["float_mac_share"] == metrics["float_mac_share"]
     share = metrics["float_mac_share"]  # float MACs at fp32 speed, the rest 4x faster, from the profile's peaks
