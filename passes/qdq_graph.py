@@ -112,14 +112,26 @@ class QdqModel:
         self._q_readers = q_readers
         # (ORT's Conv fusion also refuses a Conv whose Q feeds a per-channel DequantizeLinear, so
         # no equal-scales-per-channel view of that int8 output can keep both: measured.)
+        # A graph output made by a quantized node: its DQ carries the output's name, its float value
+        # the pre-Q name, unless ORT's quantizer dropped an activation (Relu) between the two: then
+        # the pre-Q tensor is not the output's value, and the output keeps its Q/DQ pair.
+        self._float_of_output = {graph_name: pre_q for pre_q, graph_name in self._output_qdq.items()
+                                 if source_producer.get(graph_name) is not None
+                                 and source_producer[graph_name].name == self._output_producer[pre_q]}
+        # ...and where it dropped one, the activation to apply again to the pre-Q tensor
+        self._output_activation = {graph_name: (pre_q, source_producer[graph_name]) for pre_q, graph_name in self._output_qdq.items()
+                                   if graph_name not in self._float_of_output and source_producer.get(graph_name) is not None
+                                   and source_producer[graph_name].input
+                                   and source_producer[graph_name].input[0] in source_outputs.get(self._output_producer[pre_q], ())}
+        self._graph_output_readers = {graph_name: readers_of.get(graph_name, set()) - {""} for graph_name in self._float_of_output}
+        graph_dqs = set(self._output_qdq.values())  # DQs carrying graph outputs' names
         self._reads_float: dict[str, list[str]] = {}  # reverted, these read float: their bound DQ'd inputs
         for node in qdq.graph.node:
             source_node = self._source_nodes.get(node.name)
             if source_node is None or not _reads_float_when_reverted(source_node, self._source_init):
                 continue
-            self._reads_float[node.name] = [i for i in node.input if i in self._output_bound]
-        # a graph output made by a quantized node: its DQ carries the output's name, its float value the pre-Q name
-        self._float_of_output = {graph_name: pre_q for pre_q, graph_name in self._output_qdq.items()}
+            self._reads_float[node.name] = [i for i in node.input if i in self._output_bound
+                                            and (i not in graph_dqs or i in self._float_of_output or i in self._output_activation)]
         self._restorable: dict[str, onnx.NodeProto] = {}
         for name in renamed:
             activation, producer = source_producer.get(name), qdq_producer.get(name)
@@ -159,7 +171,9 @@ class QdqModel:
         reverted = set(reverted) | self.always_float
         nodes, needed_init, restored = [], {}, {}
         outputs = {o.name for o in graph.output}
-        unquantized_outputs = {q: g for q, g in self._output_qdq.items() if self._output_producer.get(q) in reverted}
+        # a reverted node's graph output loses its Q/DQ pair only where nothing int8 reads it in the graph
+        unquantized_outputs = {q: g for q, g in self._output_qdq.items() if self._output_producer.get(q) in reverted
+                               and g in self._float_of_output and self._graph_output_readers[g] <= reverted}
         skipped = {*unquantized_outputs.values(), *(self._output_qdq_mid[q] for q in unquantized_outputs)}
         for node in graph.node:
             if node.op_type in QDQ_OPS and node.output[0] in skipped:
@@ -176,6 +190,10 @@ class QdqModel:
                     for index, name in enumerate(node.input):
                         if name in self._float_of_output and self._output_producer.get(self._float_of_output[name]) not in reverted:
                             node.input[index] = self._float_of_output[name]
+                        elif name in self._output_activation:  # its Q/DQ pair always stays: the pre-Q tensor is there
+                            pre_q, activation = self._output_activation[name]
+                            restored.setdefault(pre_q, _reapplied(activation, pre_q))
+                            node.input[index] = restored[pre_q].output[0]
                 needed_init.update(floats)
                 for index, name in enumerate(node.output):
                     if name in unquantized_outputs:

@@ -336,8 +336,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
         notes.append(f"as ONNX Runtime runs the file, {float_share:.1%} of MACs are float: over the {config.max_fallback:.0%} "
                      "fallback budget the search kept to")
     if requantized:
-        notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search reverted on int8 kernels after all (it quantizes "
-                     f"their weights itself): {', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
+        notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search counted float on int8 kernels after all: "
+                     f"{', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
                      "the float-MAC share leaves them out and the verdict is measured on the file as it runs")
     float_only = space.float_compute_share()
     if not on_npu and float_only > config.max_fallback:
@@ -380,7 +380,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
             "fallback_mac_share": round(float_share - space.share(set()), 4),
             **({"activations_16bit": wide_activation_share(onnx.load(final_qdq, load_external_data=False))} if on_npu else {}),
             "reverted": [space.describe(g) for g in sorted(reverted)],
-            # int8 Convs whose output a reverted Conv/Gemm reads as float: ORT then runs them in float
+            # int8 nodes whose output a reverted Conv/Gemm/MatMul reads as float: ORT then runs them in float
             "float_with_reverted": [space.describe(g) for g in sorted(in_float - reverted - unfolded - requantized)],
             **({"float_despite_qdq": [space.describe(g) for g in sorted(unexpected)]} if unexpected else {}),
             **({"int8_despite_revert": [space.describe(g) for g in sorted(requantized)]} if requantized else {}),

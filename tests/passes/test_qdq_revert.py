@@ -189,3 +189,27 @@ def test_a_conv_whose_output_is_also_a_graph_output(tmp_path):
     conv_b = next(n for n in mix.graph.node if n.name == "conv_b")
     assert producers[conv_b.input[0]].op_type != "DequantizeLinear"
     assert {"conv_a", "conv_b"} - int8_kernel_nodes(mix) == model.float_at_runtime({"conv_b"}) == {"conv_a", "conv_b"}
+
+
+def test_a_conv_and_relu_whose_output_is_a_graph_output(tmp_path):
+    """ORT's quantizer drops the Relu after conv_a, whose output 'mid' is a model output and
+    conv_b's input: every mix keeps 'mid' after its Relu, a reverted conv_b reads it in float (the
+    Relu applied again), and the count matches what ORT runs."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, c, 3, 3)) * 0.2).astype(np.float32), f"w_{n}") for n, c in (("a", 3), ("b", 8))]
+    nodes = [helper.make_node("Conv", ["x", "w_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["mid"], name="relu_a"),
+             helper.make_node("Conv", ["mid", "w_b"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["b"], ["y"], name="pool")]
+    graph = helper.make_graph(nodes, "n", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("mid", TensorProto.FLOAT, None), helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = QdqModel(_quantize(source, tmp_path, (1, 3, 8, 8)), source)
+    feed = {"x": np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    reference = session_for(source).run(None, feed)
+    for reverted in ({"conv_b"}, {"conv_a", "conv_b"}, {"conv_a"}):
+        mix = model.with_float(reverted)
+        assert {"conv_a", "conv_b"} - int8_kernel_nodes(mix) == model.float_at_runtime(reverted) & {"conv_a", "conv_b"}, reverted
+        mid, y = session_for(mix).run(None, feed)
+        assert mid.min() >= 0.0 and np.abs(mid - reference[0]).max() < 0.1 * np.abs(reference[0]).max(), reverted
