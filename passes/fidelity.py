@@ -123,6 +123,11 @@ class FidelityScore:
         return {"met": self.met, "samples": self.samples, "values": {k: _finite(v) for k, v in self.values.items()},
                 "margins": {k: _finite(round(v, 6)) for k, v in self.margins.items()}}
 
+    def parity_view(self) -> dict[str, Any]:
+        """The parity figures a report shows beside other parity checks."""
+        values = self.to_dict()["values"]
+        return {"samples": self.samples, **{k: values.get(k) for k in ("cosine_mean", "cosine_min", "sqnr_db", "top1_agreement", "accuracy_drop")}}
+
 
 def load_metric(target: str | None) -> MetricFn | None:
     if target is None:

@@ -4,6 +4,7 @@ subgraphs, why nothing was quantized, which nodes read tensors int8 cannot hold,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,6 +27,35 @@ def kernel_mismatches(path: Path, counted_int8: set[str], counted_float: set[str
     on_int8 = int8_kernel_nodes(path)
     candidates = {n for n in counted_int8 if op_of.get(n) in INT8_KERNEL_CANDIDATES} if names_kept else set()
     return candidates - on_int8, counted_float & on_int8
+
+
+def float_as_run(space: Any, path: Path, reverted: set[str], groups: list[str], quant_format: str, on_npu: bool, max_fallback: float,
+                 notes: list[str]) -> tuple[set[str], float, set[str], set[str]]:
+    """The nodes in float and the float-MAC share of the written file as ORT's CPU provider runs it:
+    the search's count (``space``, a SearchSpace), checked on the file both ways. Returns the
+    nodes counted float, the share, the nodes ORT runs in float that were counted int8, and those it
+    runs int8 that were counted float; says in ``notes`` where the check moved the count."""
+    if on_npu:  # the NPU's fallback is 16-bit activations, not float: nothing to count or check here
+        return set(), space.share_of(set()), set(), set()
+    # ORT's QOperator quantizer keeps a reverted node's int8 producer int8 (it reads the producer's
+    # int8 output): only the QDQ mix the search built can take a producer to float with it
+    in_float = space.qdq.float_at_runtime(reverted) if quant_format == "qdq" else set(reverted)
+    unexpected, requantized = kernel_mismatches(path, {g for g in groups if space.macs.get(g) and g not in in_float}, in_float,
+                                                space.op_of, names_kept=quant_format == "qdq")
+    share = space.share_of(in_float) + (sum(space.macs.get(n, 0) for n in unexpected)
+                                        - sum(space.macs.get(n, 0) for n in requantized)) / space.total
+    if unexpected:
+        notes.append(f"ONNX Runtime runs {len(unexpected)} quantized node(s) in float on its CPU kernels (no int8 kernel takes "
+                     f"their pattern): {', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}; "
+                     "the float-MAC share counts them")
+    if requantized:
+        notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search counted float on int8 kernels after all: "
+                     f"{', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
+                     "the float-MAC share leaves them out and the verdict is measured on the file as it runs")
+    if share > max_fallback + 1e-9 and (unexpected or requantized):
+        notes.append(f"as ONNX Runtime runs the file, {share:.1%} of MACs are float: over the {max_fallback:.0%} "
+                     "fallback budget the search kept to")
+    return in_float, share, unexpected, requantized
 
 
 def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:

@@ -26,7 +26,7 @@ from edgeport.passes.int8_eval import (
 from edgeport.passes.int8_noise_floor import input_rounding_floor, rounds_inputs
 from edgeport.passes.search_source import search_source
 from edgeport.passes.search_verdict import search_verdict
-from edgeport.passes.int8_graph_facts import compute_in_subgraphs, kernel_mismatches, nodes_reading_unbounded_tensors, nothing_quantized
+from edgeport.passes.int8_graph_facts import compute_in_subgraphs, float_as_run, nodes_reading_unbounded_tensors, nothing_quantized
 from edgeport.passes.qdq_graph import QdqModel, gather_before_dequantize
 from edgeport.passes.quant_defaults import choose_op_types, int8_speedup, model_family, reduce_range_decision
 from edgeport.passes.quantize_static import (
@@ -320,25 +320,8 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     if unfolded:
         notes.append(f"reverted recurrent cells run as their original GRU/LSTM node (ORT's fused float kernel beats a float Scan): "
                      f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
-    # ORT's QOperator quantizer keeps a reverted node's int8 producer int8 (it reads the producer's
-    # int8 output): only the QDQ mix the search built can take a producer to float with it
-    in_float = set() if on_npu else space.qdq.float_at_runtime(reverted | unfolded) if quant.format == "qdq" else reverted | unfolded
-    float_share = space.share_of(in_float)
-    # the share is what ORT runs, not what the Q/DQ placement says: checked on the file itself
-    unexpected, requantized = kernel_mismatches(out_path, {g for g in groups if space.macs.get(g) and g not in in_float}, in_float,
-                                                space.op_of, names_kept=quant.format == "qdq") if not on_npu else (set(), set())
-    float_share += (sum(space.macs.get(n, 0) for n in unexpected) - sum(space.macs.get(n, 0) for n in requantized)) / space.total
-    if unexpected:
-        notes.append(f"ONNX Runtime runs {len(unexpected)} quantized node(s) in float on its CPU kernels (no int8 kernel takes "
-                     f"their pattern): {', '.join(sorted(unexpected)[:5])}{' ...' if len(unexpected) > 5 else ''}; "
-                     "the float-MAC share counts them")
-    if float_share > config.max_fallback + 1e-9 and (unexpected or requantized):
-        notes.append(f"as ONNX Runtime runs the file, {float_share:.1%} of MACs are float: over the {config.max_fallback:.0%} "
-                     "fallback budget the search kept to")
-    if requantized:
-        notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search counted float on int8 kernels after all: "
-                     f"{', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
-                     "the float-MAC share leaves them out and the verdict is measured on the file as it runs")
+    in_float, float_share, unexpected, requantized = float_as_run(space, out_path, reverted | unfolded, groups, quant.format, on_npu,
+                                                                  config.max_fallback, notes)
     float_only = space.float_compute_share()
     if not on_npu and float_only > config.max_fallback:
         notes.append(f"{float_only:.0%} of MACs are in GRU/LSTM/RNN nodes, which ONNX Runtime computes only in float: over the "
@@ -403,19 +386,13 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 "calibration_method": f"{best.method}: the best on the search split of those tried ({', '.join(m for m in improvements['calibration'] if isinstance(improvements['calibration'][m], dict))})",
             },
             "size_ratio": round(artifact.size_bytes / model.size_bytes, 4),
-            "parity_vs_fp32": {**_parity_view(held_out_score), "data": "held-out evaluation split"},
+            "parity_vs_fp32": {**held_out_score.parity_view(), "data": "held-out evaluation split"},
         },
         source=model,
         result=artifact,
         notes=notes,
     )
     return artifact
-
-
-def _parity_view(score: FidelityScore) -> dict[str, Any]:
-    values = score.to_dict()["values"]
-    return {"samples": score.samples, "cosine_mean": values.get("cosine_mean"), "cosine_min": values.get("cosine_min"),
-            "sqnr_db": values.get("sqnr_db"), "top1_agreement": values.get("top1_agreement"), "accuracy_drop": values.get("accuracy_drop")}
 
 
 PASS = PassInfo(AccuracyAwareInt8Config, quantize_accuracy_aware, name="quantize_search", label="quantizing to int8 (accuracy-aware search)", kind="onnx", cacheable=True, precision="int8")
