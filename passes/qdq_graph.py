@@ -89,7 +89,7 @@ class QdqModel:
             if producer is not None and producer.op_type in FUSED_ACTIVATIONS and producer.input \
                     and len(readers_of.get(producer.input[0], ())) == 1:
                 inner = qdq_producer.get(producer.input[0])
-                if inner is not None and inner.op_type in ("Conv", "ConvTranspose", "Gemm"):
+                if inner is not None and inner.op_type in WEIGHT_REQUANTIZED_OPS:
                     return inner, inner.op_type != "Gemm"
                 return None, False
             return (producer, True) if producer is not None and producer.op_type in OUTPUT_QUANTIZED_KERNELS else (None, False)

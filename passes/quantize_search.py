@@ -285,9 +285,10 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     reverted = result.reverted
     out_path = ctx.work_dir / "model.int8.onnx"
     if quant.format == "qdq":
-        # The mix the search measured, exactly: reverted nodes read their float inputs (but an int8
-        # Conv's int8 output), every other Q/DQ pair stays. (ORT's nodes_to_exclude keeps a reverted
-        # node's input quantized whenever its producer is quantized, which is a different model.)
+        # The mix the search measured, exactly: reverted nodes read their float inputs (a MAC-free
+        # one an int8 Conv's int8 output: see QdqModel), every other Q/DQ pair stays. (ORT's
+        # nodes_to_exclude keeps a reverted node's input quantized whenever its producer is
+        # quantized, which is a different model.)
         final_model, unfolded = restore_cells(qdq_model.with_float(reverted), folded, reverted) if not on_npu else (qdq_model.with_float(reverted), set())
         if gather_before_dequantize(final_model):
             notes.append("embedding tables stay int8 at run time: each Gather reads the int8 table and dequantizes only the rows it takes")

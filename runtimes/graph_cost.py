@@ -287,7 +287,7 @@ def _refuse_if_shapeless_compute(graph: onnx.GraphProto, tensors: _TensorFacts, 
     MACs are unknown, and weights are the one size that does not need shapes."""
     if cost.refused or not cost.shapeless:
         return
-    total = sum(_weight_elements(node, tensors) for node in _all_nodes(graph) if node.op_type in MAC_OPS)
+    total = sum(_weight_elements(node, tensors) for node in all_nodes(graph) if node.op_type in MAC_OPS)
     if total and cost.shapeless_weights / total > REFUSE_SHAPELESS_SHARE:
         cost.refused = (f"shapes are unknown for compute nodes holding {cost.shapeless_weights / total:.0%} of the weights "
                         f"({len(cost.shapeless)} nodes without shapes), so their MACs cannot be counted")
@@ -358,12 +358,13 @@ def _contrib_matmul_shape(node: onnx.NodeProto, tensors: _TensorFacts) -> tuple[
     return tensors.shapes[node.output[0]]
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of the subgraphs its nodes hold (If/Loop/Scan bodies)."""
     for node in graph.node:
         yield node
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
+                yield from all_nodes(attribute.g)
 
 
 def _itemsize(elem_type: int) -> int:

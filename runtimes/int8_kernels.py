@@ -15,6 +15,8 @@ from pathlib import Path
 
 import onnx
 
+from edgeport.runtimes.graph_cost import all_nodes
+
 # ORT CPU ops that compute MACs on int8 operands (com.microsoft ones included)
 INT8_KERNEL_OPS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulIntegerToFloat", "QGemm", "ConvInteger", "MatMulInteger",
@@ -39,12 +41,6 @@ def int8_kernel_nodes(model: onnx.ModelProto | str | Path) -> set[str]:
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath, load_external_data=False)
-    return {n.name for n in _all_nodes(optimized.graph) if n.op_type in INT8_KERNEL_OPS and n.name}
+    # inside subgraphs too: an int8 recurrent step runs inside a Scan body
+    return {n.name for n in all_nodes(optimized.graph) if n.op_type in INT8_KERNEL_OPS and n.name}
 
-
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:  # an int8 recurrent step runs inside a Scan body
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attribute.g)
