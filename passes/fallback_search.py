@@ -69,13 +69,17 @@ class SearchSpace:
     weight_bytes: dict[str, int] = field(default_factory=dict)  # fp32 bytes of each group's constant inputs
     int8_bytes: int = 0  # the all-int8 model's size
     int8_speedup: float | None = None  # the target's int8 over fp32 compute throughput; None: unknown
+    # quantized groups ORT's CPU provider runs in float all-int8 too (no int8 kernel for them here,
+    # e.g. ConvTranspose): read off its graph, so the budget prices them from the start
+    float_anyway: frozenset[str] = frozenset()
     total: int = field(init=False)
     float_from_start: int = field(init=False)  # MACs float whatever the search does (ops ORT does not quantize)
 
     def __post_init__(self) -> None:
         self.total = sum(self.macs.values()) or 1
         # A GRU/LSTM can read a Q/DQ'd input (and so be a group) yet ORT computes it in float
-        self._int8_macs = {n: self.macs.get(n, 0) for n in self.groups if self.op_of.get(n) not in FLOAT_COMPUTE_OPS}
+        self._int8_macs = {n: self.macs.get(n, 0) for n in self.groups
+                           if self.op_of.get(n) not in FLOAT_COMPUTE_OPS and n not in self.float_anyway}
         self.float_from_start = sum(self.macs.values()) - sum(self._int8_macs.values())
 
     def float_compute_share(self) -> float:

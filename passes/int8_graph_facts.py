@@ -34,14 +34,20 @@ def float_as_run(space: Any, path: Path, reverted: set[str], groups: list[str], 
                  notes: list[str]) -> tuple[set[str], float, set[str], set[str]]:
     """The nodes in float and the float-MAC share of the written file as ORT's CPU provider runs it:
     the search's count (``space``, a SearchSpace), checked on the file both ways. Returns the
-    nodes counted float, the share, the nodes ORT runs in float that were counted int8, and those it
-    runs int8 that were counted float; says in ``notes`` where the check moved the count."""
+    nodes counted float, the share, the quantized nodes ORT runs in float (counted so from the start,
+    or found by the check), and those it runs int8 that were counted float; says in ``notes`` where
+    the check moved the count."""
     if on_npu:  # the NPU's fallback is 16-bit activations, not float: nothing to count or check here
         return set(), space.share_of(set()), set(), set()
     # ORT's QOperator quantizer keeps a reverted node's int8 producer int8 (it reads the producer's
     # int8 output): only the QDQ mix the search built can take a producer to float with it
     in_float = space.qdq.float_at_runtime(reverted) if quant_format == "qdq" else set(reverted)
-    unexpected, requantized = kernel_mismatches(path, {g for g in groups if space.macs.get(g) and g not in in_float}, in_float,
+    anyway = set(space.float_anyway) - in_float  # counted float from the start
+    if anyway:
+        notes.append(f"ONNX Runtime's CPU kernels run {len(anyway)} quantized {'/'.join(sorted({space.op_of.get(n, '?') for n in anyway}))} "
+                     f"node(s) in float even all-int8 ({sum(space.macs.get(n, 0) for n in anyway) / space.total:.1%} of MACs; no int8 "
+                     "kernel takes them here): the search counted them float from the start")
+    unexpected, requantized = kernel_mismatches(path, {g for g in groups if space.macs.get(g) and g not in in_float | anyway}, in_float,
                                                 space.op_of, names_kept=quant_format == "qdq")
     share = space.share_of(in_float) + (sum(space.macs.get(n, 0) for n in unexpected)
                                         - sum(space.macs.get(n, 0) for n in requantized)) / space.total
@@ -56,7 +62,7 @@ def float_as_run(space: Any, path: Path, reverted: set[str], groups: list[str], 
     if share > max_fallback + 1e-9 and (unexpected or requantized):
         notes.append(f"as ONNX Runtime runs the file, {share:.1%} of MACs are float: over the {max_fallback:.0%} "
                      "fallback budget the search kept to")
-    return in_float, share, unexpected, requantized
+    return in_float, share, unexpected | anyway, requantized
 
 
 def compute_in_subgraphs(source: onnx.ModelProto) -> dict[str, int]:

@@ -213,3 +213,37 @@ def test_a_conv_and_relu_whose_output_is_a_graph_output(tmp_path):
         assert {"conv_a", "conv_b"} - int8_kernel_nodes(mix) == model.float_at_runtime(reverted) & {"conv_a", "conv_b"}, reverted
         mid, y = session_for(mix).run(None, feed)
         assert mid.min() >= 0.0 and np.abs(mid - reference[0]).max() < 0.1 * np.abs(reference[0]).max(), reverted
+
+
+def test_the_search_prices_a_quantized_op_ort_runs_in_float_from_the_start(tmp_path):
+    """conv -> ConvTranspose -> conv, all quantized: the float-MAC share the search starts from is
+    the one ORT's own graph runs (on ORT 1.32's CPU provider a QDQ ConvTranspose stays a float
+    ConvTranspose on dequantized values), and a revert of it is priced as ORT runs that mix."""
+    from edgeport.passes.search_candidates import Candidate, search_space
+    from edgeport.passes.sensitivity import node_mac_counts
+    from edgeport.passes.quantize_static import StaticInt8Config
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+             for name, shape in (("w_a", (8, 3, 3, 3)), ("w_t", (8, 8, 2, 2)), ("w_c", (8, 8, 3, 3)))]
+    nodes = [helper.make_node("Conv", ["x", "w_a"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("ConvTranspose", ["a", "w_t"], ["t"], name="up", strides=[2, 2]),
+             helper.make_node("Conv", ["t", "w_c"], ["y"], name="conv_c", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "unet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32, 32])], inits)
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    qdq = _quantize(source, tmp_path, (1, 3, 16, 16))
+    feed = {"x": np.zeros((1, 3, 16, 16), np.float32)}
+
+    class Split:
+        feeds = [feed]
+
+    space = search_space(Candidate(source, source, qdq, tmp_path, "minmax", None, []), StaticInt8Config(), Split())
+    assert "up" in space.groups
+    macs = node_mac_counts(source, feed)
+    ran_float = set(macs) - int8_kernel_nodes(qdq)
+    assert space.share(set()) == pytest.approx(sum(macs[n] for n in ran_float) / sum(macs.values()))
+    assert space.float_anyway == ran_float & {"up"}
+    # reverted, it reads float (the Conv before it goes float too): counted as ORT runs that mix
+    ran_float = set(macs) - int8_kernel_nodes(space.qdq.with_float({"up"}))
+    assert space.share({"up"}) == pytest.approx(sum(macs[n] for n in ran_float) / sum(macs.values()))
