@@ -108,6 +108,10 @@ def fidelity_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"int8 fidelity target ({f['target_source']}): {f['target']}",
              f"  {'met' if f['met'] else 'NOT met'} on held-out data ({f['data']}); {len(m['reverted'])} of {m['groups']} "
              f"quantized groups {kept} (budget {m['max_fallback']:.0%})"]
+    tail = f.get("held_out_tail")
+    if tail:
+        lines.append(f"  {tail['below_target']} of {tail['samples']} held-out samples below the cosine target: at {tail['confidence']:.0%} "
+                     f"confidence at most {tail['share_below_target_at_most']:.0%} of new samples would be (more evaluation samples narrow this)")
     dragged = m.get("float_with_reverted") or []
     if dragged:  # int8 nodes ORT runs in float because a reverted node reads their float output
         lines.append(f"  also float as ONNX Runtime runs it (a reverted node reads their output in float): "

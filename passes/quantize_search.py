@@ -347,6 +347,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 "target_source": config.target.source,
                 "met": met,
                 "held_out": held_out_score.to_dict(),
+                "held_out_tail": held_out_score.miss_bound(),
                 "search_split": search_score.to_dict(),
                 "before_search": start_score.to_dict(),
                 "data": f"{evaluation.description}: {searched_on} samples searched on, {len(held_out)} held out for this verdict"

@@ -97,7 +97,10 @@ def test_ranking_puts_the_planted_outlier_layer_first_and_the_search_reverts_it(
     assert metrics["float_mac_share"] == pytest.approx((16 * 32 + 32 * 32) / (16 * 32 + 32 * 32 + 32 * 10), abs=1e-4)
     from edgeport.reports import fidelity_lines  # the terminal names it too
 
-    assert any("also float" in line and fc1[0] in line for line in fidelity_lines({"steps": [{"metrics": metrics}]}))
+    lines = fidelity_lines({"steps": [{"metrics": metrics}]})
+    assert any("also float" in line and fc1[0] in line for line in lines)
+    tail = metrics["fidelity"]["held_out_tail"]
+    assert any(f"0 of {tail['samples']} held-out samples below" in line and f"{tail['share_below_target_at_most']:.0%}" in line for line in lines)
     kept = [s for s in metrics["steps"] if s.get("reverted") == fc2 and s["kept"]]
     assert kept and kept[0]["size_estimate_bytes"] > 0 and kept[0]["float_mac_share"] == metrics["float_mac_share"]
     share = metrics["float_mac_share"]  # float MACs at fp32 speed, the rest 4x faster, from the profile's peaks
@@ -249,6 +252,8 @@ def test_search_meets_a_target_on_a_tiny_transformer(tmp_path):
     assert not metrics["fidelity"]["before_search"]["met"]
     assert metrics["fidelity"]["met"], json.dumps({k: metrics[k] for k in ("improvements", "fidelity", "steps", "float_mac_share")})
     assert metrics["fidelity"]["held_out"]["values"]["cosine_min"] >= 0.99
+    tail = metrics["fidelity"]["held_out_tail"]  # 16 held-out samples, none below the target
+    assert tail["below_target"] == 0 and tail["samples"] == 16 and tail["share_below_target_at_most"] == pytest.approx(0.1707, abs=1e-3)
     assert any("linear_" in r["node"] or "MatMul" in r["node"] or "Gemm" in r["node"] for r in metrics["reverted"])
     # with it, the outlier is migrated into the weights and the MatMuls that read it stay int8
     result, smoothed = _search(artifact, tmp_path / "smoothed", AccuracyAwareInt8Config(target=target), calib, evaluation)
@@ -631,6 +636,28 @@ def test_an_output_with_one_value_per_sample_is_judged_across_samples():
             parity.update(ref, cand)
         assert (parity.result()["cosine_min"] >= 0.99) == met and parity.result()["samples"] == 6
         assert "one value per sample" in parity.result()["cosine_basis"]
+
+
+def test_a_verdict_says_how_many_new_samples_its_few_samples_allow_to_miss():
+    """Per-sample cosine: the samples below the target are counted (a sample is as good as its
+    worst output row), and the share of new samples that could miss is bounded from the count."""
+    from edgeport.passes.fidelity import miss_rate_upper, score
+
+    rng = np.random.default_rng(0)
+    reference = [[rng.standard_normal((2, 64)).astype(np.float32), rng.standard_normal((2, 8)).astype(np.float32)] for _ in range(4)]
+    candidate = [[a.copy() for a in run] for run in reference]
+    candidate[1][0][0] = -candidate[1][0][0]  # sample 2's first output
+    candidate[3][1][1] = rng.standard_normal(8)  # sample 7's second output
+    candidate[3][0][1] = -candidate[3][0][1]  # and its first: still one sample
+    judged = score(FidelityTarget(min_cosine=0.99), reference, candidate, [None] * 4)
+    assert judged.values["samples_below_cosine"] == 2 and judged.samples == 8
+    bound = judged.miss_bound()
+    assert bound["below_target"] == 2 and bound["share_below_target_at_most"] == pytest.approx(miss_rate_upper(8, 2), abs=1e-4)
+    # exact values: none of n missed -> 1 - 0.05 ** (1/n); 5 of 100 -> 0.1024 (Clopper-Pearson tables)
+    assert miss_rate_upper(16, 0) == pytest.approx(1 - 0.05 ** (1 / 16), rel=1e-6)
+    assert miss_rate_upper(100, 5) == pytest.approx(0.1024, abs=2e-4)
+    assert miss_rate_upper(16, 0) < miss_rate_upper(16, 1) < miss_rate_upper(16, 2) and miss_rate_upper(64, 0) < miss_rate_upper(16, 0)
+    assert score(FidelityTarget(min_top1_agreement=0.99), reference, candidate, [None] * 4).miss_bound() is None
 
 
 def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
