@@ -195,8 +195,8 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
         "top1_agreement": agree / total if total else None,
         "accuracy_drop": (correct_ref - correct_cand) / labelled if labelled else None,
     }
-    if target.min_cosine is not None and cosines:  # per sample: its worst output row
-        values["samples_below_cosine"] = sum(int(np.sum(per_sample_cosine(r, c) < target.min_cosine)) for r, c in zip(reference, candidate))
+    if target.min_cosine is not None and cosines and not scalars:  # one-value outputs are judged across samples, not per sample
+        values["samples_below_cosine"] = samples_below(target.min_cosine, reference, candidate)
     margins: dict[str, float] = {}
     if target.min_cosine is not None and values["cosine_min"] is not None:
         margins["cosine_min"] = (values["cosine_min"] - target.min_cosine) / max(1.0 - target.min_cosine, 1e-6)
@@ -214,6 +214,23 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
         if not math.isfinite(margins[name]):
             margins[name] = -math.inf if math.isnan(margins[name]) or margins[name] < 0 else math.inf
     return FidelityScore(values, margins, samples=sum(_rows(run) for run in reference))
+
+
+def samples_below(min_cosine: float, reference: list[Outputs], candidate: list[Outputs]) -> int:
+    """How many samples have an output row below ``min_cosine`` (NaN counts as below). A run's
+    samples are the rows of its first output; an output with another row count (detections,
+    a sequence) counts against every sample of its run."""
+    below = 0
+    for ref_run, cand_run in zip(reference, candidate):
+        worst = np.ones(_rows(ref_run))
+        for ref, cand in zip(ref_run, cand_run):
+            if np.asarray(ref).dtype.kind != "f" or np.asarray(ref).size == 0:
+                continue
+            rows = ref.shape[0] if ref.ndim else 1
+            cos = np.array(row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
+            worst = np.minimum(worst, cos) if cos.shape == worst.shape else np.minimum(worst, cos.min())
+        below += int(np.sum(~(worst >= min_cosine)))
+    return below
 
 
 def per_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:

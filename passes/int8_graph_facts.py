@@ -43,12 +43,13 @@ def float_as_run(space: Any, path: Path, reverted: set[str], groups: list[str], 
     # int8 output): only the QDQ mix the search built can take a producer to float with it
     in_float = space.qdq.float_at_runtime(reverted) if quant_format == "qdq" else set(reverted)
     anyway = set(space.float_anyway) - in_float  # counted float from the start
+    unexpected, requantized = kernel_mismatches(path, {g for g in groups if space.macs.get(g) and g not in in_float | anyway},
+                                                in_float | anyway, space.op_of, names_kept=quant_format == "qdq")
+    anyway -= requantized
     if anyway:
         notes.append(f"ONNX Runtime's CPU kernels run {len(anyway)} quantized {'/'.join(sorted({space.op_of.get(n, '?') for n in anyway}))} "
                      f"node(s) in float even all-int8 ({sum(space.macs.get(n, 0) for n in anyway) / space.total:.1%} of MACs; no int8 "
                      "kernel takes them here): the search counted them float from the start")
-    unexpected, requantized = kernel_mismatches(path, {g for g in groups if space.macs.get(g) and g not in in_float | anyway}, in_float,
-                                                space.op_of, names_kept=quant_format == "qdq")
     share = space.share_of(in_float) + (sum(space.macs.get(n, 0) for n in unexpected)
                                         - sum(space.macs.get(n, 0) for n in requantized)) / space.total
     if unexpected:
@@ -59,7 +60,7 @@ def float_as_run(space: Any, path: Path, reverted: set[str], groups: list[str], 
         notes.append(f"ONNX Runtime runs {len(requantized)} node(s) the search counted float on int8 kernels after all: "
                      f"{', '.join(sorted(requantized)[:5])}{' ...' if len(requantized) > 5 else ''}; "
                      "the float-MAC share leaves them out and the verdict is measured on the file as it runs")
-    if share > max_fallback + 1e-9 and (unexpected or requantized):
+    if share > max_fallback + 1e-9 and (unexpected or requantized or anyway):
         notes.append(f"as ONNX Runtime runs the file, {share:.1%} of MACs are float: over the {max_fallback:.0%} "
                      "fallback budget the search kept to")
     return in_float, share, unexpected | anyway, requantized

@@ -323,11 +323,11 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                      f"{', '.join(sorted(n.removesuffix(SCAN_SUFFIX) for n in unfolded if n.endswith(SCAN_SUFFIX)))}")
     in_float, float_share, unexpected, requantized = float_as_run(space, out_path, reverted | unfolded, groups, quant.format, on_npu,
                                                                   config.max_fallback, notes)
-    float_only = space.float_compute_share()
+    float_only = space.share(set())
     if not on_npu and float_only > config.max_fallback:
-        notes.append(f"{float_only:.0%} of MACs are in GRU/LSTM/RNN nodes, which ONNX Runtime computes only in float: over the "
-                     f"{config.max_fallback:.0%} fallback budget before any revert" + (f" (recurrent cells: {improvements['recurrent_cells']['rule']})"
-                                                                                        if "recurrent_cells" in improvements else ""))
+        notes.append(f"{float_only:.0%} of MACs are float before any revert ({space.float_compute_share():.0%} in GRU/LSTM/RNN nodes, which "
+                     f"ONNX Runtime computes only in float): over the {config.max_fallback:.0%} fallback budget"
+                     + (f" (recurrent cells: {improvements['recurrent_cells']['rule']})" if "recurrent_cells" in improvements else ""))
     met = search_score.met and held_out_score.met
     floor = None if met else input_rounding_floor(reference, search, plain_qdq, scorer)
     # the floor blocks only a model that still rounds its inputs; where the search kept their
@@ -347,7 +347,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
                 "target_source": config.target.source,
                 "met": met,
                 "held_out": held_out_score.to_dict(),
-                "held_out_tail": held_out_score.miss_bound(),
+                "held_out_tail": held_out_score.miss_bound() if ctx.state_carry is None else None,  # carried state: samples not independent
                 "search_split": search_score.to_dict(),
                 "before_search": start_score.to_dict(),
                 "data": f"{evaluation.description}: {searched_on} samples searched on, {len(held_out)} held out for this verdict"

@@ -47,6 +47,7 @@ class Candidate:
     wide: WideActivationModel | None = None  # QNN: the search's groups take 16-bit activations, not float
     rounding: Any = None  # a WeightRounding: weights rounded by GPTQ (instead of corrected biases)
     label: str = ""  # unique among the search's candidates: names the files made from it
+    float_anyway: frozenset[str] | None = None  # groups ORT runs in float all-int8, once read off its graph
 
 
 def with_free_types(candidate: Candidate, quant: StaticInt8Config, search: Any, scorer: Scorer, budget: SearchBudget,
@@ -72,9 +73,10 @@ def qdq_model_of(candidate: Candidate) -> QdqModel | WideActivationModel:
     return QdqModel(candidate.qdq, candidate.float_source, scale_nodes(candidate.float_source))
 
 
-# MAC op types whose int8 kernels on ORT's CPU provider the search's revert rules model (QdqModel);
-# for any other quantized one (ConvTranspose...) ORT's own graph says whether it runs int8
-MODELED_MAC_OPS = frozenset({"Conv", "Gemm", "MatMul"}) | FLOAT_COMPUTE_OPS
+# MAC op types whose int8 kernels on ORT's CPU provider the search's revert rules model (QdqModel;
+# a Scan is an int8 recurrence, whose int8 MatMuls sit in its body); for any other quantized one
+# (ConvTranspose...) ORT's own graph says whether it runs int8
+MODELED_MAC_OPS = frozenset({"Conv", "Gemm", "MatMul", "Scan"}) | FLOAT_COMPUTE_OPS
 
 
 def search_space(candidate: Candidate, quant: StaticInt8Config, search: Any) -> SearchSpace:
@@ -82,8 +84,10 @@ def search_space(candidate: Candidate, quant: StaticInt8Config, search: Any) -> 
     groups = [g for g in qdq_model.quantized if g not in quant.exclude_nodes]
     macs = node_mac_counts(candidate.float_source, search.feeds[0])
     op_of = {n.name: n.op_type for n in candidate.float_source.graph.node}
+    if candidate.float_anyway is None:  # the search builds a candidate's space several times: ORT's graph is read once
+        candidate.float_anyway = float_all_int8(candidate, groups, macs, op_of)
     return SearchSpace(qdq_model, groups, macs, op_of, weight_bytes(candidate.float_source, groups) if candidate.wide is None else {},
-                       candidate.qdq.ByteSize(), float_anyway=float_all_int8(candidate, groups, macs, op_of))
+                       candidate.qdq.ByteSize(), float_anyway=candidate.float_anyway)
 
 
 def float_all_int8(candidate: Candidate, groups: list[str], macs: dict[str, int], op_of: dict[str, str]) -> frozenset[str]:

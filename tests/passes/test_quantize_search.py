@@ -658,6 +658,17 @@ def test_a_verdict_says_how_many_new_samples_its_few_samples_allow_to_miss():
     assert miss_rate_upper(100, 5) == pytest.approx(0.1024, abs=2e-4)
     assert miss_rate_upper(16, 0) < miss_rate_upper(16, 1) < miss_rate_upper(16, 2) and miss_rate_upper(64, 0) < miss_rate_upper(16, 0)
     assert score(FidelityTarget(min_top1_agreement=0.99), reference, candidate, [None] * 4).miss_bound() is None
+    # an output with its own row count (5 detections of a 1-sample run) counts against its run's sample;
+    # a bad first output is not forgotten by a later one
+    runs = [[rng.standard_normal((1, 64)), rng.standard_normal((5, 4))] for _ in range(3)]
+    bad = [[a.copy() for a in run] for run in runs]
+    bad[0][0] = -bad[0][0]
+    bad[2][1][3] = -bad[2][1][3]
+    judged = score(FidelityTarget(min_cosine=0.99), runs, bad, [None] * 3)
+    assert judged.values["samples_below_cosine"] == 2 and judged.samples == 3
+    # one value per sample (a probability) is judged across samples: no per-sample count, no bound
+    with_scalar = [[run[0], np.array([[0.5]])] for run in runs]
+    assert score(FidelityTarget(min_cosine=0.99), with_scalar, with_scalar, [None] * 3).miss_bound() is None
 
 
 def test_compute_inside_subgraphs_is_named_not_hidden_in_the_float_share():
