@@ -307,8 +307,7 @@ def _search(model: OnnxArtifact, config: AccuracyAwareInt8Config, ctx: PassConte
     final_session = session_for(final_qdq)
     # a QDQ artifact is the very mix the search scored last; a QOperator one is a new model
     search_score = result.score if quant.format == "qdq" and not unfolded else scorer.score(final_session, search)
-    judged_on = "ONNX Runtime's CPU kernels on this host"
-    searched_on = len(search)
+    judged_on, searched_on = "ONNX Runtime's CPU kernels on this host", len(search)
     npu_session = npu_verdict_session(final_qdq, quant.target_options, notes) if on_npu else None
     if npu_session is not None:  # the verdict in the NPU's own arithmetic, not the CPU's emulation of it
         final_session, judged_on = npu_session, "QNN's HTP (the simulator on this host): the NPU's own fixed-point arithmetic"
