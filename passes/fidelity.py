@@ -217,34 +217,25 @@ def score(target: FidelityTarget, reference: list[Outputs], candidate: list[Outp
 
 
 def samples_below(min_cosine: float, reference: list[Outputs], candidate: list[Outputs]) -> int:
-    """How many samples have an output row below ``min_cosine`` (NaN counts as below). A run's
-    samples are the rows of its first output; an output with another row count (detections,
-    a sequence) counts against every sample of its run."""
-    below = 0
-    for ref_run, cand_run in zip(reference, candidate):
-        worst = np.ones(_rows(ref_run))
-        for ref, cand in zip(ref_run, cand_run):
-            if np.asarray(ref).dtype.kind != "f" or np.asarray(ref).size == 0:
-                continue
-            rows = ref.shape[0] if ref.ndim else 1
-            cos = np.array(row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
-            worst = np.minimum(worst, cos) if cos.shape == worst.shape else np.minimum(worst, cos.min())
-        below += int(np.sum(~(worst >= min_cosine)))
-    return below
+    """How many samples have an output row below ``min_cosine`` (NaN counts as below)."""
+    return sum(int(np.sum(~(per_sample_cosine(r, c) >= min_cosine))) for r, c in zip(reference, candidate))
 
 
 def per_sample_cosine(reference: Outputs, candidate: Outputs) -> np.ndarray:
-    """The worst cosine over float outputs for each sample of one run (rows along axis 0)."""
-    worst: np.ndarray | None = None
+    """The worst cosine over float outputs for each sample of one run: the samples are the rows of
+    its first output, and an output with another row count (detections, a sequence) counts its worst
+    row against every sample. An output with one value per sample has no cosine of its own
+    (score() compares those across samples)."""
+    worst = np.ones(_rows(reference))
     for ref, cand in zip(reference, candidate):
         if np.asarray(ref).dtype.kind != "f":
             continue
         rows = ref.shape[0] if ref.ndim else 1
-        if ref.size == rows:  # one value per sample (or none): no cosine of its own (score() compares these across samples)
+        if ref.size == rows:  # one value per sample (or none)
             continue
         cos = np.array(row_cosines(np.asarray(ref, np.float64).reshape(rows, -1), np.asarray(cand, np.float64).reshape(rows, -1)))
-        worst = cos if worst is None or worst.shape != cos.shape else np.minimum(worst, cos)
-    return worst if worst is not None else np.ones(1)
+        worst = np.minimum(worst, cos) if cos.shape == worst.shape else np.minimum(worst, cos.min())
+    return worst
 
 
 def miss_rate_upper(samples: int, misses: int, confidence: float = 0.95) -> float:

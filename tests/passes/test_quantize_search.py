@@ -666,6 +666,9 @@ def test_a_verdict_says_how_many_new_samples_its_few_samples_allow_to_miss():
     bad[2][1][3] = -bad[2][1][3]
     judged = score(FidelityTarget(min_cosine=0.99), runs, bad, [None] * 3)
     assert judged.values["samples_below_cosine"] == 2 and judged.samples == 3
+    from edgeport.passes.fidelity import per_sample_cosine  # what ranks the worst samples and the bench's minimum
+
+    assert per_sample_cosine(runs[0], bad[0]).min() == pytest.approx(-1.0) and per_sample_cosine(runs[1], bad[1]).min() == pytest.approx(1.0)
     # one value per sample (a probability) is judged across samples: no per-sample count, no bound
     with_scalar = [[run[0], np.array([[0.5]])] for run in runs]
     assert score(FidelityTarget(min_cosine=0.99), with_scalar, with_scalar, [None] * 3).miss_bound() is None
